@@ -1,0 +1,36 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Both create .venv on first use and install the project with its extras; torch is
+# pinned through constraints.txt to the CPU build this project's machines carry.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test docs bench asv lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench,docs,experiments]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m rnla_kfac.experiments
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(PY) -m rnla.bench
+
+lint: $(STAMP)
+	$(PY) -m ruff check rnla rnla_kfac tests asv_benchmarks
+	$(PY) -m ruff format --check rnla rnla_kfac tests asv_benchmarks
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .hypothesis

@@ -1,0 +1,142 @@
+"""Shared argument checks. Messages name the argument, the constraint and the value."""
+
+from __future__ import annotations
+
+import numbers
+from types import ModuleType
+from typing import Any
+
+from ._array_api import (
+    Array,
+    compute_dtype,
+    conj_transpose,
+    device_of,
+    namespace_of,
+    supports_lu,
+)
+
+NORMALIZERS = ("auto", "cholqr2", "qr", "lu", "none")
+
+
+def check_matrix(X: Array, name: str = "X") -> ModuleType:
+    """Validate a floating (stack of) matrix and return its namespace.
+
+    Raises ``TypeError`` for non-arrays and non-floating dtypes, ``ValueError`` for
+    fewer than two dimensions or empty matrices.
+    """
+    xp = namespace_of(X)
+    if not xp.isdtype(X.dtype, ("real floating", "complex floating")):
+        raise TypeError(
+            f"{name}: expected a real or complex floating dtype, got {X.dtype}; "
+            "convert integer or boolean arrays explicitly (e.g. to float64)"
+        )
+    if X.ndim < 2:
+        raise ValueError(f"{name}: expected a matrix or a stack of matrices, got shape {X.shape}")
+    if X.shape[-1] == 0 or X.shape[-2] == 0 or any(s == 0 for s in X.shape[:-2]):
+        raise ValueError(f"{name}: empty matrix of shape {tuple(X.shape)}")
+    return xp
+
+
+def require_finite(xp: ModuleType, X: Array, name: str = "X") -> None:
+    """Raise ``ValueError`` if ``X`` holds NaN or infinite entries."""
+    if not bool(xp.all(xp.isfinite(X))):
+        raise ValueError(f"{name}: contains NaN or infinite entries")
+
+
+def check_square(X: Array, name: str = "X") -> int:
+    """Raise ``ValueError`` unless the last two axes are equal; return the size."""
+    m, n = X.shape[-2], X.shape[-1]
+    if m != n:
+        raise ValueError(f"{name}: expected a square matrix, got shape {tuple(X.shape)}")
+    return n
+
+
+def check_symmetric(xp: ModuleType, X: Array, name: str = "X") -> None:
+    """Cheap Hermitian check: compare ``X v`` with ``X^H v`` for one fixed probe vector.
+
+    Costs two matrix-vector products (O(n^2), negligible next to the O(n^2 k) of a
+    decomposition) and catches any asymmetry larger than ``sqrt(eps) * ||X v||``.
+    """
+    n = X.shape[-1]
+    real_dtype = xp.float32 if xp.finfo(X.dtype).bits == 32 else xp.float64
+    probe = xp.cos(xp.arange(n, dtype=real_dtype, device=device_of(X)) * 0.7 + 0.3)
+    probe = xp.astype(xp.reshape(probe, (n, 1)), X.dtype)
+    Xv = X @ probe
+    XHv = conj_transpose(conj_transpose(probe) @ X)
+    tol = xp.finfo(X.dtype).eps ** 0.5
+    gap = xp.max(xp.abs(Xv - XHv))
+    scale = xp.max(xp.abs(Xv))
+    if bool(gap > tol * scale):
+        raise ValueError(
+            f"{name}: expected a symmetric (Hermitian) matrix, but X v and X^H v differ by "
+            f"{float(gap):.3g} (relative {float(gap / scale) if float(scale) else float('inf'):.3g}); "
+            "pass check_symmetric=False to skip this check"
+        )
+
+
+def check_int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
+    """Validate an integer argument in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
+    return value
+
+
+def check_rank(r: Any, m: int, n: int, name: str = "r") -> int:
+    """Validate a target rank ``1 <= r <= min(m, n)``."""
+    return check_int(r, name, minimum=1, maximum=min(m, n))
+
+
+def check_normalizer(xp: ModuleType, normalizer: Any) -> str:
+    """Validate the ``normalizer`` option and resolve ``"auto"``.
+
+    ``"auto"`` is CholQR2 on every backend: measured on NumPy and PyTorch CPU it is
+    several times faster than Householder QR on skinny sketches (see ``rnla.bench``).
+    """
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer: expected one of {NORMALIZERS}, got {normalizer!r}")
+    if normalizer == "lu" and not supports_lu(xp):
+        raise ValueError(
+            f"normalizer: 'lu' needs NumPy or PyTorch arrays, got {xp.__name__} arrays"
+        )
+    return "cholqr2" if normalizer == "auto" else normalizer
+
+
+def prepare_matrix(
+    X: Array, *, name: str = "X", check_finite: bool = True
+) -> tuple[ModuleType, Array, Any]:
+    """Validate ``X`` and return ``(xp, X in its compute dtype, the output dtype)``."""
+    xp = check_matrix(X, name)
+    if check_finite:
+        require_finite(xp, X, name)
+    dtype = compute_dtype(xp, X.dtype)
+    return xp, (X if dtype == X.dtype else xp.astype(X, dtype)), X.dtype
+
+
+def check_real_scalar(value: Any, name: str) -> float:
+    """Validate a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    return value
+
+
+def resolve_symmetric(xp: ModuleType, X: Array, symmetric: bool | None) -> bool:
+    """Resolve a ``symmetric`` option: ``None`` means "square and Hermitian"."""
+    if symmetric is None:
+        if X.shape[-1] != X.shape[-2]:
+            return False
+        try:
+            check_symmetric(xp, X)
+        except ValueError:
+            return False
+        return True
+    if symmetric:
+        check_square(X)
+    return bool(symmetric)

@@ -1,0 +1,109 @@
+"""Shared fixtures: the ``xp`` backend fixture and small matrix factories.
+
+``xp`` runs a test once per array library: NumPy, array-api-strict (catches any use
+of non-standard API), PyTorch CPU, and PyTorch CUDA / CuPy where a GPU exists
+(skipped otherwise, never failing).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+BACKENDS = ["numpy", "array_api_strict", "torch", "torch-cuda", "cupy"]
+
+
+def _backend(name: str):
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+
+        return xp, None
+    if name == "array_api_strict":
+        return pytest.importorskip("array_api_strict"), None
+    if name in ("torch", "torch-cuda"):
+        torch = pytest.importorskip("torch")
+        import array_api_compat.torch as xp
+
+        if name == "torch-cuda":
+            if not torch.cuda.is_available():
+                pytest.skip("no CUDA device")
+            return xp, "cuda"
+        return xp, "cpu"
+    if name == "cupy":
+        try:
+            cupy = importlib.import_module("cupy")
+            cupy.cuda.runtime.getDeviceCount()
+        except Exception:  # ImportError, or CUDA runtime errors without a GPU
+            pytest.skip("CuPy with a GPU is not available")
+        import array_api_compat.cupy as xp
+
+        return xp, None
+    raise AssertionError(name)
+
+
+class Backend:
+    """An array namespace plus the device to create arrays on."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.xp, self.device = _backend(name)
+
+    def asarray(self, a, dtype=None):
+        """Move a NumPy array to this backend (optionally casting to ``dtype``)."""
+        a = np.asarray(a)
+        if self.name.startswith("torch"):
+            import torch
+
+            t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+            return t if dtype is None else t.to(dtype)
+        x = self.xp.asarray(a)
+        return x if dtype is None else self.xp.astype(x, dtype)
+
+    def __getattr__(self, item):
+        return getattr(self.xp, item)
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name})"
+
+
+def to_numpy(x) -> np.ndarray:
+    """Any backend's array as a NumPy array on the host."""
+    from rnla._array_api import to_numpy as _to_numpy
+
+    return _to_numpy(x)
+
+
+@pytest.fixture(params=BACKENDS)
+def xp(request) -> Backend:
+    """Parametrize a test over every array backend (GPU ones skip without a GPU)."""
+    return Backend(request.param)
+
+
+def decaying_matrix(m: int, n: int, *, decay: float = 0.8, seed: int = 0, dtype=np.float64):
+    """``U diag(decay**i) V^H`` with random orthonormal U, V; returns (X, singular values)."""
+    rng = np.random.default_rng(seed)
+    k = min(m, n)
+    complex_ = np.issubdtype(dtype, np.complexfloating)
+
+    def orthonormal(rows: int) -> np.ndarray:
+        G = rng.standard_normal((rows, k))
+        if complex_:
+            G = G + 1j * rng.standard_normal((rows, k))
+        return np.linalg.qr(G)[0]
+
+    s = decay ** np.arange(k)
+    X = (orthonormal(m) * s) @ orthonormal(n).conj().T
+    return X.astype(dtype), s
+
+
+def kfactor_like(d: int, *, steps: int = 60, rho: float = 0.95, batch: int = 32, seed: int = 0):
+    """An exponentially averaged Gram matrix from the identity, like a K-FAC factor."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((d, d)) * (np.arange(1, d + 1) ** -1.0)
+    X = np.eye(d)
+    for _ in range(steps):
+        a = rng.standard_normal((batch, d)) @ features.T
+        X = rho * X + (1 - rho) * (a.T @ a) / batch
+    return (X + X.T) / 2
