@@ -30,6 +30,7 @@ __all__ = [
     "conj_transpose",
     "cholesky_lower",
     "householder_qr",
+    "solve_upper_right",
     "lu_basis",
     "supports_lu",
     "synchronize",
@@ -157,12 +158,41 @@ def cholesky_lower(G: Array) -> Array | None:
             return None
     else:
         try:
-            L = xp.linalg.cholesky(G)
+            if is_numpy(xp) and G.dtype != np.float16:
+                import scipy.linalg
+
+                # LAPACK potrf directly: a third of numpy.linalg.cholesky's time at k ~ 200.
+                L = scipy.linalg.cholesky(G, lower=True, check_finite=False)
+            else:
+                L = xp.linalg.cholesky(G)
         except (np.linalg.LinAlgError, ValueError, RuntimeError):
             return None
     if not bool(xp.all(xp.isfinite(L))):
         return None
     return L
+
+
+def solve_upper_right(Y: Array, R: Array) -> Array:
+    """``Y R^-1`` for a (stack of) upper triangular ``R``: the second half of a CholQR pass.
+
+    A triangular solve (TRSM) costs half the flops of ``Y @ inv(R)`` and skips the
+    inverse; PyTorch and NumPy (through SciPy) use it, other backends invert the small
+    ``R`` and multiply.
+    """
+    xp = namespace_of(Y)
+    if is_torch(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(R, Y, upper=True, left=False)
+    if is_numpy(xp) and Y.dtype != np.float16:
+        import scipy.linalg
+
+        # (Y R^-1)^T = R^-T Y^T; Y^T of a C-ordered Y is Fortran-ordered, as LAPACK wants.
+        solved = scipy.linalg.solve_triangular(
+            R, xp.matrix_transpose(Y), trans="T", lower=False, check_finite=False
+        )
+        return xp.matrix_transpose(solved)
+    return Y @ xp.linalg.inv(R)
 
 
 def householder_qr(Y: Array) -> tuple[Array, Array]:

@@ -11,8 +11,14 @@ weakness is conditioning: one pass leaves an orthogonality error of about
 * a second pass (CholQR2) restores orthogonality to working precision whenever the
   first pass left ``cond(Q1)`` moderate; its Gram matrix tells whether that happened,
   and a third pass runs only when it did not (shifted CholQR3, Fukaya et al. 2020);
-* any failed Cholesky (exactly rank-deficient or zero sketch) falls back to Householder
-  QR, which is always well defined.
+* a later pass whose Cholesky fails (``cond(Q1)**2`` beyond ``1/eps``, common for float32
+  sketches of fast-decaying spectra) is retried with the shifted Gram matrix, which
+  again reduces the condition number by about ``sqrt(eps)`` instead of giving up;
+* a failed first Cholesky (exactly rank-deficient or zero sketch) or a non-finite Gram
+  matrix falls back to Householder QR, which is always well defined.
+
+Each pass is a Gram product, a k x k Cholesky and a triangular solve (TRSM), all at
+matmul speed; no k x k inverse is formed.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from ._array_api import (
     householder_qr,
     lu_basis,
     namespace_of,
+    solve_upper_right,
 )
 
 # Orthogonality error of the input to a CholQR pass below which the pass's output is
 # orthonormal to working precision (cond(Q1)**2 <= 3); larger errors get one more pass.
 _PASS_TOLERANCE = 0.5
+# Passes after the first one at most: a failed Cholesky costs one of them (its shifted
+# retry), so an ill-conditioned float32 sketch still ends orthonormal without Householder.
+_MAX_EXTRA_PASSES = 3
+# An input already this many ulps from orthonormal would not be improved by a pass.
+_ORTHONORMAL_ULPS = 16
 
 
 def _identity_like(G: Array) -> Array:
@@ -40,18 +52,21 @@ def _identity_like(G: Array) -> Array:
 
 def _cholqr_pass(Y: Array, G: Array) -> tuple[Array, Array] | None:
     """One CholQR pass given the (possibly shifted) Gram matrix: ``Y = Q R``."""
-    xp = namespace_of(Y)
     L = cholesky_lower(G)
     if L is None:
         return None
-    Q = Y @ conj_transpose(xp.linalg.inv(L))
-    return Q, conj_transpose(L)
+    R = conj_transpose(L)
+    return solve_upper_right(Y, R), R
 
 
 def _shifted_gram(Y: Array) -> Array:
-    xp = namespace_of(Y)
-    G = conj_transpose(Y) @ Y
-    eps = xp.finfo(Y.dtype).eps
+    return _shift(conj_transpose(Y) @ Y)
+
+
+def _shift(G: Array) -> Array:
+    """``G + eps * trace(G) * I``: enough to make a rounded Gram matrix's Cholesky succeed."""
+    xp = namespace_of(G)
+    eps = xp.finfo(G.dtype).eps
     trace = xp.sum(xp.real(xp.linalg.diagonal(G)), axis=-1)
     shift = xp.astype(eps * trace, G.dtype)[..., None, None]
     return G + shift * _identity_like(G)
@@ -79,8 +94,9 @@ def well_conditioned_basis(Y: Array, normalizer: str) -> Array:
 def orthonormal_qr(Y: Array, normalizer: str = "cholqr2") -> tuple[Array, Array]:
     """Reduced QR ``Y = Q R`` with ``Q^H Q = I`` to working precision.
 
-    ``normalizer="cholqr2"`` uses shifted CholQR2 (a third pass when needed) and falls
-    back to Householder if a Cholesky fails; every other value uses Householder.
+    ``normalizer="cholqr2"`` uses shifted CholQR2 (more passes when needed, none once
+    ``Q`` is orthonormal to a few ulps) and falls back to Householder if the first
+    Cholesky fails; every other value uses Householder.
     """
     if normalizer != "cholqr2":
         return householder_qr(Y)
@@ -89,12 +105,14 @@ def orthonormal_qr(Y: Array, normalizer: str = "cholqr2") -> tuple[Array, Array]
     if first is None:
         return householder_qr(Y)
     Q, R = first
-    for _ in range(2):
+    for _ in range(_MAX_EXTRA_PASSES):
         G = conj_transpose(Q) @ Q
         orthogonality_error = float(xp.max(xp.abs(G - _identity_like(G))))
         if orthogonality_error != orthogonality_error:  # NaN
             return householder_qr(Y)
-        step = _cholqr_pass(Q, G)
+        if orthogonality_error <= _ORTHONORMAL_ULPS * xp.finfo(Q.dtype).eps:
+            break
+        step = _cholqr_pass(Q, G) or _cholqr_pass(Q, _shift(G))
         if step is None:
             return householder_qr(Y)
         Q, R_step = step

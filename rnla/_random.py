@@ -9,14 +9,15 @@ seed gives bit-identical test matrices on the same backend and device.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from ._array_api import Array, is_cupy, is_torch
 
-RandomState = Union[None, int, np.random.Generator, Any]
-"""Accepted values of the ``rng`` argument."""
+RandomState = Any
+"""Accepted ``rng`` values: None, an int seed, a numpy.random.Generator, a
+torch.Generator or a CuPy generator (a type alias for documentation)."""
 
 
 def _check_seed(rng: Any) -> None:

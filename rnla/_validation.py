@@ -65,11 +65,11 @@ def check_symmetric(xp: ModuleType, X: Array, name: str = "X") -> None:
     XHv = conj_transpose(conj_transpose(probe) @ X)
     tol = xp.finfo(X.dtype).eps ** 0.5
     gap = xp.max(xp.abs(Xv - XHv))
-    scale = xp.max(xp.abs(Xv))
+    scale = xp.maximum(xp.max(xp.abs(Xv)), xp.max(xp.abs(XHv)))
     if bool(gap > tol * scale):
         raise ValueError(
             f"{name}: expected a symmetric (Hermitian) matrix, but X v and X^H v differ by "
-            f"{float(gap):.3g} (relative {float(gap / scale) if float(scale) else float('inf'):.3g}); "
+            f"{float(gap):.3g} (relative {float(gap) / float(scale):.3g}); "
             "pass check_symmetric=False to skip this check"
         )
 

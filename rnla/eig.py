@@ -9,11 +9,12 @@ from ._orthonormalize import orthonormal_qr, well_conditioned_basis
 from ._random import RandomState, gaussian
 from ._validation import (
     check_int,
-    check_normalizer,
     check_rank,
     check_square,
-    check_symmetric as require_symmetric,
     prepare_matrix,
+)
+from ._validation import (
+    check_symmetric as require_symmetric,
 )
 
 __all__ = ["EighResult", "srevd", "nystrom"]

@@ -92,7 +92,8 @@ def power_iteration(
     v = v / xp.linalg.vector_norm(v, axis=-2, keepdims=True)
     value = None
     performed = 0
-    for performed in range(1, n_iter + 1):
+    while performed < n_iter:
+        performed += 1
         w = Xc @ v
         if symmetric:
             new_value = xp.real(xp.sum(xp.conj(v) * w, axis=(-2, -1)))
@@ -101,8 +102,10 @@ def power_iteration(
             w = conj_transpose(conj_transpose(w) @ Xc)
         norm = xp.linalg.vector_norm(w, axis=-2, keepdims=True)
         v = xp.where(norm > 0, w / xp.where(norm > 0, norm, 1), v)
-        converged = value is not None and tol is not None and bool(
-            xp.all(xp.abs(new_value - value) <= tol * xp.abs(new_value))
+        converged = (
+            value is not None
+            and tol is not None
+            and bool(xp.all(xp.abs(new_value - value) <= tol * xp.abs(new_value)))
         )
         value = new_value
         if converged:

@@ -107,9 +107,5 @@ def range_finder(
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     normalizer = check_normalizer(xp, normalizer)
     omega = gaussian(xp, (n, k), Xc.dtype, device_of(Xc), rng)
-    Q = sketch_range(
-        lambda M: Xc @ M, lambda M: adjoint_product(Xc, M), omega, n_iter, normalizer
-    )
+    Q = sketch_range(lambda M: Xc @ M, lambda M: adjoint_product(Xc, M), omega, n_iter, normalizer)
     return xp.astype(Q, out_dtype) if Q.dtype != out_dtype else Q
-
-

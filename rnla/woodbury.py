@@ -16,9 +16,7 @@ _SIDES = ("left", "right")
 def _as_real_array(xp, value: Any, name: str, like: Array) -> Array:
     """A real scalar or a per-matrix array (shape of the stack) as an array of ``like``."""
     real_dtype = xp.float32 if xp.finfo(like.dtype).bits == 32 else xp.float64
-    if isinstance(value, bool) or not (
-        isinstance(value, numbers.Real) or hasattr(value, "shape")
-    ):
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) or hasattr(value, "shape")):
         raise TypeError(f"{name}: expected a real number or array, got {value!r}")
     if hasattr(value, "shape"):
         value_xp = namespace_of(value)

@@ -1,0 +1,113 @@
+"""Argument checks and schedules shared by the preconditioner, the optimizer and inverses.
+
+Messages name the argument, the constraint and the value received. A *schedule* is a
+number or a callable of the step returning one; :class:`Schedule` validates numbers
+once and the values of callables each time they are evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, Union
+
+METHODS = ("eigh", "rsvd", "srevd", "nystrom")
+DAMPING_MODES = ("relative", "absolute", "pi")
+FISHER_TYPES = ("empirical", "mc")
+
+Number = Union[int, float]
+ScheduleLike = Union[Number, Callable[[int], Number]]
+"""A number, or a callable of the step (an int counted from 0) returning one."""
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise ``ValueError``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a bool, else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Number:
+    """Validate a finite real (or integer) number within optional bounds.
+
+    Raises ``TypeError`` for non-numbers (and bools, and non-integers when ``integer``),
+    ``ValueError`` for non-finite values or values outside the bounds.
+    """
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an integer" if integer else "a real number"
+        raise TypeError(f"{name}: expected {expected}, got {value!r}")
+    value = int(value) if integer else float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise ValueError(f"{name}: must be {'>=' if low_inclusive else '>'} {low}, got {value!r}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        raise ValueError(
+            f"{name}: must be {'<=' if high_inclusive else '<'} {high}, got {value!r}"
+        )
+    return value
+
+
+def check_rank(value: Any, name: str = "rank", *, allow_none: bool = False) -> int | str | None:
+    """Validate a rank: a positive integer, ``"auto"`` (or ``None`` if allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name}: expected a positive integer or 'auto', got {value!r}")
+        return value
+    return check_number(value, name, integer=True, low=1)
+
+
+class Schedule:
+    """A hyperparameter that is a number or a callable of the step.
+
+    Parameters
+    ----------
+    value : number or callable
+        The constant, or ``f(step) -> number``.
+    name : str
+        Argument name used in error messages.
+    check : callable
+        ``check(value, name) -> value``; raises on invalid values. Applied at
+        construction to constants and at each evaluation to callables' results.
+
+    Examples
+    --------
+    >>> s = Schedule(lambda step: 0.1 if step < 10 else 0.01, "damping", float)
+    >>> s(0), s(10)
+    (0.1, 0.01)
+    """
+
+    def __init__(self, value: Any, name: str, check: Callable[[Any, str], Any]):
+        self.name = name
+        self._check = check
+        self._callable = callable(value)
+        self._value = value if self._callable else check(value, name)
+
+    def __call__(self, step: int) -> Any:
+        """The value at ``step`` (validated)."""
+        if not self._callable:
+            return self._value
+        return self._check(self._value(step), f"{self.name} (schedule value at step {step})")
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.name}={self._value!r})"

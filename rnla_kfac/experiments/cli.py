@@ -1,0 +1,181 @@
+"""Command line of ``python -m rnla_kfac.experiments`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from .data import DATASETS, load_dataset
+from .models import MODELS
+from .presets import METHODS, PRESETS, Preset, get_preset
+from .records import RunStore, new_run_dir
+from .study import run_study, write_outputs
+
+EPILOG = """\
+examples:
+  python -m rnla_kfac.experiments                      # the default study (make demo)
+  python -m rnla_kfac.experiments --full               # the long study (10 seeds, longer)
+  python -m rnla_kfac.experiments --methods sgd rs-kfac --seeds 1 --epochs 2
+  python -m rnla_kfac.experiments --preset cifar10-paper --data-dir ~/data --device cuda
+
+Each invocation writes a run directory (default runs/<UTC timestamp>/) with
+config.json, records.json/.csv (after every epoch, so Ctrl-C keeps completed
+epochs), spectra.json, table.md, figure1_spectra.png and figure2_curves.png.
+Times are training seconds: data loading and evaluation are not counted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every choice list is printed by ``--help``).
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["--methods", "sgd", "kfac"]).methods
+    ['sgd', 'kfac']
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m rnla_kfac.experiments",
+        description=(
+            "Reproduce the Randomized K-FACs study (Puiu 2022): train the same model "
+            "from the same initialization with SGD, Adam, K-FAC (eigh), RS-KFAC (rsvd), "
+            "SRE-KFAC (srevd) and Nystrom-KFAC over several seeds; print a Table-1-style "
+            "table and write Figure 1 (K-factor spectra) and Figure 2 (test curves)."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="demo",
+        help="named configuration (default: %(default)s)",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="run the preset's long study (more seeds and epochs)"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        metavar="METHOD",
+        help=f"methods to run (default: all): {', '.join(METHODS)}",
+    )
+    p.add_argument("--dataset", choices=list(DATASETS), help="override the preset's dataset")
+    p.add_argument("--model", choices=list(MODELS), help="override the preset's model")
+    p.add_argument("--data-dir", help="local directory with cifar-10-batches-py (CIFAR-10)")
+    p.add_argument("--n-samples", type=int, help="MNIST-1D samples, train + test")
+    p.add_argument("--width", type=int, help="hidden width of the MLP")
+    p.add_argument("--epochs", type=int, help="epochs per run")
+    p.add_argument("--seeds", type=int, help="number of seeds (runs per method)")
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument(
+        "--targets",
+        type=float,
+        nargs=3,
+        metavar="ACC",
+        help="three target test accuracies in percent",
+    )
+    p.add_argument("--max-batches", type=int, help="cap on batches per epoch (quick checks)")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to train (default: cuda when available)",
+    )
+    p.add_argument(
+        "--out-dir", default="runs", help="parent of the run directory (default: %(default)s)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    return p
+
+
+def configure(args: argparse.Namespace) -> Preset:
+    """The preset named by ``args`` with ``--full`` and the overrides applied.
+
+    Examples
+    --------
+    >>> args = build_parser().parse_args(["--seeds", "1", "--epochs", "2"])
+    >>> preset = configure(args)
+    >>> preset.name, preset.seeds, preset.epochs
+    ('demo', 1, 2)
+    """
+    preset = get_preset(args.preset)
+    if args.full:
+        preset = preset.long()
+    overrides = {
+        "methods": tuple(args.methods) if args.methods else None,
+        "dataset": args.dataset,
+        "model": args.model,
+        "n_samples": args.n_samples,
+        "width": args.width,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "batch_size": args.batch_size,
+        "targets": tuple(sorted(args.targets)) if args.targets else None,
+    }
+    for key in ("n_samples", "width", "epochs", "seeds", "batch_size", "max_batches"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+    return preset.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a study from the command line; returns the exit status.
+
+    Bad input (an unknown method, dataset or preset, a non-positive count, a
+    ``--data-dir`` without the CIFAR-10 files) exits with status 2 and a message
+    naming the valid choices or the missing file. Ctrl-C exits with status 130
+    after writing the table and figures of the completed epochs.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        preset = configure(args)
+        if args.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(args.device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError("--device cuda: no CUDA device is available")
+        data = load_dataset(preset.dataset, n_samples=preset.n_samples, data_dir=args.data_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    store = RunStore(new_run_dir(args.out_dir))
+    store.write_config(
+        {
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "preset": preset.to_dict(),
+        }
+    )
+    progress = not args.no_progress
+    print(
+        f"preset {preset.name}{' (full)' if args.full else ''}: {preset.description}\n"
+        f"methods {', '.join(preset.methods)}; {preset.seeds} seed(s) x {preset.epochs} "
+        f"epoch(s); train {len(data.y_train)} / test {len(data.y_test)} samples; "
+        f"device {device}\nrun directory: {store.path}",
+        flush=True,
+    )
+    status = 0
+    try:
+        run_study(
+            preset,
+            data.to(device),
+            store,
+            device=device,
+            max_batches=args.max_batches,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: records of completed epochs are in {store.path}", file=sys.stderr)
+        status = 130
+    summary = write_outputs(store, preset.targets)
+    print("\n" + summary)
+    print(f"written to {store.path}: " + ", ".join(sorted(p.name for p in store.path.iterdir())))
+    return status

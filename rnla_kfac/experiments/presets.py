@@ -1,0 +1,298 @@
+"""Named experiment configurations: small-problem defaults and the paper's schedules.
+
+A :class:`Preset` fixes the dataset, model, batch size, epochs, seeds, the three
+target test accuracies of the table, and each method's hyperparameters. Every
+hyperparameter may be a number or a :class:`Piecewise` schedule over epochs (the
+paper changes learning rate, damping, inverse period, rank and oversampling at
+given epochs). ``--full`` applies a preset's ``full`` overrides: the long study.
+
+Presets
+-------
+``demo`` (the default of ``make demo``)
+    MNIST-1D generated locally, wide MLP ``40-2048-2048-10``, a few epochs, 2 seeds;
+    finishes within minutes on 2 CPU cores.
+``digits``
+    scikit-learn's digits with the same MLP: the smallest sensible problem.
+``cifar10-paper``
+    The paper's study: CIFAR-10 (local ``--data-dir``), VGG16_bn with the extra FC
+    layer, batch 256, 50 epochs, and its per-epoch schedules (from the paper's
+    RS-KFAC notebook); 2 seeds, or the paper's 10 with ``--full``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+METHODS: dict[str, str | None] = {
+    "sgd": None,
+    "adam": None,
+    "kfac": "eigh",
+    "rs-kfac": "rsvd",
+    "sre-kfac": "srevd",
+    "nystrom-kfac": "nystrom",
+}
+"""Method names of the CLI, mapped to the ``KFACPreconditioner`` method (None: plain)."""
+
+
+class Piecewise:
+    """A piecewise-constant schedule over epochs (1-based), like the paper's dicts.
+
+    ``Piecewise({1: 0.3, 2: 0.1})`` is 0.3 in epoch 1 and 0.1 from epoch 2 on; the
+    value at an epoch is the one of the largest key not above it (the smallest key
+    before it).
+
+    Parameters
+    ----------
+    points : mapping of int to float
+        Epoch at which each value starts.
+
+    Examples
+    --------
+    >>> lr = Piecewise({1: 0.3, 2: 0.1, 13: 0.03})
+    >>> [lr(e) for e in (1, 2, 12, 13, 50)]
+    [0.3, 0.1, 0.1, 0.03, 0.03]
+    """
+
+    def __init__(self, points: Mapping[int, float]):
+        if not points:
+            raise ValueError("points must not be empty")
+        self.points = dict(sorted((int(k), v) for k, v in points.items()))
+
+    def __call__(self, epoch: int) -> float:
+        """Value at ``epoch``."""
+        value = next(iter(self.points.values()))
+        for start, v in self.points.items():
+            if start > epoch:
+                break
+            value = v
+        return value
+
+    def __repr__(self) -> str:
+        return f"Piecewise({self.points})"
+
+
+Hyper = float | int | Piecewise
+
+
+def at_epoch(value: Hyper, epoch: int) -> float | int:
+    """Evaluate a hyperparameter (a number or a :class:`Piecewise`) at ``epoch``.
+
+    Examples
+    --------
+    >>> at_epoch(0.1, 7), at_epoch(Piecewise({1: 50, 20: 30}), 20)
+    (0.1, 30)
+    """
+    return value(epoch) if isinstance(value, Piecewise) else value
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One experiment configuration (see the module docstring for the named ones).
+
+    Attributes
+    ----------
+    name, description : str
+        Identification.
+    dataset : str
+        One of :data:`rnla_kfac.experiments.data.DATASETS`.
+    n_samples : int or None
+        Total samples for MNIST-1D.
+    model : str
+        One of :data:`rnla_kfac.experiments.models.MODELS`.
+    width : int
+        Hidden width of the MLP.
+    epochs, batch_size, seeds : int
+        Training length, batch size and number of seeds (runs per method).
+    targets : tuple of three floats
+        Target test accuracies in percent for the table (ascending).
+    methods : tuple of str
+        Methods run by default (keys of :data:`METHODS`).
+    lr : dict
+        Learning rate per method (number or :class:`Piecewise`).
+    momentum : dict
+        Momentum per method (SGD, K-FAC family; Adam ignores it).
+    weight_decay : float
+        Weight decay for every method.
+    kfac : dict
+        Keyword arguments of ``KFACPreconditioner`` shared by the K-FAC methods;
+        numeric values may be :class:`Piecewise` over epochs.
+    spectra_epochs : tuple of int
+        Epochs after which the K-factor spectra of :attr:`spectra_layers` are recorded.
+    spectra_layers : tuple of str
+        Two preconditioned layer names for Figure 1 (empty: the first two).
+    full : dict
+        Field overrides for the long study (``--full``).
+    """
+
+    name: str
+    description: str
+    dataset: str
+    model: str
+    epochs: int
+    batch_size: int
+    seeds: int
+    targets: tuple[float, float, float]
+    lr: dict[str, Hyper]
+    n_samples: int | None = None
+    width: int = 2048
+    methods: tuple[str, ...] = tuple(METHODS)
+    momentum: dict[str, float] = field(default_factory=dict)
+    weight_decay: float = 0.0
+    kfac: dict[str, Any] = field(default_factory=dict)
+    spectra_epochs: tuple[int, ...] = (1,)
+    spectra_layers: tuple[str, ...] = ()
+    full: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Preset:
+        """A copy with some fields changed.
+
+        Examples
+        --------
+        >>> get_preset("demo").replace(seeds=1).seeds
+        1
+        """
+        return dataclasses.replace(self, **changes)
+
+    def long(self) -> Preset:
+        """The long study: this preset with its :attr:`full` overrides applied.
+
+        Examples
+        --------
+        >>> get_preset("demo").long().seeds
+        10
+        """
+        return self.replace(**self.full)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable description (schedules written as their points).
+
+        Examples
+        --------
+        >>> get_preset("cifar10-paper").to_dict()["lr"]["rs-kfac"]["1"]
+        0.3
+        """
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, Piecewise):
+                return {str(k): x for k, x in v.points.items()}
+            if isinstance(v, dict):
+                return {str(k): plain(x) for k, x in v.items()}
+            if isinstance(v, tuple | list):
+                return [plain(x) for x in v]
+            return v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+# The paper's schedules, copied from its RS-KFAC notebook (CIFAR-10, VGG16_bn, batch
+# 256): keys are the epochs (1-based) at which a value starts.
+PAPER_LR = Piecewise({1: 0.3, 2: 0.1, 13: 0.03, 18: 0.01, 27: 0.003, 40: 0.001})
+PAPER_KFAC: dict[str, Any] = {
+    "damping": Piecewise({1: 0.1, 25: 0.05, 35: 0.01}),
+    "damping_mode": "relative",
+    "factor_decay": 0.95,
+    "factor_update_period": 10,
+    "inverse_update_period": Piecewise({1: 50, 20: 30}),
+    "rank": Piecewise({1: 220, 15: 230}),
+    "oversample": Piecewise({1: 10, 22: 11, 30: 12}),
+    "n_iter": 4,
+    "kl_clip": 0.07,
+}
+
+_KFAC_FAMILY = tuple(m for m, v in METHODS.items() if v is not None)
+
+PRESETS: dict[str, Preset] = {
+    "demo": Preset(
+        name="demo",
+        description="MNIST-1D (generated locally), MLP 40-2048-2048-10, short CPU study",
+        dataset="mnist1d",
+        n_samples=10_000,
+        model="mlp",
+        width=2048,
+        epochs=6,
+        batch_size=256,
+        seeds=2,
+        targets=(50.0, 60.0, 65.0),
+        lr={"sgd": 0.05, "adam": 1e-3, **{m: 0.1 for m in _KFAC_FAMILY}},
+        momentum={"sgd": 0.9, **{m: 0.0 for m in _KFAC_FAMILY}},
+        weight_decay=7e-4,
+        kfac={
+            "damping": 0.1,
+            "damping_mode": "relative",
+            "factor_decay": 0.95,
+            "factor_update_period": 10,
+            "inverse_update_period": 50,
+            "rank": 220,
+            "oversample": 10,
+            "n_iter": 4,
+        },
+        spectra_epochs=(1, 3, 6),
+        spectra_layers=("fc1", "fc2"),
+        full={"seeds": 10, "epochs": 20, "n_samples": 20_000, "spectra_epochs": (1, 5, 20)},
+    ),
+    "digits": Preset(
+        name="digits",
+        description="scikit-learn digits, MLP 64-2048-2048-10",
+        dataset="digits",
+        model="mlp",
+        width=2048,
+        epochs=5,
+        batch_size=128,
+        seeds=2,
+        targets=(85.0, 90.0, 95.0),
+        lr={"sgd": 0.05, "adam": 1e-3, **{m: 0.1 for m in _KFAC_FAMILY}},
+        momentum={"sgd": 0.9, **{m: 0.0 for m in _KFAC_FAMILY}},
+        weight_decay=7e-4,
+        kfac={
+            "damping": 0.1,
+            "damping_mode": "relative",
+            "factor_decay": 0.95,
+            "factor_update_period": 5,
+            "inverse_update_period": 20,
+            "rank": 220,
+            "oversample": 10,
+            "n_iter": 4,
+        },
+        spectra_epochs=(1, 3, 5),
+        spectra_layers=("fc1", "fc2"),
+        full={"seeds": 10, "epochs": 20, "spectra_epochs": (1, 5, 20)},
+    ),
+    "cifar10-paper": Preset(
+        name="cifar10-paper",
+        description="CIFAR-10, VGG16_bn + FC 512-512 with dropout, the paper's schedules",
+        dataset="cifar10",
+        model="vgg16_bn",
+        epochs=50,
+        batch_size=256,
+        seeds=2,
+        targets=(90.0, 91.0, 92.0),
+        lr={"sgd": PAPER_LR, "adam": 1e-3, **{m: PAPER_LR for m in _KFAC_FAMILY}},
+        momentum={"sgd": 0.9, **{m: 0.0 for m in _KFAC_FAMILY}},
+        weight_decay=7e-4,
+        kfac=PAPER_KFAC,
+        spectra_epochs=(1, 10, 30, 50),
+        full={"seeds": 10},
+    ),
+}
+"""The named presets (``--preset``)."""
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset by name.
+
+    Examples
+    --------
+    >>> get_preset("demo").dataset
+    'mnist1d'
+    >>> get_preset("fast")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown preset 'fast'; choose one of demo, digits, cifar10-paper
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

@@ -1,0 +1,120 @@
+"""The run directory: configuration, per-epoch records (JSON and CSV) and spectra.
+
+Records are rewritten after every epoch, so an interrupted study (Ctrl-C) keeps all
+completed epochs on disk. Files of a run directory::
+
+    config.json     the preset and command-line options
+    records.json    one object per (method, seed, epoch)
+    records.csv     the same, one row each
+    spectra.json    K-factor eigenvalues at the recorded epochs
+    table.md        the Table-1-style summary
+    figure1_spectra.png, figure2_curves.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+
+RECORD_FIELDS = (
+    "method",
+    "seed",
+    "epoch",
+    "steps",
+    "lr",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "epoch_time",
+    "wall_time",
+)
+"""Columns of ``records.csv`` (the keys of an epoch record)."""
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def new_run_dir(root: str | Path = "runs") -> Path:
+    """Create and return a fresh ``root/<UTC timestamp>`` directory.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     new_run_dir(tmp).is_dir()
+    True
+    """
+    root = Path(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = root / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{stamp}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+class RunStore:
+    """Accumulates records and spectra of a study and keeps them saved in ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run directory (created if needed).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     store = RunStore(tmp)
+    ...     store.add_record({"method": "sgd", "seed": 0, "epoch": 1, "test_acc": 50.0})
+    ...     load_records(tmp)[0]["test_acc"]
+    50.0
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.records: list[Record] = []
+        self.spectra: list[Record] = []
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Save ``config.json``."""
+        _write_atomic(self.path / "config.json", json.dumps(config, indent=2, default=str))
+
+    def add_record(self, record: Record) -> None:
+        """Append an epoch record and rewrite ``records.json`` and ``records.csv``."""
+        self.records.append(record)
+        _write_atomic(self.path / "records.json", json.dumps(self.records, indent=1))
+        tmp = self.path / "records.csv.tmp"
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.records)
+        os.replace(tmp, self.path / "records.csv")
+
+    def add_spectra(self, record: Record) -> None:
+        """Append a spectra record and rewrite ``spectra.json``."""
+        self.spectra.append(record)
+        _write_atomic(self.path / "spectra.json", json.dumps(self.spectra))
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """The epoch records saved in a run directory (``records.json``)."""
+    return json.loads((Path(path) / "records.json").read_text())
+
+
+def load_spectra(path: str | Path) -> list[Record]:
+    """The spectra records saved in a run directory (empty list if none)."""
+    file = Path(path) / "spectra.json"
+    return json.loads(file.read_text()) if file.exists() else []

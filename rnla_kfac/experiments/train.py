@@ -1,0 +1,288 @@
+"""Training one run (a method and a seed) with fair, explicit timing.
+
+Fairness rules: every method of a seed starts from the same initialization (the
+model is built right after ``torch.manual_seed(seed)``) and sees the same batches in
+the same order. The clock covers only the optimization work of each step (forward,
+backward, preconditioning, optimizer step), not batch assembly (data loading) and
+not evaluation; on CUDA it synchronizes before reading the clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Dataset, iterate_batches
+from .models import build_model
+from .presets import METHODS, Preset, at_epoch
+
+Record = dict[str, Any]
+
+
+class EpochClock:
+    """The current epoch (1-based), read by the K-FAC hyperparameter schedules.
+
+    Examples
+    --------
+    >>> clock = EpochClock()
+    >>> clock.epoch = 3
+    >>> clock.epoch
+    3
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 1
+
+
+def kfac_kwargs(preset: Preset, method: str, clock: EpochClock) -> dict[str, Any]:
+    """``KFACPreconditioner`` keyword arguments of a K-FAC method.
+
+    Per-epoch :class:`~rnla_kfac.experiments.presets.Piecewise` schedules become
+    callables of the step that read ``clock.epoch``.
+
+    Examples
+    --------
+    >>> from rnla_kfac.experiments.presets import get_preset
+    >>> kw = kfac_kwargs(get_preset("cifar10-paper"), "rs-kfac", EpochClock())
+    >>> kw["method"], kw["rank"](0), kw["kl_clip"]
+    ('rsvd', 220, 0.07)
+    """
+    kwargs: dict[str, Any] = {"method": METHODS[method]}
+    for key, value in preset.kfac.items():
+        if callable(value):
+            kwargs[key] = lambda step, schedule=value: schedule(clock.epoch)
+        else:
+            kwargs[key] = value
+    return kwargs
+
+
+def make_optimizer(
+    method: str, model: nn.Module, preset: Preset, clock: EpochClock
+) -> torch.optim.Optimizer:
+    """The optimizer of ``method`` for ``model`` with the preset's hyperparameters.
+
+    ``"sgd"``: ``torch.optim.SGD`` with momentum; ``"adam"``: ``torch.optim.Adam``;
+    the K-FAC methods: :class:`rnla_kfac.KFAC` (its preconditioner with the method's
+    decomposition). Learning rates are set per epoch by :func:`train_run`.
+
+    Examples
+    --------
+    >>> from rnla_kfac.experiments.presets import get_preset
+    >>> opt = make_optimizer("adam", nn.Linear(2, 2), get_preset("demo"), EpochClock())
+    >>> type(opt).__name__
+    'Adam'
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    lr = at_epoch(preset.lr[method], 1)
+    momentum = preset.momentum.get(method, 0.0)
+    if method == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=preset.weight_decay
+        )
+    if method == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
+    from rnla_kfac import KFAC
+
+    return KFAC(
+        model,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=preset.weight_decay,
+        **kfac_kwargs(preset, method, clock),
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
+    """Mean cross-entropy and accuracy (percent) of ``model`` on ``(x, y)``.
+
+    Examples
+    --------
+    >>> model = nn.Linear(3, 2)
+    >>> loss, acc = evaluate(model, torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))
+    >>> 0.0 <= acc <= 100.0
+    True
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
+        out = model(xb)
+        total_loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
+        correct += (out.argmax(1) == yb).sum().item()
+    model.train(was_training)
+    n = max(len(y), 1)
+    return total_loss / n, 100.0 * correct / n
+
+
+def _preconditioner(optimizer: torch.optim.Optimizer):
+    """The ``KFACPreconditioner`` inside a K-FAC optimizer (None for SGD/Adam)."""
+    return getattr(optimizer, "preconditioner", None)
+
+
+def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) -> dict[str, list]:
+    """Eigenvalues (descending) of the A and G factors of ``layers``.
+
+    Keys are ``"<layer>/A"`` and ``"<layer>/G"``; with no ``layers`` the first two
+    preconditioned layers are used. Empty for optimizers without a preconditioner.
+    """
+    pre = _preconditioner(optimizer)
+    if pre is None:
+        return {}
+    factors = pre.factors()
+    names = list(layers) or list(factors)[:2]
+    spectra: dict[str, list] = {}
+    for name in names:
+        if name not in factors:
+            raise ValueError(
+                f"spectra layer {name!r} is not preconditioned; choose among {', '.join(factors)}"
+            )
+        for label, factor in zip(("A", "G"), factors[name], strict=True):
+            f = factor.detach().to("cpu", torch.float64)
+            eig = torch.linalg.eigvalsh((f + f.T) / 2).flip(0)
+            spectra[f"{name}/{label}"] = eig.tolist()
+    return spectra
+
+
+def train_run(
+    method: str,
+    seed: int,
+    data: Dataset,
+    preset: Preset,
+    *,
+    device: torch.device | str = "cpu",
+    max_batches: int | None = None,
+    on_epoch: Callable[[Record], None] | None = None,
+    on_spectra: Callable[[Record], None] | None = None,
+    progress: bool = True,
+) -> list[Record]:
+    """Train the preset's model with ``method`` from seed ``seed``; one record per epoch.
+
+    Parameters
+    ----------
+    method : str
+        A key of :data:`~rnla_kfac.experiments.presets.METHODS`.
+    seed : int
+        Seeds the initialization and the batch order (shared by all methods).
+    data : Dataset
+        Training and test data (already on ``device``).
+    preset : Preset
+        Model, batch size, epochs and hyperparameters.
+    device : torch.device or str
+        Where to train.
+    max_batches : int, optional
+        Cap on batches per epoch (quick checks).
+    on_epoch : callable, optional
+        Called with each epoch record as soon as it exists (to save it).
+    on_spectra : callable, optional
+        Called after the preset's ``spectra_epochs`` with a record holding the
+        K-factor eigenvalues (K-FAC methods only; computed outside the clock).
+    progress : bool
+        Show tqdm bars and a one-line summary per epoch.
+
+    Returns
+    -------
+    list of dict
+        Per epoch: ``method, seed, epoch, steps, lr, train_loss, test_loss,
+        test_acc, epoch_time, wall_time`` (seconds of training, cumulative for
+        ``wall_time``).
+
+    Examples
+    --------
+    >>> from rnla_kfac.experiments.data import load_digits
+    >>> from rnla_kfac.experiments.presets import get_preset
+    >>> preset = get_preset("digits").replace(epochs=1, width=32)
+    >>> recs = train_run("sgd", 0, load_digits(), preset, max_batches=2, progress=False)
+    >>> len(recs), recs[0]["steps"]
+    (1, 2)
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_model(preset.model, data.input_shape, data.n_classes, width=preset.width)
+    model.to(device).train()
+    clock = EpochClock()
+    optimizer = make_optimizer(method, model, preset, clock)
+    batches = torch.Generator().manual_seed(seed)
+    records: list[Record] = []
+    wall, steps = 0.0, 0
+    epochs = tqdm(
+        range(1, preset.epochs + 1), desc=f"{method} s{seed}", disable=not progress, leave=False
+    )
+    for epoch in epochs:
+        clock.epoch = epoch
+        lr = at_epoch(preset.lr[method], epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        epoch_time, loss_sum, n_seen = 0.0, torch.zeros((), device=device), 0
+        n_batches = -(-len(data.y_train) // preset.batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        loader = iterate_batches(
+            data.x_train,
+            data.y_train,
+            preset.batch_size,
+            generator=batches,
+            augment=data.augment,
+            max_batches=max_batches,
+        )
+        for xb, yb in tqdm(
+            loader, total=n_batches, desc="batches", disable=not progress, leave=False
+        ):
+            _sync(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            epoch_time += time.perf_counter() - start
+            loss_sum += loss.detach() * len(yb)
+            n_seen += len(yb)
+            steps += 1
+        wall += epoch_time
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        record = {
+            "method": method,
+            "seed": seed,
+            "epoch": epoch,
+            "steps": steps,
+            "lr": lr,
+            "train_loss": loss_sum.item() / max(n_seen, 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_time": epoch_time,
+            "wall_time": wall,
+        }
+        records.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if progress:
+            tqdm.write(
+                f"{method:>12} seed {seed} epoch {epoch:>3}/{preset.epochs}: "
+                f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  "
+                f"test acc {test_acc:6.2f}%  epoch {epoch_time:7.2f}s  total {wall:8.2f}s"
+            )
+        if on_spectra is not None and epoch in preset.spectra_epochs:
+            spectra = factor_spectra(optimizer, preset.spectra_layers)
+            if spectra:
+                on_spectra(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "epoch": epoch,
+                        "steps": steps,
+                        "eigenvalues": spectra,
+                    }
+                )
+    return records
