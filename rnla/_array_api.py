@@ -230,7 +230,9 @@ def lu_basis(Y: Array) -> Array:
         import torch
 
         k = Y.shape[-1]
-        LU, _ = torch.linalg.lu_factor(Y)
+        LU, _, info = torch.linalg.lu_factor_ex(Y)
+        if bool(torch.any(info != 0)):  # exactly singular U (rank-deficient Y): no Y U^-1
+            return torch.linalg.qr(Y).Q
         U = torch.triu(LU[..., :k, :])
         return torch.linalg.solve_triangular(U, Y, upper=True, left=False)
     raise TypeError(f"LU is not available for {xp.__name__} arrays; use NumPy or PyTorch")

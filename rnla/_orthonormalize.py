@@ -81,7 +81,11 @@ def well_conditioned_basis(Y: Array, normalizer: str) -> Array:
     scheme, which loses accuracy in low precision).
     """
     if normalizer == "none":
-        return Y
+        # No re-orthonormalization, only a rescale by max |Y| (same span) so that
+        # (X X^H)^q X Omega cannot overflow when ||X|| is large (float32, q ~ 8).
+        xp = namespace_of(Y)
+        scale = xp.max(xp.abs(Y), axis=(-2, -1), keepdims=True)
+        return Y / xp.where(scale > 0, scale, xp.ones_like(scale))
     if normalizer == "lu":
         return lu_basis(Y)
     if normalizer == "cholqr2":

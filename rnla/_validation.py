@@ -24,7 +24,10 @@ def check_matrix(X: Array, name: str = "X") -> ModuleType:
     Raises ``TypeError`` for non-arrays and non-floating dtypes, ``ValueError`` for
     fewer than two dimensions or empty matrices.
     """
-    xp = namespace_of(X)
+    try:
+        xp = namespace_of(X)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from None
     if not xp.isdtype(X.dtype, ("real floating", "complex floating")):
         raise TypeError(
             f"{name}: expected a real or complex floating dtype, got {X.dtype}; "

@@ -97,7 +97,10 @@ def woodbury_solve(
         raise ValueError(f"side: expected one of {_SIDES}, got {side!r}")
     xp = check_matrix(U, "U")
     check_matrix(M, "M")
-    namespace_of(U, d, M)
+    try:
+        namespace_of(U, d, M)
+    except TypeError as exc:
+        raise TypeError(f"U, d, M: {exc}") from None
     check_same_device({"U": U, "d": d, "M": M})
     if xp.isdtype(d.dtype, "complex floating") or not xp.isdtype(d.dtype, "real floating"):
         raise TypeError(f"d: expected a real floating dtype, got {d.dtype}")

@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 METHODS = ("eigh", "rsvd", "srevd", "nystrom")
 DAMPING_MODES = ("relative", "absolute", "pi")
 FISHER_TYPES = ("empirical", "mc")
 
-Number = Union[int, float]
-ScheduleLike = Union[Number, Callable[[int], Number]]
+Number = int | float
+ScheduleLike = Number | Callable[[int], Number]
 """A number, or a callable of the step (an int counted from 0) returning one."""
 
 
@@ -60,9 +60,7 @@ def check_number(
     if low is not None and (value < low or (value == low and not low_inclusive)):
         raise ValueError(f"{name}: must be {'>=' if low_inclusive else '>'} {low}, got {value!r}")
     if high is not None and (value > high or (value == high and not high_inclusive)):
-        raise ValueError(
-            f"{name}: must be {'<=' if high_inclusive else '<'} {high}, got {value!r}"
-        )
+        raise ValueError(f"{name}: must be {'<=' if high_inclusive else '<'} {high}, got {value!r}")
     return value
 
 
@@ -92,7 +90,7 @@ class Schedule:
 
     Examples
     --------
-    >>> s = Schedule(lambda step: 0.1 if step < 10 else 0.01, "damping", float)
+    >>> s = Schedule(lambda step: 0.1 if step < 10 else 0.01, "damping", check_number)
     >>> s(0), s(10)
     (0.1, 0.01)
     """

@@ -83,8 +83,21 @@ def xp(request) -> Backend:
 
 def decaying_matrix(m: int, n: int, *, decay: float = 0.8, seed: int = 0, dtype=np.float64):
     """``U diag(decay**i) V^H`` with random orthonormal U, V; returns (X, singular values)."""
+    s = decay ** np.arange(min(m, n))
+    return matrix_with_spectrum(m, n, s, seed=seed, dtype=dtype), s
+
+
+def matrix_with_spectrum(
+    m: int, n: int, singular_values, *, seed: int = 0, dtype=np.float64
+) -> np.ndarray:
+    """``U diag(singular_values) V^H`` (m x n) with Haar-like random orthonormal U, V.
+
+    ``singular_values`` has length ``min(m, n)``; complex ``dtype`` gives complex U, V.
+    """
     rng = np.random.default_rng(seed)
+    s = np.asarray(singular_values, dtype=np.float64)
     k = min(m, n)
+    assert s.shape == (k,), f"need {k} singular values, got shape {s.shape}"
     complex_ = np.issubdtype(dtype, np.complexfloating)
 
     def orthonormal(rows: int) -> np.ndarray:
@@ -93,9 +106,20 @@ def decaying_matrix(m: int, n: int, *, decay: float = 0.8, seed: int = 0, dtype=
             G = G + 1j * rng.standard_normal((rows, k))
         return np.linalg.qr(G)[0]
 
-    s = decay ** np.arange(k)
     X = (orthonormal(m) * s) @ orthonormal(n).conj().T
-    return X.astype(dtype), s
+    return X.astype(dtype)
+
+
+def hermitian_with_spectrum(eigenvalues, *, seed: int = 0, dtype=np.float64) -> np.ndarray:
+    """``V diag(eigenvalues) V^H`` with a random orthonormal (unitary for complex) V.
+
+    Exactly Hermitian in ``dtype`` (symmetrized after rounding).
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    basis_dtype = np.complex128 if np.issubdtype(dtype, np.complexfloating) else np.float64
+    V = matrix_with_spectrum(lam.size, lam.size, np.ones(lam.size), seed=seed, dtype=basis_dtype)
+    X = ((V * lam) @ V.conj().T).astype(dtype)
+    return (X + X.conj().T) / 2
 
 
 def kfactor_like(d: int, *, steps: int = 60, rho: float = 0.95, batch: int = 32, seed: int = 0):

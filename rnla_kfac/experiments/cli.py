@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local directory with cifar-10-batches-py (CIFAR-10)")
     p.add_argument("--n-samples", type=int, help="MNIST-1D samples, train + test")
     p.add_argument("--width", type=int, help="hidden width of the MLP")
+    p.add_argument("--depth", type=int, help="number of hidden layers of the MLP")
     p.add_argument("--epochs", type=int, help="epochs per run")
     p.add_argument("--seeds", type=int, help="number of seeds (runs per method)")
     p.add_argument("--batch-size", type=int, help="training batch size")
@@ -111,12 +112,13 @@ def configure(args: argparse.Namespace) -> Preset:
         "model": args.model,
         "n_samples": args.n_samples,
         "width": args.width,
+        "depth": args.depth,
         "epochs": args.epochs,
         "seeds": args.seeds,
         "batch_size": args.batch_size,
         "targets": tuple(sorted(args.targets)) if args.targets else None,
     }
-    for key in ("n_samples", "width", "epochs", "seeds", "batch_size", "max_batches"):
+    for key in ("n_samples", "width", "depth", "epochs", "seeds", "batch_size", "max_batches"):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")

@@ -116,21 +116,21 @@ class VGG16BN(nn.Module):
 
 
 def build_model(
-    name: str, input_shape: Sequence[int], n_classes: int, *, width: int = 2048
+    name: str, input_shape: Sequence[int], n_classes: int, *, width: int = 2048, depth: int = 2
 ) -> nn.Module:
     """Build a model by name.
 
     Parameters
     ----------
     name : {"mlp", "vgg16_bn"}
-        ``"mlp"``: :func:`wide_mlp` with two hidden layers; ``"vgg16_bn"``:
+        ``"mlp"``: :func:`wide_mlp`; ``"vgg16_bn"``:
         :class:`VGG16BN` (needs ``(3, 32, 32)`` inputs).
     input_shape : sequence of int
         Shape of one input sample.
     n_classes : int
         Number of outputs.
-    width : int
-        Hidden width of the MLP.
+    width, depth : int
+        Hidden width and number of hidden layers of the MLP.
 
     Returns
     -------
@@ -146,7 +146,7 @@ def build_model(
     ValueError: unknown model 'resnet'; choose one of mlp, vgg16_bn
     """
     if name == "mlp":
-        return wide_mlp(input_shape, n_classes, width=width)
+        return wide_mlp(input_shape, n_classes, width=width, depth=depth)
     if name == "vgg16_bn":
         if tuple(input_shape) != (3, 32, 32):
             raise ValueError(f"vgg16_bn needs inputs of shape (3, 32, 32), got {input_shape}")

@@ -102,8 +102,8 @@ class Preset:
         Total samples for MNIST-1D.
     model : str
         One of :data:`rnla_kfac.experiments.models.MODELS`.
-    width : int
-        Hidden width of the MLP.
+    width, depth : int
+        Hidden width and number of hidden layers of the MLP.
     epochs, batch_size, seeds : int
         Training length, batch size and number of seeds (runs per method).
     targets : tuple of three floats
@@ -138,6 +138,7 @@ class Preset:
     lr: dict[str, Hyper]
     n_samples: int | None = None
     width: int = 2048
+    depth: int = 2
     methods: tuple[str, ...] = tuple(METHODS)
     momentum: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.0

@@ -149,7 +149,7 @@ def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) ->
                 f"spectra layer {name!r} is not preconditioned; choose among {', '.join(factors)}"
             )
         for label, factor in zip(("A", "G"), factors[name], strict=True):
-            f = factor.detach().to("cpu", torch.float64)
+            f = factor.detach().to("cpu")
             eig = torch.linalg.eigvalsh((f + f.T) / 2).flip(0)
             spectra[f"{name}/{label}"] = eig.tolist()
     return spectra
@@ -209,7 +209,9 @@ def train_run(
     """
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = build_model(preset.model, data.input_shape, data.n_classes, width=preset.width)
+    model = build_model(
+        preset.model, data.input_shape, data.n_classes, width=preset.width, depth=preset.depth
+    )
     model.to(device).train()
     clock = EpochClock()
     optimizer = make_optimizer(method, model, preset, clock)

@@ -1,0 +1,554 @@
+"""K-FAC preconditioning of a model's gradients, usable with any torch optimizer."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import (
+    DAMPING_MODES,
+    FISHER_TYPES,
+    METHODS,
+    Schedule,
+    ScheduleLike,
+    check_bool,
+    check_choice,
+    check_number,
+    check_rank,
+)
+from .inverse import AUTO_START_RANK, DEFAULT_RTOL, FactorInverse, decompose_factors
+from .layers import KFACLayer
+from .modules import helper_for
+
+__all__ = ["KFACPreconditioner"]
+
+LIKELIHOODS = ("categorical", "gaussian")
+
+
+def _positive(value: Any, name: str) -> float:
+    return check_number(value, name, low=0, low_inclusive=False)
+
+
+def _period(value: Any, name: str) -> int:
+    return check_number(value, name, integer=True, low=1)
+
+
+def _count(value: Any, name: str) -> int:
+    return check_number(value, name, integer=True, low=0)
+
+
+def _decay(value: Any, name: str) -> float:
+    return check_number(value, name, low=0, high=1, high_inclusive=False)
+
+
+def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
+    if isinstance(skip_layers, str):
+        skip_layers = (skip_layers,)
+    if not isinstance(skip_layers, Iterable):
+        raise TypeError(
+            f"skip_layers: expected a module name, regex or a sequence of them, got {skip_layers!r}"
+        )
+    patterns = []
+    for pattern in skip_layers:
+        if not isinstance(pattern, str):
+            raise TypeError(f"skip_layers: expected strings, got {pattern!r}")
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as error:
+            raise ValueError(f"skip_layers: invalid regex {pattern!r} ({error})") from None
+    return patterns
+
+
+class KFACPreconditioner:
+    """K-FAC, RS-KFAC, SRE-KFAC (and Nystrom) preconditioner for ``nn.Linear``/``nn.Conv2d``.
+
+    Call :meth:`step` after ``loss.backward()`` and before ``optimizer.step()`` of any
+    torch optimizer: it replaces each supported layer's gradient ``J`` (weight and
+    bias as one ``d_out x d_in`` matrix) by ``(G + lam_G I)^-1 J (A + lam_A I)^-1``.
+
+    * Every ``factor_update_period`` steps, hooks record each layer's input and output
+      gradient (nothing is recorded on other steps) and the batch factors are folded
+      into exponential averages that start at the identity:
+      ``A <- rho A + (1 - rho) A_batch``. Conventions (Linear: ``A = a^T a / n``,
+      ``G = g^T g * n``; Conv2d: KFC) are in :mod:`rnla_kfac.modules`.
+    * Every ``inverse_update_period`` steps the averages are decomposed through
+      :mod:`rnla` (exact ``eigh`` or rank-``rank`` ``rsvd``/``srevd``/``nystrom``),
+      same-sized factors in one batched call.
+    * Every step the gradients are preconditioned with :func:`rnla.woodbury_solve` on
+      both sides; no ``d x d`` inverse is formed.
+
+    Statistics come from forward passes run with gradients enabled (run evaluation
+    under ``torch.no_grad()``); several forward/backward passes in one step (gradient
+    accumulation) are averaged. The structure is meant for extension (e.g. a
+    distributed subclass): :meth:`step` calls the overridable ``_update_factors``,
+    ``_reduce_factors`` (a no-op here: where factors would be all-reduced),
+    ``_compute_inverses`` (through ``_decompose``) and ``_precondition_gradients``,
+    and each factor's decomposition is a small :class:`~rnla_kfac.FactorInverse`
+    (``U``, ``d``, ``tail``) that can be broadcast.
+
+    Every numeric argument may also be a callable of the step (an int from 0), e.g.
+    ``damping=lambda step: 0.1 if step < 1000 else 0.05``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model; supported layers are found among its modules. Its device and dtype
+        are followed: factors live on each layer's device, in float32 (float64 for
+        float64 layers), also for float16/bfloat16 models.
+    method : {"rsvd", "eigh", "srevd", "nystrom"}, default "rsvd"
+        ``"eigh"``: K-FAC (exact eigendecomposition); ``"rsvd"``: RS-KFAC (right
+        singular vectors of a randomized SVD); ``"srevd"``: SRE-KFAC; ``"nystrom"``.
+    rank : int or "auto", default 220
+        Eigenpairs kept per factor by the randomized methods (capped at the factor
+        size; the exact path is taken when ``rank + oversample >= size``). ``"auto"``
+        keeps the modes ``>= rank_rtol`` times the largest, per layer, adapting the
+        sketch size between decompositions. Ignored by ``"eigh"``.
+    oversample : int, default 10
+    n_iter : int, default 4
+        Sketch oversampling and power iterations of the randomized methods.
+    damping : float, default 0.1
+        ``lambda > 0``, split between the factors by ``damping_mode``.
+    damping_mode : {"relative", "absolute", "pi"}, default "relative"
+        ``"relative"``: each factor gets ``lambda`` times its largest eigenvalue (the
+        paper's code); ``"absolute"``: each gets ``sqrt(lambda)``; ``"pi"``: the
+        pi-adjusted split ``pi sqrt(lambda)`` / ``sqrt(lambda) / pi`` of Martens & Grosse
+        (2015). See :func:`rnla_kfac.precondition`.
+    factor_decay : float, default 0.95
+        ``rho`` in ``[0, 1)``.
+    factor_update_period : int, default 10
+        ``T_KU``: steps between factor updates.
+    inverse_update_period : int, default 50
+        ``T_KI``: steps between decompositions.
+    fisher : {"empirical", "mc"}, default "empirical"
+        ``"empirical"``: ``G`` from the gradients of the user's loss (assumed averaged
+        over the batch). ``"mc"``: from an extra backward with labels sampled from the
+        model's predictive distribution, run by :meth:`mc_backward`.
+    kl_clip : float or None, default None
+        If given, scales all preconditioned gradients ``P`` by
+        ``min(1, sqrt(kl_clip / (lr^2 sum <P, J>)))`` (Ba et al. 2017).
+    lr : float, default 1.0
+        Learning rate of the outer optimizer, used only by ``kl_clip``
+        (:class:`rnla_kfac.KFAC` passes its own).
+    skip_layers : str or sequence of str, default ()
+        Module names or regular expressions (full match) of layers to leave alone.
+    tail_compensation : bool, default True
+        Model the discarded eigenvalues by their mean instead of zero (see DESIGN.md).
+    rank_rtol : float, default 1/33
+        Relative tolerance of ``rank="auto"``, in ``(0, 1]``.
+    seed : int, default 0
+        Seed of the generator for sketches and sampled labels (checkpointed).
+
+    Raises
+    ------
+    TypeError
+        For a ``model`` that is not an ``nn.Module`` or arguments of the wrong type.
+    ValueError
+        For an unknown ``method``, ``damping_mode`` or ``fisher``, ``damping <= 0``,
+        ``factor_decay`` outside ``[0, 1)``, non-positive periods or ``rank``, or a model
+        without supported layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac import KFACPreconditioner
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(),
+    ...                             torch.nn.Linear(32, 3))
+    >>> pre = KFACPreconditioner(model, method="srevd", rank=8, factor_update_period=1,
+    ...                          inverse_update_period=5)
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    >>> for _ in range(3):
+    ...     optimizer.zero_grad()
+    ...     torch.nn.functional.cross_entropy(model(x), y).backward()
+    ...     pre.step()
+    ...     optimizer.step()
+    >>> sorted(pre.factors())
+    ['0', '2']
+    >>> pre.remove()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        method: str = "rsvd",
+        rank: int | str | ScheduleLike = 220,
+        oversample: ScheduleLike = 10,
+        n_iter: ScheduleLike = 4,
+        damping: ScheduleLike = 0.1,
+        damping_mode: str = "relative",
+        factor_decay: ScheduleLike = 0.95,
+        factor_update_period: ScheduleLike = 10,
+        inverse_update_period: ScheduleLike = 50,
+        fisher: str = "empirical",
+        kl_clip: ScheduleLike | None = None,
+        lr: ScheduleLike = 1.0,
+        skip_layers: str | Iterable[str] = (),
+        tail_compensation: bool = True,
+        rank_rtol: float = DEFAULT_RTOL,
+        seed: int = 0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.method = check_choice(method, "method", METHODS)
+        self.damping_mode = check_choice(damping_mode, "damping_mode", DAMPING_MODES)
+        self.fisher = check_choice(fisher, "fisher", FISHER_TYPES)
+        self.tail_compensation = check_bool(tail_compensation, "tail_compensation")
+        self.rank_rtol = check_number(rank_rtol, "rank_rtol", low=0, high=1, low_inclusive=False)
+        self.seed = check_number(seed, "seed", integer=True, low=0)
+        self.rank = Schedule(rank, "rank", check_rank)
+        self.oversample = Schedule(oversample, "oversample", _count)
+        self.n_iter = Schedule(n_iter, "n_iter", _count)
+        self.damping = Schedule(damping, "damping", _positive)
+        self.factor_decay = Schedule(factor_decay, "factor_decay", _decay)
+        self.factor_update_period = Schedule(factor_update_period, "factor_update_period", _period)
+        self.inverse_update_period = Schedule(
+            inverse_update_period, "inverse_update_period", _period
+        )
+        self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", _positive)
+        self.lr = Schedule(lr, "lr", _positive)
+        self._layers = self._find_layers(model, _compile_patterns(skip_layers))
+        first_weight = self._layers[0].helper.module.weight
+        self._generator = torch.Generator(device=first_weight.device).manual_seed(self.seed)
+        self._handles = [
+            layer.helper.module.register_forward_hook(partial(self._forward_hook, layer))
+            for layer in self._layers
+        ]
+        self._steps = 0
+        self._removed = False
+        self._mc_active = False
+        self._collecting = self._factor_step_due(0)
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _find_layers(model: nn.Module, patterns: list[re.Pattern]) -> list[KFACLayer]:
+        layers, unsupported, matched = [], [], set()
+        for name, module in model.named_modules():
+            hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
+            if hits:
+                matched.update(hits)
+                continue
+            helper = helper_for(module)
+            if isinstance(helper, str):
+                unsupported.append(f"{name!r} ({helper})")
+            elif helper is not None:
+                dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+                layers.append(KFACLayer(name, helper, dtype))
+        if unsupported:
+            warnings.warn(
+                "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
+                + ", ".join(unsupported),
+                stacklevel=3,
+            )
+        unmatched = [p.pattern for p in patterns if p.pattern not in matched]
+        if unmatched:
+            warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
+        if not layers:
+            raise ValueError(
+                "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
+                f"with groups=1, not in skip_layers) in {type(model).__name__}"
+            )
+        return layers
+
+    # ------------------------------------------------------------------ hooks
+
+    def _forward_hook(self, layer: KFACLayer, module: nn.Module, inputs: tuple, output: Any):
+        if not self._collecting or not torch.is_grad_enabled():
+            return
+        layer.record_input(inputs[0])
+        if isinstance(output, Tensor) and output.requires_grad:
+            # A tensor hook on the output (not a module backward hook) stays correct when
+            # an in-place activation modifies the output afterwards.
+            output.register_hook(partial(self._output_grad_hook, layer))
+
+    def _output_grad_hook(self, layer: KFACLayer, grad: Tensor) -> None:
+        if self.fisher == "mc" and not self._mc_active:
+            return
+        layer.record_output_grad(grad)
+
+    def _factor_step_due(self, step: int) -> bool:
+        return step % self.factor_update_period(step) == 0
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def steps(self) -> int:
+        """Number of completed :meth:`step` calls."""
+        return self._steps
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        """Qualified names of the preconditioned modules."""
+        return tuple(layer.name for layer in self._layers)
+
+    def step(self) -> None:
+        """Update factors and inverses when due, then precondition the gradients.
+
+        Call after ``loss.backward()`` and before the optimizer's ``step()``.
+
+        Raises
+        ------
+        RuntimeError
+            If called after :meth:`remove`.
+        """
+        if self._removed:
+            raise RuntimeError("step: this preconditioner was removed (remove() was called)")
+        step = self._steps
+        if self._factor_step_due(step):
+            self._update_factors(step)
+            self._reduce_factors()
+        if step % self.inverse_update_period(step) == 0:
+            self._compute_inverses(step)
+        self._precondition_gradients(step)
+        self._steps += 1
+        self._collecting = self._factor_step_due(self._steps)
+
+    def mc_backward(self, output: Tensor, likelihood: str = "categorical") -> None:
+        """Collect ``G`` from labels sampled from the model (``fisher="mc"``).
+
+        On factor-update steps, samples labels from the predictive distribution given by
+        ``output``, and back-propagates their loss (averaged over the batch) with
+        ``torch.autograd.grad`` so the hooks record ``G``; parameters' ``.grad`` are not
+        touched and the graph is kept for the user's own ``loss.backward()``. On other
+        steps it does nothing. Call it after the forward pass, before the backward.
+
+        Parameters
+        ----------
+        output : Tensor
+            The model's output for the current batch.
+        likelihood : {"categorical", "gaussian"}, default "categorical"
+            ``"categorical"``: logits of shape ``(n, C)`` or ``(n, C, ...)`` (like
+            ``cross_entropy``); ``"gaussian"``: means of a unit-variance Gaussian, loss
+            ``0.5 ||output - y||^2`` summed per example.
+
+        Raises
+        ------
+        RuntimeError
+            If ``fisher`` is not ``"mc"``.
+        ValueError
+            For an unknown ``likelihood``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = torch.nn.Linear(4, 3)
+        >>> pre = KFACPreconditioner(model, fisher="mc", method="eigh")
+        >>> x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+        >>> out = model(x)
+        >>> pre.mc_backward(out)
+        >>> torch.nn.functional.cross_entropy(out, y).backward()
+        >>> pre.step()
+        """
+        if self.fisher != "mc":
+            raise RuntimeError(f"mc_backward: needs fisher='mc', this one has {self.fisher!r}")
+        check_choice(likelihood, "likelihood", LIKELIHOODS)
+        if not isinstance(output, Tensor):
+            raise TypeError(f"output: expected a tensor, got {type(output).__name__}")
+        if not self._collecting or not output.requires_grad:
+            return
+        logits = output.detach().float()
+        if likelihood == "categorical":
+            probs = logits.movedim(1, -1).softmax(-1).reshape(-1, logits.shape[1])
+            labels = torch.multinomial(probs, 1, generator=self._generator)
+            labels = labels.reshape(logits.movedim(1, -1).shape[:-1])
+            loss = F.cross_entropy(output, labels)
+        else:
+            noise = torch.randn(logits.shape, generator=self._generator, device=logits.device).to(
+                output.dtype
+            )
+            loss = 0.5 * noise.sub(output - output.detach()).square().sum() / output.shape[0]
+        weights = [layer.helper.module.weight for layer in self._layers]
+        self._mc_active = True
+        try:
+            torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+        finally:
+            self._mc_active = False
+
+    def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The averaged factors ``{layer name: (A, G)}`` (for inspection and plots).
+
+        Examples
+        --------
+        >>> import torch
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), method="eigh")
+        >>> A, G = pre.factors()[""]
+        >>> A.shape, G.shape
+        (torch.Size([4, 4]), torch.Size([2, 2]))
+        """
+        return {layer.name: (layer.A, layer.G) for layer in self._layers}
+
+    def inverses(self) -> dict[str, tuple[FactorInverse | None, FactorInverse | None]]:
+        """The current undamped inverses ``{layer name: (A_inverse, G_inverse)}``."""
+        return {layer.name: (layer.A_inverse, layer.G_inverse) for layer in self._layers}
+
+    def remove(self) -> None:
+        """Detach every hook from the model; :meth:`step` then raises ``RuntimeError``."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._removed = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, generator state and per-layer factors and inverses.
+
+        As with torch modules and optimizers, the tensors are shared with the live
+        preconditioner (the factors are updated in place): save or copy them before
+        training on.
+
+        Examples
+        --------
+        >>> import torch
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), method="eigh")
+        >>> pre.load_state_dict(pre.state_dict())
+        """
+        return {
+            "steps": self._steps,
+            "generator": self._generator.get_state(),
+            "layers": {layer.name: layer.state_dict() for layer in self._layers},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises
+        ------
+        ValueError
+            If the state dict's layers differ from this preconditioner's (the message
+            names the first mismatched layer) or a factor's shape differs.
+        """
+        if not isinstance(state_dict, dict) or "layers" not in state_dict:
+            raise TypeError(
+                "state_dict: expected a dict from KFACPreconditioner.state_dict(), "
+                f"got {type(state_dict).__name__}"
+            )
+        saved = state_dict["layers"]
+        for layer in self._layers:
+            if layer.name not in saved:
+                raise ValueError(
+                    f"state_dict: layer {layer.name!r} of this model is missing from the state dict"
+                )
+        for name in saved:
+            if name not in self.layer_names:
+                raise ValueError(
+                    f"state_dict: layer {name!r} of the state dict is not preconditioned here"
+                )
+        for layer in self._layers:
+            layer.load_state_dict(saved[layer.name])
+        self._generator.set_state(state_dict["generator"])
+        self._steps = int(state_dict["steps"])
+        self._collecting = self._factor_step_due(self._steps)
+
+    def __repr__(self) -> str:
+        return (
+            f"KFACPreconditioner(method={self.method!r}, layers={len(self._layers)}, "
+            f"steps={self._steps})"
+        )
+
+    # ------------------------------------------------------------------ overridable steps
+
+    def _update_factors(self, step: int) -> None:
+        """Fold the collected batch factors into the averages (factor-update steps)."""
+        decay = self.factor_decay(step)
+        batches = []
+        for layer in self._layers:
+            if layer.has_batch:
+                batches.append((layer, *layer.batch_factors()))
+            else:
+                layer.reset_batch()
+        if not batches:
+            hint = " (with fisher='mc', call mc_backward(output) each step)" * (self.fisher == "mc")
+            warnings.warn(
+                f"step {step}: no layer statistics were recorded on this factor-update step" + hint,
+                stacklevel=3,
+            )
+            return
+        device = batches[0][3].device
+        finite = torch.stack([flag.to(device) for *_, flag in batches]).tolist()  # one sync
+        skipped = []
+        for (layer, A_batch, G_batch, _), ok in zip(batches, finite, strict=True):
+            if ok:
+                layer.fold(A_batch, G_batch, decay)
+            else:
+                skipped.append(layer.name)
+        if skipped:
+            warnings.warn(
+                f"step {step}: NaN or Inf in the activations or output gradients of layers "
+                f"{skipped}; their factor update was skipped",
+                stacklevel=3,
+            )
+
+    def _reduce_factors(self) -> None:
+        """Combine factors across processes (no-op here; the distributed hook point)."""
+
+    def _decompose(self, work: list[tuple[KFACLayer, str]], step: int) -> list:
+        """Decompose the factors ``(layer, "A" | "G")`` of ``work``; None where failed."""
+        rank = self.rank(step)
+        auto = rank == "auto"
+        ranks = []
+        for layer, key in work:
+            size = getattr(layer, key).shape[0]
+            if self.method == "eigh":
+                ranks.append(None)
+            elif auto:
+                ranks.append(layer.rank_hints[key] or min(size, AUTO_START_RANK))
+            else:
+                ranks.append(rank)
+        return decompose_factors(
+            [getattr(layer, key) for layer, key in work],
+            self.method,
+            ranks,
+            oversample=self.oversample(step),
+            n_iter=self.n_iter(step),
+            tail_compensation=self.tail_compensation,
+            rtol=self.rank_rtol if auto else None,
+            rng=self._generator,
+        )
+
+    def _compute_inverses(self, step: int) -> None:
+        """Decompose every averaged factor (inverse-update steps), keeping old ones on failure."""
+        work = [(layer, key) for layer in self._layers if layer.updates for key in ("A", "G")]
+        if not work:
+            return
+        failed = []
+        for (layer, key), result in zip(work, self._decompose(work, step), strict=True):
+            if result is None:
+                failed.append(f"{layer.name}.{key}")
+                continue
+            setattr(layer, f"{key}_inverse", result)
+            if not result.exact:
+                layer.rank_hints[key] = min(result.size, result.rank + max(4, result.rank // 4))
+        if failed:
+            warnings.warn(
+                f"step {step}: the {self.method} decomposition of factors {failed} failed "
+                "(also in float64); keeping their previous decomposition",
+                stacklevel=3,
+            )
+
+    def _precondition_gradients(self, step: int) -> None:
+        """Replace each layer's gradient by its preconditioned version (every step)."""
+        damping = self.damping(step)
+        results = []
+        for layer in self._layers:
+            pair = layer.precondition(damping, self.damping_mode)
+            if pair is not None:
+                results.append((layer, *pair))
+        if not results:
+            return
+        scale = None
+        if self.kl_clip is not None:
+            device = results[0][1].device
+            vg = sum((J * P).sum().to(device) for _, J, P in results) * self.lr(step) ** 2
+            tiny = torch.finfo(vg.dtype).tiny
+            scale = (self.kl_clip(step) / vg.clamp_min(tiny)).sqrt().clamp(max=1.0)
+        for layer, _, P in results:
+            layer.helper.set_grad_matrix(P if scale is None else P * scale.to(P.device))
