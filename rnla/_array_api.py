@@ -8,6 +8,7 @@ markedly faster routine (SciPy's Householder QR beats NumPy's on skinny matrices
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
@@ -19,6 +20,7 @@ Array = Any
 
 __all__ = [
     "Array",
+    "all_finite",
     "namespace_of",
     "check_same_device",
     "is_numpy",
@@ -170,6 +172,23 @@ def cholesky_lower(G: Array) -> Array | None:
     if not bool(xp.all(xp.isfinite(L))):
         return None
     return L
+
+
+def all_finite(X: Array, block_entries: int = 1 << 20) -> bool:
+    """Whether every entry of ``X`` is finite, checked in blocks of rows.
+
+    ``xp.all(xp.isfinite(X))`` would allocate a boolean array of the size of ``X`` (a
+    d x d temporary); blocks of about ``block_entries`` entries keep the extra memory
+    at a MiB, and the per-block verdicts are combined with one synchronization.
+    """
+    xp = namespace_of(X)
+    rows = X.shape[-2]
+    row_entries = math.prod(X.shape) // rows
+    step = max(1, block_entries // row_entries)
+    if step >= rows:
+        return bool(xp.all(xp.isfinite(X)))
+    verdicts = [xp.all(xp.isfinite(X[..., i : i + step, :])) for i in range(0, rows, step)]
+    return bool(xp.all(xp.stack(verdicts)))
 
 
 def solve_upper_right(Y: Array, R: Array) -> Array:

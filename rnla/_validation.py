@@ -8,6 +8,7 @@ from typing import Any
 
 from ._array_api import (
     Array,
+    all_finite,
     compute_dtype,
     conj_transpose,
     device_of,
@@ -34,7 +35,9 @@ def check_matrix(X: Array, name: str = "X") -> ModuleType:
             "convert integer or boolean arrays explicitly (e.g. to float64)"
         )
     if X.ndim < 2:
-        raise ValueError(f"{name}: expected a matrix or a stack of matrices, got shape {X.shape}")
+        raise ValueError(
+            f"{name}: expected a matrix or a stack of matrices, got shape {tuple(X.shape)}"
+        )
     if X.shape[-1] == 0 or X.shape[-2] == 0 or any(s == 0 for s in X.shape[:-2]):
         raise ValueError(f"{name}: empty matrix of shape {tuple(X.shape)}")
     return xp
@@ -42,7 +45,7 @@ def check_matrix(X: Array, name: str = "X") -> ModuleType:
 
 def require_finite(xp: ModuleType, X: Array, name: str = "X") -> None:
     """Raise ``ValueError`` if ``X`` holds NaN or infinite entries."""
-    if not bool(xp.all(xp.isfinite(X))):
+    if not all_finite(X):
         raise ValueError(f"{name}: contains NaN or infinite entries")
 
 

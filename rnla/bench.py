@@ -278,7 +278,11 @@ def spectral_error(
 
 
 def inverse_apply_error(
-    X: np.ndarray, vectors: np.ndarray, values: np.ndarray, lam: float, M: np.ndarray,
+    X: np.ndarray,
+    vectors: np.ndarray,
+    values: np.ndarray,
+    lam: float,
+    M: np.ndarray,
     exact: np.ndarray | None = None,
 ) -> float:
     """Relative error of ``(X + lam I)^-1 M`` applied through a truncated eigendecomposition.
@@ -448,9 +452,7 @@ def _run_method(method: str, A: Array, r: int, oversample: int, n_iter: int, see
         from sklearn.utils.extmath import randomized_svd
 
         return (
-            lambda: randomized_svd(
-                A, r, n_oversamples=oversample, n_iter=n_iter, random_state=seed
-            )
+            lambda: randomized_svd(A, r, n_oversamples=oversample, n_iter=n_iter, random_state=seed)
         ), _svd_factors
     raise ValueError(f"unknown method {method!r}")
 
@@ -519,9 +521,9 @@ class _Context:
         errors = []
         for fraction in _LAMBDAS:
             lam = fraction * self.lam_max
-            errors.append(inverse_apply_error(
-                self.X64, vectors, values, lam, self.M, exact=self.exact(lam)
-            ))
+            errors.append(
+                inverse_apply_error(self.X64, vectors, values, lam, self.M, exact=self.exact(lam))
+            )
         return errors
 
     def accuracy(self, factors) -> tuple[float, float, float]:
@@ -586,8 +588,9 @@ class Benchmark:
         key = (X.shape[-1], str(X.dtype), backend)
         if key not in self._gemm:
             k = self.args.rank + self.args.oversample
-            self._gemm[key] = _gemm_time(X, backend, k, 2 * self.args.n_iter + 2,
-                                         self.repeats_for(X.shape[-1]))
+            self._gemm[key] = _gemm_time(
+                X, backend, k, 2 * self.args.n_iter + 2, self.repeats_for(X.shape[-1])
+            )
         return self._gemm[key]
 
     def measure(self, method, backend, ctx, n_iter, repeats):
@@ -613,14 +616,30 @@ class Benchmark:
             floor = n_products(method, args.n_iter) * self.gemm(ctx.X, backend)
             speedups = []
             for peer in ("torch.svd_lowrank", "sklearn"):
-                peer_result = [v for (m, b), v in results.items()
-                               if m == peer and (m, b) in _peers_for(backend)]
+                peer_result = [
+                    v
+                    for (m, b), v in results.items()
+                    if m == peer and (m, b) in _peers_for(backend)
+                ]
                 ok = method in _OURS and peer_result
                 speedups.append(peer_result[0][0] / seconds if ok else float("nan"))
-            self.rows.append(Row(
-                d, dtype, kind, backend, method, args.n_iter, seconds * 1e3, floor * 1e3,
-                seconds / floor, spec, inv1, inv2, *speedups,
-            ))
+            self.rows.append(
+                Row(
+                    d,
+                    dtype,
+                    kind,
+                    backend,
+                    method,
+                    args.n_iter,
+                    seconds * 1e3,
+                    floor * 1e3,
+                    seconds / floor,
+                    spec,
+                    inv1,
+                    inv2,
+                    *speedups,
+                )
+            )
         if kind in _KFAC_STEPS and not args.no_ttea:
             self.time_to_equal_accuracy(ctx, d, dtype, kind, backends, results, repeats)
         if kind == "kfac-late":
@@ -634,8 +653,13 @@ class Benchmark:
             if not peers:
                 continue
             target = min(results[p][1][1] for p in peers)
-            entry = {"d": d, "dtype": dtype, "matrix": kind, "backend": backend,
-                     "target_inv_err": target}
+            entry = {
+                "d": d,
+                "dtype": dtype,
+                "matrix": kind,
+                "backend": backend,
+                "target_inv_err": target,
+            }
             for method, method_backend in [(m, backend) for m in _OURS] + peers:
                 found = None
                 for n_iter in range(0, self.args.max_n_iter + 1):
@@ -644,8 +668,9 @@ class Benchmark:
                         error = acc[1]
                     else:
                         A = to_backend(ctx.X, method_backend)
-                        fn, convert = _run_method(method, A, self.args.rank,
-                                                  self.args.oversample, n_iter, self.args.seed)
+                        fn, convert = _run_method(
+                            method, A, self.args.rank, self.args.oversample, n_iter, self.args.seed
+                        )
                         out = fn()
                         error = ctx.inverse_errors(*convert(out)[2:])[0]
                         seconds = None
@@ -673,9 +698,23 @@ class Benchmark:
         top_values, top_vectors = values[-r:], vectors[:, -r:].astype(np.float64)
         inv = ctx.inverse_errors(top_vectors, top_values)
         self.eigh[(d, dtype, backend)] = (name, seconds, inv)
-        self.rows.append(Row(d, dtype, kind, backend, f"eigh ({name})", 0, seconds * 1e3,
-                             float("nan"), float("nan"), 1.0, *inv, float("nan"),
-                             float("nan")))
+        self.rows.append(
+            Row(
+                d,
+                dtype,
+                kind,
+                backend,
+                f"eigh ({name})",
+                0,
+                seconds * 1e3,
+                float("nan"),
+                float("nan"),
+                1.0,
+                *inv,
+                float("nan"),
+                float("nan"),
+            )
+        )
 
     def run_stacks(self, backends: Sequence[str], dtype: str) -> None:
         """8 factors of d=1024 (kfac-late, seeds 0..7): one stacked call vs a Python loop."""
@@ -687,11 +726,23 @@ class Benchmark:
                 fn = getattr(rnla, method)
                 args = (self.args.rank, self.args.oversample, self.args.n_iter)
                 stacked = _timed(lambda fn=fn: fn(S, *args, rng=0), S, self.args.repeats)[0]
-                looped = _timed(lambda fn=fn: [fn(S[i], *args, rng=0) for i in range(count)],
-                                S, self.args.repeats)[0]
-                self.stacks.append({"backend": backend, "dtype": dtype, "method": method,
-                                    "d": d, "count": count, "stacked_ms": stacked * 1e3,
-                                    "loop_ms": looped * 1e3, "speedup": looped / stacked})
+                looped = _timed(
+                    lambda fn=fn: [fn(S[i], *args, rng=0) for i in range(count)],
+                    S,
+                    self.args.repeats,
+                )[0]
+                self.stacks.append(
+                    {
+                        "backend": backend,
+                        "dtype": dtype,
+                        "method": method,
+                        "d": d,
+                        "count": count,
+                        "stacked_ms": stacked * 1e3,
+                        "loop_ms": looped * 1e3,
+                        "speedup": looped / stacked,
+                    }
+                )
 
     def run_memory(self, sizes: Sequence[int], dtype: str) -> None:
         """Peak memory traced by tracemalloc during each call on NumPy, in units of X."""
@@ -704,8 +755,15 @@ class Benchmark:
                 fn(X, self.args.rank, self.args.oversample, self.args.n_iter, rng=0)
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
-                self.memory.append({"d": d, "dtype": dtype, "method": method,
-                                    "peak_MiB": peak / 2**20, "peak_over_X": peak / X.nbytes})
+                self.memory.append(
+                    {
+                        "d": d,
+                        "dtype": dtype,
+                        "method": method,
+                        "peak_MiB": peak / 2**20,
+                        "peak_over_X": peak / X.nbytes,
+                    }
+                )
 
 
 # --------------------------------------------------------------------------- report
@@ -748,21 +806,30 @@ def _targets(bench: Benchmark, sizes: Sequence[int]) -> list[str]:
         if not rs:
             continue
         worst = max(rs, key=lambda r: r.time_over_floor)
-        check(worst.time_over_floor <= limit,
-              f"rsvd time/floor at d={d}: worst {worst.time_over_floor:.2f} "
-              f"({worst.backend}, {worst.matrix}) <= {limit}")
+        check(
+            worst.time_over_floor <= limit,
+            f"rsvd time/floor at d={d}: worst {worst.time_over_floor:.2f} "
+            f"({worst.backend}, {worst.matrix}) <= {limit}",
+        )
         for r in rs:
-            for peer, speedup in (("torch.svd_lowrank", r.speedup_vs_torch),
-                                  ("sklearn", r.speedup_vs_sklearn)):
-                peer_rows = [p for p in bench.rows if p.method == peer and p.d == d
-                             and p.dtype == r.dtype and p.matrix == r.matrix]
+            for peer, speedup in (
+                ("torch.svd_lowrank", r.speedup_vs_torch),
+                ("sklearn", r.speedup_vs_sklearn),
+            ):
+                peer_rows = [
+                    p
+                    for p in bench.rows
+                    if p.method == peer and p.d == d and p.dtype == r.dtype and p.matrix == r.matrix
+                ]
                 if not peer_rows or speedup != speedup:
                     continue
                 more_accurate = r.spec_err_ratio <= peer_rows[0].spec_err_ratio * 1.01
-                check(speedup >= speed and more_accurate,
-                      f"rsvd {r.backend} {r.matrix} d={d}: {speedup:.2f}x faster than {peer} "
-                      f"(>= {speed}), spectral error ratio {r.spec_err_ratio:.3g} vs "
-                      f"{peer_rows[0].spec_err_ratio:.3g}")
+                check(
+                    speedup >= speed and more_accurate,
+                    f"rsvd {r.backend} {r.matrix} d={d}: {speedup:.2f}x faster than {peer} "
+                    f"(>= {speed}), spectral error ratio {r.spec_err_ratio:.3g} vs "
+                    f"{peer_rows[0].spec_err_ratio:.3g}",
+                )
     for entry in bench.ttea:
         if entry["dtype"] != "float32" or entry["d"] not in (small, large):
             continue
@@ -772,60 +839,128 @@ def _targets(bench: Benchmark, sizes: Sequence[int]) -> list[str]:
             continue
         best, peer = min(s for _, s, _ in ours), min(s for _, s, _ in peers)
         need = 2.0 if entry["d"] == large else 3.0
-        check(peer / best >= need,
-              f"time to equal accuracy {entry['backend']} {entry['matrix']} d={entry['d']}: "
-              f"best of srevd/nystrom {peer / best:.2f}x faster than the faster peer (>= {need})")
+        check(
+            peer / best >= need,
+            f"time to equal accuracy {entry['backend']} {entry['matrix']} d={entry['d']}: "
+            f"best of srevd/nystrom {peer / best:.2f}x faster than the faster peer (>= {need})",
+        )
         eigh = bench.eigh.get((entry["d"], entry["dtype"], entry["backend"]))
         if entry["d"] == large and eigh is not None:
-            check(eigh[1] / best >= 10,
-                  f"time to equal accuracy {entry['backend']} {entry['matrix']} d={large}: "
-                  f"{eigh[1] / best:.1f}x faster than exact eigh ({eigh[0]}) (>= 10)")
+            check(
+                eigh[1] / best >= 10,
+                f"time to equal accuracy {entry['backend']} {entry['matrix']} d={large}: "
+                f"{eigh[1] / best:.1f}x faster than exact eigh ({eigh[0]}) (>= 10)",
+            )
         if entry["matrix"] == "kfac-late":
             errors = [e for _, _, e in ours]
-            check(min(errors) < 1e-2,
-                  f"inverse-apply error on kfac-late {entry['backend']} d={entry['d']}: "
-                  f"{min(errors):.2e} < 1e-2")
+            check(
+                min(errors) < 1e-2,
+                f"inverse-apply error on kfac-late {entry['backend']} d={entry['d']}: "
+                f"{min(errors):.2e} < 1e-2",
+            )
     if small != large:
         for r in rows:
             if r.d != large or r.method not in _OURS:
                 continue
-            base = [s for s in rows if s.d == small and s.method == r.method
-                    and s.backend == r.backend and s.matrix == r.matrix]
+            base = [
+                s
+                for s in rows
+                if s.d == small
+                and s.method == r.method
+                and s.backend == r.backend
+                and s.matrix == r.matrix
+            ]
             if base:
                 ratio = r.time_ms / base[0].time_ms
-                check(ratio <= 20, f"scaling {r.method} {r.backend} {r.matrix} "
-                      f"d={small}->{large}: {ratio:.1f}x (<= 20)")
+                check(
+                    ratio <= 20,
+                    f"scaling {r.method} {r.backend} {r.matrix} "
+                    f"d={small}->{large}: {ratio:.1f}x (<= 20)",
+                )
     for s in bench.stacks:
         if s["backend"] == "torch":
-            check(s["speedup"] >= 1.5, f"stack of {s['count']} {s['method']} torch d={s['d']}: "
-                  f"{s['speedup']:.2f}x faster than a loop (>= 1.5)")
+            check(
+                s["speedup"] >= 1.5,
+                f"stack of {s['count']} {s['method']} torch d={s['d']}: "
+                f"{s['speedup']:.2f}x faster than a loop (>= 1.5)",
+            )
     for m in bench.memory:
-        check(m["peak_over_X"] < 1.0, f"peak memory {m['method']} numpy d={m['d']}: "
-              f"{m['peak_over_X']:.2f} x the input (< 1: no d x d temporary)")
+        check(
+            m["peak_over_X"] < 1.0,
+            f"peak memory {m['method']} numpy d={m['d']}: "
+            f"{m['peak_over_X']:.2f} x the input (< 1: no d x d temporary)",
+        )
     return lines
 
 
 def report(bench: Benchmark, sizes: Sequence[int], header: str) -> str:
     """The whole report as markdown."""
     out = [header, "", "## Comparison (median times; ratios: time/floor, peer time/ours)", ""]
-    names = ["d", "dtype", "matrix", "backend", "method", "time ms", "floor ms", "t/floor",
-             "spec err/opt", "inv err .1", "inv err .01", "torch/ours", "sklearn/ours"]
-    out.append(_markdown(names, [
-        (r.d, r.dtype, r.matrix, r.backend, r.method, r.time_ms, r.floor_ms,
-         r.time_over_floor, r.spec_err_ratio, r.inv_err_lam1, r.inv_err_lam2,
-         r.speedup_vs_torch, r.speedup_vs_sklearn) for r in bench.rows
-    ]))
+    names = [
+        "d",
+        "dtype",
+        "matrix",
+        "backend",
+        "method",
+        "time ms",
+        "floor ms",
+        "t/floor",
+        "spec err/opt",
+        "inv err .1",
+        "inv err .01",
+        "torch/ours",
+        "sklearn/ours",
+    ]
+    out.append(
+        _markdown(
+            names,
+            [
+                (
+                    r.d,
+                    r.dtype,
+                    r.matrix,
+                    r.backend,
+                    r.method,
+                    r.time_ms,
+                    r.floor_ms,
+                    r.time_over_floor,
+                    r.spec_err_ratio,
+                    r.inv_err_lam1,
+                    r.inv_err_lam2,
+                    r.speedup_vs_torch,
+                    r.speedup_vs_sklearn,
+                )
+                for r in bench.rows
+            ],
+        )
+    )
     if bench.ttea:
-        out += ["", "## Time to equal accuracy (inverse-apply error at lam = 0.1 lam_max "
-                "no worse than the best peer at n_iter = "
-                f"{bench.args.n_iter}; q = n_iter needed)", ""]
+        out += [
+            "",
+            "## Time to equal accuracy (inverse-apply error at lam = 0.1 lam_max "
+            "no worse than the best peer at n_iter = "
+            f"{bench.args.n_iter}; q = n_iter needed)",
+            "",
+        ]
         methods = [*_OURS, "torch.svd_lowrank", "sklearn"]
-        out.append(_markdown(
-            ["d", "dtype", "matrix", "backend", "target", *methods, "peer/best ours", "eigh"],
-            [(e["d"], e["dtype"], e["matrix"], e["backend"], e["target_inv_err"],
-              *[_ttea_cell(e.get(m)) for m in methods], _ttea_speedup(e),
-              _eigh_cell(bench, e)) for e in bench.ttea],
-        ))
+        out.append(
+            _markdown(
+                ["d", "dtype", "matrix", "backend", "target", *methods, "peer/best ours", "eigh"],
+                [
+                    (
+                        e["d"],
+                        e["dtype"],
+                        e["matrix"],
+                        e["backend"],
+                        e["target_inv_err"],
+                        *[_ttea_cell(e.get(m)) for m in methods],
+                        _ttea_speedup(e),
+                        _eigh_cell(bench, e),
+                    )
+                    for e in bench.ttea
+                ],
+            )
+        )
     if bench.stacks:
         out += ["", "## Stacks: one call on (8, d, d) vs a Python loop", ""]
         out.append(_markdown(list(bench.stacks[0]), [list(s.values()) for s in bench.stacks]))
@@ -873,25 +1008,40 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Compare rnla with torch.svd_lowrank, scikit-learn and exact eigh.",
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"],
-                        choices=["float32", "float64"])
-    parser.add_argument("--backends", nargs="+", default=None,
-                        help="numpy torch torch-cuda cupy (default: all present)")
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"]
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        help="numpy torch torch-cuda cupy (default: all present)",
+    )
     parser.add_argument("--matrices", nargs="+", default=list(MATRICES), choices=MATRICES)
     parser.add_argument("--rank", type=int, default=220)
     parser.add_argument("--oversample", type=int, default=10)
     parser.add_argument("--n-iter", type=int, default=4)
-    parser.add_argument("--max-n-iter", type=int, default=8,
-                        help="largest n_iter tried for the time to equal accuracy")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed repetitions (median; at most 3 from d=4096)")
+    parser.add_argument(
+        "--max-n-iter",
+        type=int,
+        default=8,
+        help="largest n_iter tried for the time to equal accuracy",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repetitions (median; at most 3 from d=4096)"
+    )
     parser.add_argument("--stack-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: d=512 and 1024, float32, 2 repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: d=512 and 1024, float32, 2 repeats"
+    )
     parser.add_argument("--no-ttea", action="store_true", help="skip time to equal accuracy")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="also write the report (.md) or the main table (.csv)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="also write the report (.md) or the main table (.csv)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
     if args.quick:
@@ -941,8 +1091,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     if "numpy" in backends:
         bench.run_memory(args.sizes, "float32")
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    header += (f"\n- took {time.perf_counter() - started:.0f} s, load average at the end "
-               f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+    header += (
+        f"\n- took {time.perf_counter() - started:.0f} s, load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
     text = report(bench, args.sizes, header)
     print(text)
     if args.output is not None:

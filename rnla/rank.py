@@ -47,7 +47,9 @@ def select_rank(eigenvalues: Array, *, rtol: float) -> int | Array:
     if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not 0 < rtol <= 1:
         raise ValueError(f"rtol: must be a number in (0, 1], got {rtol!r}")
     if eigenvalues.ndim == 0 or eigenvalues.shape[-1] == 0:
-        raise ValueError(f"eigenvalues: expected a non-empty array, got shape {eigenvalues.shape}")
+        raise ValueError(
+            f"eigenvalues: expected a non-empty array, got shape {tuple(eigenvalues.shape)}"
+        )
     threshold = rtol * xp.max(eigenvalues, axis=-1, keepdims=True)
     kept = xp.sum(xp.astype(eigenvalues >= threshold, xp.int64), axis=-1)
     kept = xp.maximum(kept, xp.ones_like(kept))

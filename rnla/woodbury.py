@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import numpy as np
+
 from ._array_api import Array, check_same_device, conj_transpose, device_of, namespace_of
 from ._validation import check_matrix
 
@@ -106,17 +108,34 @@ def woodbury_solve(
         raise TypeError(f"d: expected a real floating dtype, got {d.dtype}")
     n, r = U.shape[-2:]
     if r > n:
-        raise ValueError(f"U: expected at most as many columns as rows, got shape {U.shape}")
+        raise ValueError(f"U: expected at most as many columns as rows, got shape {tuple(U.shape)}")
     if d.shape[-1:] != (r,) or d.shape[:-1] != U.shape[:-2]:
-        raise ValueError(f"d: expected shape {(*U.shape[:-2], r)} to match U, got {d.shape}")
+        raise ValueError(f"d: expected shape {(*U.shape[:-2], r)} to match U, got {tuple(d.shape)}")
     solved_axis = -2 if side == "left" else -1
     if M.shape[solved_axis] != n:
         raise ValueError(
             f"M: for side={side!r} axis {solved_axis} must have length n={n} like U, "
             f"got shape {tuple(M.shape)}"
         )
+    try:
+        stack_shape = np.broadcast_shapes(tuple(U.shape[:-2]), tuple(M.shape[:-2]))
+    except ValueError:
+        raise ValueError(
+            f"M: stack shape {tuple(M.shape[:-2])} does not broadcast against U's "
+            f"{tuple(U.shape[:-2])}"
+        ) from None
     lam_ = _as_real_array(xp, lam, "lam", U)
     tail_ = _as_real_array(xp, tail, "tail", U)
+    for name, array in (("lam", lam_), ("tail", tail_)):
+        shape = tuple(array.shape)
+        fits = len(shape) <= len(stack_shape) and all(
+            a in (1, b) for a, b in zip(shape[::-1], stack_shape[::-1])
+        )
+        if not fits:  # would broadcast the result beyond the shape of the stack
+            raise ValueError(
+                f"{name}: expected a scalar or one value per matrix (shape {stack_shape}), "
+                f"got shape {shape}"
+            )
 
     d_lam = d + lam_[..., None]
     if bool(xp.any(d_lam == 0)):

@@ -56,7 +56,8 @@ class Backend:
         if self.name.startswith("torch"):
             import torch
 
-            t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+            # ascontiguousarray turns 0-d arrays into shape (1,); keep the shape
+            t = torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(self.device)
             return t if dtype is None else t.to(dtype)
         x = self.xp.asarray(a)
         return x if dtype is None else self.xp.astype(x, dtype)

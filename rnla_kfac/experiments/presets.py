@@ -9,8 +9,8 @@ given epochs). ``--full`` applies a preset's ``full`` overrides: the long study.
 Presets
 -------
 ``demo`` (the default of ``make demo``)
-    MNIST-1D generated locally, wide MLP ``40-2048-2048-10``, a few epochs, 2 seeds;
-    finishes within minutes on 2 CPU cores.
+    MNIST-1D (5000 samples) generated locally, wide MLP ``40-2048-2048-10`` (K-factors
+    of size 2048 and 2049), batch 512, 4 epochs, 2 seeds; a few minutes on 2 CPU cores.
 ``digits``
     scikit-learn's digits with the same MLP: the smallest sensible problem.
 ``cifar10-paper``
@@ -205,61 +205,64 @@ PAPER_KFAC: dict[str, Any] = {
 
 _KFAC_FAMILY = tuple(m for m, v in METHODS.items() if v is not None)
 
+# Small-problem K-FAC settings shared by the CPU presets (see the "demo" notes below).
+SMALL_KFAC: dict[str, Any] = {
+    "damping": 0.01,
+    "damping_mode": "relative",
+    "factor_decay": 0.95,
+    "factor_update_period": 2,
+    "inverse_update_period": 8,
+    "rank": 64,
+    "oversample": 10,
+    "n_iter": 4,
+    "kl_clip": 0.01,
+}
+
 PRESETS: dict[str, Preset] = {
+    # Tuned on this problem (seed 0, 4-6 epochs): Adam lr in {1e-3, 3e-3, 1e-2} -> 3e-3;
+    # SGD (momentum 0.9) lr in {0.05, 0.1, 0.3}; K-FAC family lr 0.3 with momentum 0.9,
+    # relative damping 0.01 and kl_clip 0.01 (damping 0.1 / momentum 0, the paper's
+    # CIFAR-10 values, learn far slower here). Batch 512 (8 steps per epoch): K-FAC's
+    # curvature pays off with large batches. The same K-FAC settings for all four
+    # K-FAC methods; only the decomposition differs.
     "demo": Preset(
         name="demo",
-        description="MNIST-1D (generated locally), MLP 40-2048-2048-10, short CPU study",
+        description="MNIST-1D (5000 samples, generated locally), MLP 40-2048-2048-10, batch 512",
         dataset="mnist1d",
-        n_samples=10_000,
+        n_samples=5_000,
         model="mlp",
         width=2048,
-        epochs=6,
-        batch_size=256,
+        depth=2,
+        epochs=4,
+        batch_size=512,
         seeds=2,
-        targets=(50.0, 60.0, 65.0),
-        lr={"sgd": 0.05, "adam": 1e-3, **{m: 0.1 for m in _KFAC_FAMILY}},
-        momentum={"sgd": 0.9, **{m: 0.0 for m in _KFAC_FAMILY}},
+        targets=(45.0, 50.0, 54.0),
+        lr={"sgd": 0.1, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}},
+        momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}},
         weight_decay=7e-4,
-        kfac={
-            "damping": 0.1,
-            "damping_mode": "relative",
-            "factor_decay": 0.95,
-            "factor_update_period": 10,
-            "inverse_update_period": 50,
-            "rank": 220,
-            "oversample": 10,
-            "n_iter": 4,
-        },
-        spectra_epochs=(1, 3, 6),
+        kfac=SMALL_KFAC,
+        spectra_epochs=(1, 2, 4),
         spectra_layers=("fc1", "fc2"),
-        full={"seeds": 10, "epochs": 20, "n_samples": 20_000, "spectra_epochs": (1, 5, 20)},
+        full={"seeds": 10, "epochs": 10, "spectra_epochs": (1, 4, 10)},
     ),
     "digits": Preset(
         name="digits",
-        description="scikit-learn digits, MLP 64-2048-2048-10",
+        description="scikit-learn digits, MLP 64-2048-2048-10, batch 128",
         dataset="digits",
         model="mlp",
         width=2048,
-        epochs=5,
+        depth=2,
+        epochs=4,
         batch_size=128,
         seeds=2,
         targets=(85.0, 90.0, 95.0),
-        lr={"sgd": 0.05, "adam": 1e-3, **{m: 0.1 for m in _KFAC_FAMILY}},
-        momentum={"sgd": 0.9, **{m: 0.0 for m in _KFAC_FAMILY}},
+        lr={"sgd": 0.1, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}},
+        momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}},
         weight_decay=7e-4,
-        kfac={
-            "damping": 0.1,
-            "damping_mode": "relative",
-            "factor_decay": 0.95,
-            "factor_update_period": 5,
-            "inverse_update_period": 20,
-            "rank": 220,
-            "oversample": 10,
-            "n_iter": 4,
-        },
-        spectra_epochs=(1, 3, 5),
+        kfac=SMALL_KFAC,
+        spectra_epochs=(1, 2, 4),
         spectra_layers=("fc1", "fc2"),
-        full={"seeds": 10, "epochs": 20, "spectra_epochs": (1, 5, 20)},
+        full={"seeds": 10, "epochs": 10, "spectra_epochs": (1, 4, 10)},
     ),
     "cifar10-paper": Preset(
         name="cifar10-paper",

@@ -67,7 +67,10 @@ def test_stack_gives_per_matrix_values(xp):
     """A (2, 3, n, n) stack: each matrix's dominant eigenvalue; same as a loop."""
     tops = np.arange(1.0, 7.0) * 2
     X = np.stack(
-        [hermitian_with_spectrum(np.r_[t, np.linspace(1, 0, 29)], seed=i) for i, t in enumerate(tops)]
+        [
+            hermitian_with_spectrum(np.r_[t, np.linspace(1, 0, 29)], seed=i)
+            for i, t in enumerate(tops)
+        ]
     ).reshape(2, 3, 30, 30)
     result = rnla.power_iteration(xp.asarray(X), 300, rng=0, tol=1e-14)
     assert tuple(result.value.shape) == (2, 3) and tuple(result.vector.shape) == (2, 3, 30)

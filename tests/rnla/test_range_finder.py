@@ -132,7 +132,9 @@ def test_stack_matches_loop(xp, normalizer):
     assert Q.shape == (3, 2, 50, 8)
     for i in range(3):
         for j in range(2):
-            Qi = host(rnla.range_finder(xp.asarray(X[i, j]), 8, n_iter=2, normalizer=normalizer, rng=9))
+            Qi = host(
+                rnla.range_finder(xp.asarray(X[i, j]), 8, n_iter=2, normalizer=normalizer, rng=9)
+            )
             np.testing.assert_allclose(Q[i, j], Qi, atol=1e-12)
 
 

@@ -13,8 +13,8 @@ from tests.rnla.conftest import (
     NORMALIZERS,
     backend_dtype,
     eps_of,
-    host,
     hmt_spectral_bound,
+    host,
     max_principal_angle,
     orthonormality_error,
     svd_error,
@@ -65,7 +65,9 @@ def test_hmt_expected_error_bound_without_power_iterations(xp):
     r, p, seeds = 10, 5, 20
     X = matrix_with_spectrum(200, 150, POLY_SPECTRUM, seed=3)
     Xb = xp.asarray(X)
-    errors = [svd_error(X, *rnla.rsvd(Xb, r, oversample=p, n_iter=0, rng=seed)) for seed in range(seeds)]
+    errors = [
+        svd_error(X, *rnla.rsvd(Xb, r, oversample=p, n_iter=0, rng=seed)) for seed in range(seeds)
+    ]
     bound = POLY_SPECTRUM[r] + hmt_spectral_bound(POLY_SPECTRUM, r, p)
     assert np.mean(errors) <= bound
     # ... and no seed is better than optimal (a wrong oracle would let garbage pass).
@@ -77,7 +79,9 @@ def test_hmt_bound_with_one_power_iteration(xp):
     r, p = 10, 5
     X = matrix_with_spectrum(200, 150, POLY_SPECTRUM, seed=4)
     Xb = xp.asarray(X)
-    errors = [svd_error(X, *rnla.rsvd(Xb, r, oversample=p, n_iter=1, rng=seed)) for seed in range(10)]
+    errors = [
+        svd_error(X, *rnla.rsvd(Xb, r, oversample=p, n_iter=1, rng=seed)) for seed in range(10)
+    ]
     assert np.mean(errors) <= POLY_SPECTRUM[r] + hmt_spectral_bound(POLY_SPECTRUM, r, p, q=1)
 
 
@@ -259,7 +263,10 @@ def test_stack_matches_loop(xp, normalizer):
     U, S, Vh = host(U), host(S), host(Vh)
     for i in range(2):
         for j in range(3):
-            Ui, Si, Vhi = (host(a) for a in rnla.rsvd(xp.asarray(X[i, j]), r, n_iter=2, normalizer=normalizer, rng=11))
+            Ui, Si, Vhi = (
+                host(a)
+                for a in rnla.rsvd(xp.asarray(X[i, j]), r, n_iter=2, normalizer=normalizer, rng=11)
+            )
             np.testing.assert_allclose(S[i, j], Si, rtol=1e-12)
             np.testing.assert_allclose((U[i, j] * S[i, j]) @ Vh[i, j], (Ui * Si) @ Vhi, atol=1e-12)
             assert max_principal_angle(U[i, j], Ui) < 1e-9

@@ -10,7 +10,9 @@ from tests.conftest import kfactor_like
 from tests.rnla.conftest import FLOAT_DTYPES, backend_dtype, conj_t, eps_of, host
 
 
-def _orthonormal(n: int, r: int, *, seed: int, dtype: str, batch: tuple[int, ...] = ()) -> np.ndarray:
+def _orthonormal(
+    n: int, r: int, *, seed: int, dtype: str, batch: tuple[int, ...] = ()
+) -> np.ndarray:
     """Random (stack of) n x r matrices with orthonormal columns."""
     rng = np.random.default_rng(seed)
     G = rng.standard_normal((*batch, n, r))
@@ -47,7 +49,12 @@ def test_matches_dense_solve(xp, dtype, side, tail):
     M = M.astype(dtype)
     real = "float32" if dtype in ("float32", "complex64") else "float64"
     out = rnla.woodbury_solve(
-        xp.asarray(U), xp.asarray(d, dtype=backend_dtype(xp, real)), lam, xp.asarray(M), side=side, tail=tail
+        xp.asarray(U),
+        xp.asarray(d, dtype=backend_dtype(xp, real)),
+        lam,
+        xp.asarray(M),
+        side=side,
+        tail=tail,
     )
     assert out.dtype == backend_dtype(xp, dtype)
     assert tuple(out.shape) == shape
@@ -70,7 +77,12 @@ def test_stack_with_per_matrix_lam_and_tail(xp, side):
     M = rng.standard_normal((2, 3, n, k) if side == "left" else (2, 3, k, n))
     out = host(
         rnla.woodbury_solve(
-            xp.asarray(U), xp.asarray(d), xp.asarray(lam), xp.asarray(M), side=side, tail=xp.asarray(tail)
+            xp.asarray(U),
+            xp.asarray(d),
+            xp.asarray(lam),
+            xp.asarray(M),
+            side=side,
+            tail=xp.asarray(tail),
         )
     )
     for i in range(2):
@@ -103,7 +115,11 @@ def test_full_rank_u(xp, side):
     d = np.linspace(4, 1, n)
     M = np.random.default_rng(8).standard_normal((n, n))
     for lam, tail in ((0.3, 0.0), (0.3, 5.0), (0.0, 0.0)):
-        out = host(rnla.woodbury_solve(xp.asarray(U), xp.asarray(d), lam, xp.asarray(M), side=side, tail=tail))
+        out = host(
+            rnla.woodbury_solve(
+                xp.asarray(U), xp.asarray(d), lam, xp.asarray(M), side=side, tail=tail
+            )
+        )
         K = _dense(U, d, lam)
         expected = np.linalg.solve(K, M) if side == "left" else np.linalg.solve(K.T, M.T).T
         np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
@@ -117,7 +133,9 @@ def test_left_and_right_are_adjoint(xp):
     M = rng.standard_normal((40, 4)) + 1j * rng.standard_normal((40, 4))
     left = host(rnla.woodbury_solve(xp.asarray(U), xp.asarray(d), 0.1, xp.asarray(M), tail=0.2))
     right = host(
-        rnla.woodbury_solve(xp.asarray(U), xp.asarray(d), 0.1, xp.asarray(conj_t(M)), side="right", tail=0.2)
+        rnla.woodbury_solve(
+            xp.asarray(U), xp.asarray(d), 0.1, xp.asarray(conj_t(M)), side="right", tail=0.2
+        )
     )
     np.testing.assert_allclose(conj_t(left), right, rtol=1e-12, atol=1e-13)
 

@@ -1,0 +1,1 @@
+"""asv benchmarks of rnla (see ``asv_benchmarks/asv.conf.json`` and ``rnla.bench``)."""
