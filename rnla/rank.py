@@ -32,7 +32,7 @@ def select_rank(eigenvalues: Array, *, rtol: float) -> int | Array:
     ValueError
         If ``rtol`` is not in ``(0, 1]`` or ``eigenvalues`` is empty.
     TypeError
-        If ``eigenvalues`` is not a real floating array.
+        If ``eigenvalues`` is not a real floating array or ``rtol`` not a real number.
 
     Examples
     --------
@@ -44,8 +44,10 @@ def select_rank(eigenvalues: Array, *, rtol: float) -> int | Array:
     xp = namespace_of(eigenvalues)
     if not xp.isdtype(eigenvalues.dtype, "real floating"):
         raise TypeError(f"eigenvalues: expected a real floating dtype, got {eigenvalues.dtype}")
-    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real) or not 0 < rtol <= 1:
-        raise ValueError(f"rtol: must be a number in (0, 1], got {rtol!r}")
+    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+        raise TypeError(f"rtol: expected a real number, got {rtol!r}")
+    if not 0 < rtol <= 1:
+        raise ValueError(f"rtol: must be in (0, 1], got {rtol!r}")
     if eigenvalues.ndim == 0 or eigenvalues.shape[-1] == 0:
         raise ValueError(
             f"eigenvalues: expected a non-empty array, got shape {tuple(eigenvalues.shape)}"

@@ -82,53 +82,62 @@ def plot_curves(records: Sequence[Record], path: str | Path) -> Path:
     return path
 
 
-def plot_spectra(spectra: Sequence[Record], path: str | Path) -> dict[str, dict[int, int]]:
+def plot_spectra(
+    spectra: Sequence[Record], path: str | Path
+) -> dict[str, dict[int, tuple[int, int]]]:
     """Figure 1: K-factor eigenvalue spectra at several epochs, log scale.
 
-    One panel per factor (``"<layer>/A"``, ``"<layer>/G"``), one line per recorded
-    epoch; a marker shows where the spectrum crosses ``lambda_max / 33`` and the
-    legend gives the count of modes above it.
+    The averaged factors start from the identity, so after ``k`` updates they are
+    ``rho^k I + (1 - rho) sum_j rho^(k-j) F_j``. Solid lines show the statistics part
+    (the eigenvalues minus ``rho^k``, what the paper's long runs show), dotted lines
+    the averaged factor itself. One panel per factor (``"<layer>/A"``, ``"<layer>/G"``),
+    one colour per recorded epoch; a marker shows where the statistics spectrum
+    crosses ``lambda_max / 33`` and the legend gives the counts of modes above it.
 
     Parameters
     ----------
     spectra : sequence of dict
-        Records with ``method, seed, epoch, steps, eigenvalues`` (``{factor: list}``),
-        all from one run.
+        Records with ``method, seed, epoch, steps, identity_weight, eigenvalues``
+        (``{factor: list}``), all from one run.
     path : str or Path
         Output PNG.
 
     Returns
     -------
     dict
-        ``{factor: {epoch: modes above lambda_max / 33}}``.
+        ``{factor: {epoch: (modes of the statistics, modes of the averaged factor)}}``
+        above ``lambda_max / 33``.
 
     Examples
     --------
     >>> import tempfile, os
-    >>> rec = {"method": "rs-kfac", "seed": 0, "epoch": 1, "steps": 10,
-    ...        "eigenvalues": {"fc1/A": [100.0, 10.0, 1.0], "fc1/G": [5.0, 1.0, 0.1]}}
+    >>> rec = {"method": "rs-kfac", "seed": 0, "epoch": 1, "steps": 10, "identity_weight": 0.5,
+    ...        "eigenvalues": {"fc1/A": [100.5, 10.5, 1.5], "fc1/G": [5.5, 1.5, 0.6]}}
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     plot_spectra([rec], os.path.join(tmp, "f1.png"))
-    {'fc1/A': {1: 2}, 'fc1/G': {1: 2}}
+    {'fc1/A': {1: (2, 2)}, 'fc1/G': {1: (2, 3)}}
     """
     factors = list(spectra[0]["eigenvalues"]) if spectra else []
-    counts: dict[str, dict[int, int]] = {f: {} for f in factors}
+    counts: dict[str, dict[int, tuple[int, int]]] = {f: {} for f in factors}
     n_cols = min(len(factors), 2) or 1
     n_rows = max(-(-len(factors) // n_cols), 1)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(6 * n_cols, 4 * n_rows), squeeze=False)
     for ax, factor in zip(axes.flat, factors, strict=False):
         for rec in spectra:
-            eig = np.asarray(rec["eigenvalues"][factor], dtype=float)
-            eig = np.clip(eig, eig.max() * 1e-12, None)
-            k = modes_above(eig)
-            counts[factor][rec["epoch"]] = k
+            full = np.asarray(rec["eigenvalues"][factor], dtype=float)
+            stats = full - rec.get("identity_weight", 0.0)
+            stats = np.clip(stats, max(stats.max(), 1e-30) * 1e-12, None)
+            k, k_full = modes_above(stats), modes_above(full)
+            counts[factor][rec["epoch"]] = (k, k_full)
+            modes = np.arange(1, len(full) + 1)
             (line,) = ax.semilogy(
-                np.arange(1, len(eig) + 1),
-                eig,
-                label=f"epoch {rec['epoch']} (step {rec['steps']}): {k} modes > λmax/33",
+                modes,
+                stats,
+                label=f"epoch {rec['epoch']} (step {rec['steps']}): {k} modes > λmax/33 "
+                f"({k_full} with the identity start)",
             )
-            ax.plot([k], [eig[k - 1]], "o", color=line.get_color())
-            ax.axhline(eig.max() / SPECTRUM_RATIO, color=line.get_color(), ls=":", lw=0.8)
+            ax.semilogy(modes, full, ls=":", lw=1, color=line.get_color())
+            ax.plot([k], [stats[k - 1]], "o", color=line.get_color())
         ax.set_title(f"{factor} (size {len(spectra[0]['eigenvalues'][factor])})")
         ax.set_xlabel("mode index")
         ax.set_ylabel("eigenvalue")
@@ -138,7 +147,8 @@ def plot_spectra(spectra: Sequence[Record], path: str | Path) -> dict[str, dict[
         ax.set_visible(False)
     if spectra:
         fig.suptitle(
-            f"K-factor spectra ({spectra[0]['method']}, seed {spectra[0]['seed']}); dotted: λmax/33"
+            f"K-factor spectra ({spectra[0]['method']}, seed {spectra[0]['seed']}): "
+            "solid = statistics (factor minus the identity start's weight), dotted = factor"
         )
     fig.tight_layout()
     fig.savefig(Path(path), dpi=120)

@@ -10,7 +10,7 @@ Presets
 -------
 ``demo`` (the default of ``make demo``)
     MNIST-1D (5000 samples) generated locally, wide MLP ``40-2048-2048-10`` (K-factors
-    of size 2048 and 2049), batch 512, 4 epochs, 2 seeds; a few minutes on 2 CPU cores.
+    of size 2048 and 2049), batch 512, 6 epochs, 2 seeds; a few minutes on 2 CPU cores.
 ``digits``
     scikit-learn's digits with the same MLP: the smallest sensible problem.
 ``cifar10-paper``
@@ -211,8 +211,9 @@ SMALL_KFAC: dict[str, Any] = {
     "damping_mode": "relative",
     "factor_decay": 0.95,
     "factor_update_period": 2,
-    "inverse_update_period": 8,
-    "rank": 64,
+    # every epoch (8 steps of batch 512) in epochs 1-2, then every other epoch
+    "inverse_update_period": Piecewise({1: 8, 3: 16}),
+    "rank": 32,
     "oversample": 10,
     "n_iter": 4,
     "kl_clip": 0.01,
@@ -220,11 +221,13 @@ SMALL_KFAC: dict[str, Any] = {
 
 PRESETS: dict[str, Preset] = {
     # Tuned on this problem (seed 0, 4-6 epochs): Adam lr in {1e-3, 3e-3, 1e-2} -> 3e-3;
-    # SGD (momentum 0.9) lr in {0.05, 0.1, 0.3}; K-FAC family lr 0.3 with momentum 0.9,
+    # SGD (momentum 0.9) lr in {0.05, 0.1, 0.3} -> 0.3; K-FAC family lr 0.3, momentum 0.9,
     # relative damping 0.01 and kl_clip 0.01 (damping 0.1 / momentum 0, the paper's
     # CIFAR-10 values, learn far slower here). Batch 512 (8 steps per epoch): K-FAC's
     # curvature pays off with large batches. The same K-FAC settings for all four
-    # K-FAC methods; only the decomposition differs.
+    # K-FAC methods; only the decomposition differs. Rank 32: the statistics of the
+    # 2048-wide factors have ~16 modes above lambda_max/33 (Figure 1); rank 64 trained
+    # the same. Targets: levels SGD and Adam also reach within the 6 epochs.
     "demo": Preset(
         name="demo",
         description="MNIST-1D (5000 samples, generated locally), MLP 40-2048-2048-10, batch 512",
@@ -233,17 +236,17 @@ PRESETS: dict[str, Preset] = {
         model="mlp",
         width=2048,
         depth=2,
-        epochs=4,
+        epochs=6,
         batch_size=512,
         seeds=2,
-        targets=(45.0, 50.0, 54.0),
-        lr={"sgd": 0.1, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}},
+        targets=(45.0, 50.0, 53.0),
+        lr={"sgd": 0.3, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}},
         weight_decay=7e-4,
         kfac=SMALL_KFAC,
-        spectra_epochs=(1, 2, 4),
+        spectra_epochs=(1, 3, 6),
         spectra_layers=("fc1", "fc2"),
-        full={"seeds": 10, "epochs": 10, "spectra_epochs": (1, 4, 10)},
+        full={"seeds": 10, "epochs": 12, "spectra_epochs": (1, 6, 12)},
     ),
     "digits": Preset(
         name="digits",
@@ -256,7 +259,7 @@ PRESETS: dict[str, Preset] = {
         batch_size=128,
         seeds=2,
         targets=(85.0, 90.0, 95.0),
-        lr={"sgd": 0.1, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}},
+        lr={"sgd": 0.3, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}},
         weight_decay=7e-4,
         kfac=SMALL_KFAC,

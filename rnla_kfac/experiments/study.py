@@ -97,9 +97,12 @@ def write_outputs(store: RunStore, targets: Sequence[float]) -> str:
     if store.spectra:
         counts = plot_spectra(store.spectra, store.path / "figure1_spectra.png")
         first = store.spectra[0]
-        text += f"\nK-factor modes above lambda_max/33 ({first['method']}, seed {first['seed']}):\n"
+        text += (
+            f"\nK-factor modes above lambda_max/33 ({first['method']}, seed {first['seed']}; "
+            "statistics / averaged factor including its identity start):\n"
+        )
         for factor, by_epoch in counts.items():
             size = len(first["eigenvalues"][factor])
-            parts = ", ".join(f"epoch {e}: {k}" for e, k in by_epoch.items())
+            parts = ", ".join(f"epoch {e}: {k} / {k_full}" for e, (k, k_full) in by_epoch.items())
             text += f"- {factor} (size {size}): {parts}\n"
     return text

@@ -187,7 +187,9 @@ def train_run(
         Called with each epoch record as soon as it exists (to save it).
     on_spectra : callable, optional
         Called after the preset's ``spectra_epochs`` with a record holding the
-        K-factor eigenvalues (K-FAC methods only; computed outside the clock).
+        K-factor eigenvalues (K-FAC methods only; computed outside the clock) and
+        ``identity_weight``, the weight ``rho^k`` of the identity start left in the
+        averages after ``k`` factor updates.
     progress : bool
         Show tqdm bars and a one-line summary per epoch.
 
@@ -218,6 +220,9 @@ def train_run(
     batches = torch.Generator().manual_seed(seed)
     records: list[Record] = []
     wall, steps = 0.0, 0
+    # Weight left on the identity the factor averages start from: rho per factor update
+    # (KFACPreconditioner updates when step % factor_update_period == 0).
+    identity_weight = 1.0
     epochs = tqdm(
         range(1, preset.epochs + 1), desc=f"{method} s{seed}", disable=not progress, leave=False
     )
@@ -249,6 +254,8 @@ def train_run(
             optimizer.step()
             _sync(device)
             epoch_time += time.perf_counter() - start
+            if steps % at_epoch(preset.kfac.get("factor_update_period", 10), epoch) == 0:
+                identity_weight *= at_epoch(preset.kfac.get("factor_decay", 0.95), epoch)
             loss_sum += loss.detach() * len(yb)
             n_seen += len(yb)
             steps += 1
@@ -284,6 +291,7 @@ def train_run(
                         "seed": seed,
                         "epoch": epoch,
                         "steps": steps,
+                        "identity_weight": identity_weight,
                         "eigenvalues": spectra,
                     }
                 )

@@ -203,3 +203,14 @@ def test_check_symmetric_false_skips_the_check(xp):
     for method in METHODS:
         values, vectors = method(xp.asarray(X), 5, rng=0, check_symmetric=False)
         assert np.all(np.isfinite(host(values))) and np.all(np.isfinite(host(vectors)))
+
+
+def test_nystrom_of_indefinite_input_is_its_psd_part(xp):
+    """Indefinite input: Nystrom approximates the PSD part, eigenvalues stay >= 0."""
+    lam = np.r_[5.0, 3.0, -4.0, -2.0, 1e-3 * 0.9 ** np.arange(46)]
+    X = hermitian_with_spectrum(lam, seed=13)
+    values, vectors = rnla.nystrom(xp.asarray(X), 4, rng=0)
+    w = host(values)
+    assert np.all(w >= 0) and np.all(np.isfinite(host(vectors)))
+    np.testing.assert_allclose(w[:2], [5.0, 3.0], rtol=1e-6)
+    assert orthonormality_error(vectors) < 1e-12

@@ -37,7 +37,7 @@ def test_negative_dominant_eigenvalue_keeps_its_sign(xp):
     np.testing.assert_allclose(float(result.value), -5.0, rtol=1e-10)
 
 
-@pytest.mark.parametrize("shape", [(80, 50), (50, 80)])
+@pytest.mark.parametrize("shape", [(80, 50), (50, 80), (60, 60)])
 def test_general_matrix_spectral_norm(xp, shape):
     """Non-symmetric input: ||X||_2 and the top right singular vector."""
     m, n = shape

@@ -59,11 +59,15 @@ def test_orthonormal_for_ill_conditioned_sketch(xp):
     assert orthonormality_error(Q) < 1e-13
 
 
-def test_hmt_frobenius_and_spectral_bounds_on_average(xp):
-    """n_iter=0: mean errors over seeds obey HMT Theorems 10.5 (Frobenius) and 10.6."""
+@pytest.mark.parametrize("dtype", ["float64", "complex128"])
+def test_hmt_frobenius_and_spectral_bounds_on_average(xp, dtype):
+    """n_iter=0: mean errors over seeds obey HMT Theorems 10.5 (Frobenius) and 10.6.
+
+    The theorems are for real Gaussian test matrices; complex ones do at least as well.
+    """
     r, p, seeds = 10, 10, 20
     s = np.concatenate([np.ones(10), 0.1 * np.ones(140)])  # flat tail: Thm 10.5 nearly tight
-    X = matrix_with_spectrum(200, 150, s, seed=3)
+    X = matrix_with_spectrum(200, 150, s, seed=3, dtype=dtype)
     Xb = xp.asarray(X)
     spectral, frobenius = [], []
     for seed in range(seeds):

@@ -283,6 +283,14 @@ def test_seed_is_bit_reproducible(xp):
     assert not np.array_equal(first[1], other[1])
 
 
+def test_rng_none_is_fresh_randomness(xp):
+    """rng=None draws a new test matrix on each call."""
+    X = np.random.default_rng(19).standard_normal((60, 50))
+    a = rnla.rsvd(xp.asarray(X), 3, n_iter=0)
+    b = rnla.rsvd(xp.asarray(X), 3, n_iter=0)
+    assert not np.array_equal(host(a.S), host(b.S))
+
+
 def test_numpy_generator_rng(xp):
     """A numpy Generator works on every backend and reproduces with the same seed."""
     X, s = decaying_matrix(90, 70, decay=0.8, seed=13)
@@ -343,3 +351,15 @@ def test_oversample_zero_and_clamped(xp):
     G = np.random.default_rng(17).standard_normal((40, 30))
     _, S1, _ = rnla.rsvd(xp.asarray(G), 25, oversample=100, rng=0)
     np.testing.assert_allclose(host(S1), np.linalg.svd(G, compute_uv=False)[:25], rtol=1e-10)
+
+
+def test_non_contiguous_input(xp):
+    """Transposed views (non-contiguous, Fortran order) give the same result as copies."""
+    X, s = decaying_matrix(70, 90, decay=0.8, seed=18)
+    Xb = xp.asarray(X)
+    view = xp.matrix_transpose(Xb)
+    copy = xp.asarray(np.ascontiguousarray(X.T))
+    a, b = rnla.rsvd(view, 6, rng=0), rnla.rsvd(copy, 6, rng=0)
+    np.testing.assert_allclose(host(a.S), host(b.S), rtol=1e-12)
+    np.testing.assert_allclose(host(a.S), s[:6], rtol=1e-10)
+    assert svd_error(X.T, *a) <= (1 + 1e-8) * s[6]

@@ -115,6 +115,15 @@ def test_non_symmetric_input(xp, fn):
 
 
 @pytest.mark.parametrize("fn", [rnla.srevd, rnla.nystrom], **_ids)
+def test_one_non_symmetric_matrix_in_a_stack(xp, fn):
+    """The symmetry check covers every matrix of a stack."""
+    X = np.stack([hermitian_with_spectrum(np.linspace(1, 0.1, 10), seed=i) for i in range(3)])
+    X[2, 0, 3] += 0.3
+    with pytest.raises(ValueError, match=r"X: expected a symmetric \(Hermitian\) matrix"):
+        fn(xp.asarray(X), 2)
+
+
+@pytest.mark.parametrize("fn", [rnla.srevd, rnla.nystrom], **_ids)
 def test_complex_symmetric_but_not_hermitian(fn):
     """A complex symmetric (X = X^T) but non-Hermitian matrix is rejected."""
     rng = np.random.default_rng(2)
@@ -335,8 +344,11 @@ def test_woodbury_arrays_from_two_libraries():
 def test_select_rank_bad_input(xp):
     """rtol outside (0, 1], complex and empty eigenvalue arrays."""
     values = xp.asarray(np.array([3.0, 2.0, 1.0]))
-    for rtol in (0, -0.1, 1.5, float("nan"), True, "0.1"):
-        with pytest.raises(ValueError, match=r"rtol: must be a number in \(0, 1\]"):
+    for rtol in (0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"rtol: must be in \(0, 1\]"):
+            rnla.select_rank(values, rtol=rtol)
+    for rtol in (True, "0.1", None):
+        with pytest.raises(TypeError, match="rtol: expected a real number"):
             rnla.select_rank(values, rtol=rtol)
     with pytest.raises(TypeError, match=r"eigenvalues: expected a real floating dtype"):
         rnla.select_rank(xp.asarray(np.array([1.0 + 0j])), rtol=0.1)
@@ -362,3 +374,13 @@ def test_ea_rank_bound_bad_input():
     for batch_rank in (1.5, True):
         with pytest.raises(TypeError, match=r"batch_rank: expected an integer"):
             rnla.ea_rank_bound(0.9, 0.1, batch_rank=batch_rank)
+
+
+def test_woodbury_arrays_on_two_devices():
+    """Arrays on different devices raise TypeError listing them (torch's meta device)."""
+    torch = pytest.importorskip("torch")
+    U = torch.linalg.qr(torch.randn(10, 3, dtype=torch.float64)).Q
+    d = torch.ones(3, dtype=torch.float64)
+    M = torch.ones(10, 2, dtype=torch.float64, device="meta")
+    with pytest.raises(TypeError, match=r"arrays must be on one device, got U on cpu.*M on meta"):
+        rnla.woodbury_solve(U, d, 0.1, M)
