@@ -640,6 +640,7 @@ class Benchmark:
                     *speedups,
                 )
             )
+            self.log("    " + " ".join(f"{k}={_fmt(v)}" for k, v in asdict(self.rows[-1]).items()))
         if kind in _KFAC_STEPS and not args.no_ttea:
             self.time_to_equal_accuracy(ctx, d, dtype, kind, backends, results, repeats)
         if kind == "kfac-late":
@@ -681,6 +682,7 @@ class Benchmark:
                         break
                 entry[method] = found
             self.ttea.append(entry)
+            self.log(f"    time to equal accuracy: {entry}")
 
     def exact_eigh(self, ctx, d, dtype, kind, backend) -> None:
         A = to_backend(ctx.X, backend)
@@ -720,17 +722,20 @@ class Benchmark:
         """8 factors of d=1024 (kfac-late, seeds 0..7): one stacked call vs a Python loop."""
         d, count = self.args.stack_size, 8
         factors = np.stack([test_matrix("kfac-late", d, dtype, seed=s) for s in range(count)])
+        options = (self.args.rank, self.args.oversample, self.args.n_iter)
         for backend in backends:
             S = to_backend(factors, backend)
             for method in _OURS:
                 fn = getattr(rnla, method)
-                args = (self.args.rank, self.args.oversample, self.args.n_iter)
-                stacked = _timed(lambda fn=fn: fn(S, *args, rng=0), S, self.args.repeats)[0]
-                looped = _timed(
-                    lambda fn=fn: [fn(S[i], *args, rng=0) for i in range(count)],
-                    S,
-                    self.args.repeats,
-                )[0]
+
+                def stacked_call(fn=fn, S=S) -> Any:
+                    return fn(S, *options, rng=0)
+
+                def looped_calls(fn=fn, S=S) -> Any:
+                    return [fn(S[i], *options, rng=0) for i in range(count)]
+
+                stacked = _timed(stacked_call, S, self.args.repeats)[0]
+                looped = _timed(looped_calls, S, self.args.repeats)[0]
                 self.stacks.append(
                     {
                         "backend": backend,

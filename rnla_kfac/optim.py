@@ -90,7 +90,15 @@ class KFAC(torch.optim.SGD):
         return self.param_groups[0]["lr"]
 
     def next_epoch(self) -> int:
-        """Advance and return the epoch counter."""
+        """Advance and return the epoch counter.
+
+        Examples
+        --------
+        >>> import torch
+        >>> opt = KFAC(torch.nn.Linear(2, 2), lr=0.1)
+        >>> opt.next_epoch(), opt.epoch
+        (1, 1)
+        """
         self.epoch += 1
         return self.epoch
 
@@ -102,6 +110,23 @@ class KFAC(torch.optim.SGD):
         ----------
         closure : callable, optional
             Re-evaluates the model and returns the loss (called with gradients on).
+
+        Returns
+        -------
+        The closure's loss, or None.
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = KFAC(model, lr=0.1, method="eigh")
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = model(torch.ones(4, 3)).square().mean()
+        ...     loss.backward()
+        ...     return loss
+        >>> float(opt.step(closure)) >= 0
+        True
         """
         loss = None
         if closure is not None:
@@ -117,13 +142,37 @@ class KFAC(torch.optim.SGD):
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        """SGD state plus the preconditioner's state and the epoch counter."""
+        """SGD state plus the preconditioner's state and the epoch counter.
+
+        Examples
+        --------
+        >>> import torch
+        >>> opt = KFAC(torch.nn.Linear(2, 2), lr=0.1)
+        >>> sorted(opt.state_dict()["kfac"])
+        ['epoch', 'preconditioner']
+        """
         state = super().state_dict()
         state["kfac"] = {"preconditioner": self.preconditioner.state_dict(), "epoch": self.epoch}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (SGD state, preconditioner, epoch)."""
+        """Restore :meth:`state_dict` (SGD state, preconditioner, epoch).
+
+        Raises
+        ------
+        ValueError
+            If ``state_dict`` has no K-FAC part, or its layers differ from the model's.
+
+        Examples
+        --------
+        >>> import torch
+        >>> opt = KFAC(torch.nn.Linear(2, 2), lr=0.1)
+        >>> _ = opt.next_epoch()
+        >>> other = KFAC(torch.nn.Linear(2, 2), lr=0.1)
+        >>> other.load_state_dict(opt.state_dict())
+        >>> other.epoch
+        1
+        """
         if "kfac" not in state_dict:
             raise ValueError("state_dict: no 'kfac' entry; expected a KFAC.state_dict()")
         state_dict = dict(state_dict)

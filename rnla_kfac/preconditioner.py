@@ -300,6 +300,16 @@ class KFACPreconditioner:
         ------
         RuntimeError
             If called after :meth:`remove`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = torch.nn.Linear(4, 2)
+        >>> pre = KFACPreconditioner(model, method="eigh")
+        >>> torch.nn.functional.mse_loss(model(torch.randn(8, 4)), torch.zeros(8, 2)).backward()
+        >>> pre.step()
+        >>> pre.steps
+        1
         """
         if self._removed:
             raise RuntimeError("step: this preconditioner was removed (remove() was called)")
@@ -388,11 +398,29 @@ class KFACPreconditioner:
         return {layer.name: (layer.A, layer.G) for layer in self._layers}
 
     def inverses(self) -> dict[str, tuple[FactorInverse | None, FactorInverse | None]]:
-        """The current undamped inverses ``{layer name: (A_inverse, G_inverse)}``."""
+        """The current undamped inverses ``{layer name: (A_inverse, G_inverse)}``.
+
+        ``None`` until a layer's first decomposition.
+
+        Examples
+        --------
+        >>> import torch
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).inverses()
+        {'': (None, None)}
+        """
         return {layer.name: (layer.A_inverse, layer.G_inverse) for layer in self._layers}
 
     def remove(self) -> None:
-        """Detach every hook from the model; :meth:`step` then raises ``RuntimeError``."""
+        """Detach every hook from the model; :meth:`step` then raises ``RuntimeError``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> KFACPreconditioner(model).remove()
+        >>> len(model._forward_hooks)
+        0
+        """
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -425,6 +453,15 @@ class KFACPreconditioner:
         ValueError
             If the state dict's layers differ from this preconditioner's (the message
             names the first mismatched layer) or a factor's shape differs.
+
+        Examples
+        --------
+        >>> import torch
+        >>> state = KFACPreconditioner(torch.nn.Linear(3, 2)).state_dict()
+        >>> KFACPreconditioner(torch.nn.Linear(3, 4)).load_state_dict(state)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: state_dict: layer '' has factor G of shape (2, 2) in the state dict, ...
         """
         if not isinstance(state_dict, dict) or "layers" not in state_dict:
             raise TypeError(
@@ -490,7 +527,9 @@ class KFACPreconditioner:
     def _reduce_factors(self) -> None:
         """Combine factors across processes (no-op here; the distributed hook point)."""
 
-    def _decompose(self, work: list[tuple[KFACLayer, str]], step: int) -> list:
+    def _decompose(
+        self, work: list[tuple[KFACLayer, str]], step: int
+    ) -> list[FactorInverse | None]:
         """Decompose the factors ``(layer, "A" | "G")`` of ``work``; None where failed."""
         rank = self.rank(step)
         auto = rank == "auto"

@@ -40,9 +40,14 @@ def benchmark_classes() -> list[tuple[ModuleType, type]]:
 CLASSES = benchmark_classes()
 
 
+# Smaller problems than the suite's smallest keep this test fast on a busy machine;
+# every code path still runs.
+TEST_SIZE, TEST_RANK, TEST_OVERSAMPLE, TEST_STACK_SIZE = 256, 20, 5, 64
+
+
 def smallest(cls: type) -> list[tuple]:
-    """Every parameter combination, with numeric parameters at their smallest value."""
-    axes = [[min(axis)] if all(isinstance(v, int) for v in axis) else axis for axis in cls.params]
+    """Every parameter combination, with sizes (integer parameters) at ``TEST_SIZE``."""
+    axes = [[TEST_SIZE] if all(isinstance(v, int) for v in axis) else axis for axis in cls.params]
     return list(itertools.product(*axes))
 
 
@@ -51,11 +56,28 @@ def test_benchmarks_found() -> None:
     assert CLASSES
 
 
+@pytest.fixture
+def single_thread():
+    """One BLAS/OpenMP thread: small problems on a busy shared machine stay fast."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpoolctl.threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(("module", "cls"), CLASSES, ids=[c.__name__ for _, c in CLASSES])
+@pytest.mark.usefixtures("single_thread")
 def test_benchmark_runs_once(module: ModuleType, cls: type, monkeypatch) -> None:
-    # The stacked benchmark's size is a module constant: shrink it for the test.
-    if hasattr(module, "STACK_SIZE"):
-        monkeypatch.setattr(module, "STACK_SIZE", 256)
+    # Problem sizes are module constants: shrink them for the test.
+    shrunk = {"RANK": TEST_RANK, "OVERSAMPLE": TEST_OVERSAMPLE, "STACK_SIZE": TEST_STACK_SIZE}
+    for name, value in shrunk.items():
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, value)
     combos = smallest(cls)
     instance = cls()
     if hasattr(cls, "setup_cache"):
