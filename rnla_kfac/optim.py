@@ -125,7 +125,7 @@ class KFAC(torch.optim.SGD):
         ...     loss = model(torch.ones(4, 3)).square().mean()
         ...     loss.backward()
         ...     return loss
-        >>> float(opt.step(closure)) >= 0
+        >>> opt.step(closure).item() >= 0
         True
         """
         loss = None

@@ -9,9 +9,11 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from . import distributed as kd
 from ._checks import (
     DAMPING_MODES,
     FISHER_TYPES,
@@ -86,12 +88,19 @@ class KFACPreconditioner:
 
     Statistics come from forward passes run with gradients enabled (run evaluation
     under ``torch.no_grad()``); several forward/backward passes in one step (gradient
-    accumulation) are averaged. The structure is meant for extension (e.g. a
-    distributed subclass): :meth:`step` calls the overridable ``_update_factors``,
-    ``_reduce_factors`` (a no-op here: where factors would be all-reduced),
-    ``_compute_inverses`` (through ``_decompose``) and ``_precondition_gradients``,
-    and each factor's decomposition is a small :class:`~rnla_kfac.FactorInverse`
-    (``U``, ``d``, ``tail``) that can be broadcast.
+    accumulation) are averaged.
+
+    **Data-parallel training.** When :mod:`torch.distributed` is initialized with
+    more than one process (e.g. under ``torchrun`` with ``DistributedDataParallel``)
+    before the preconditioner is built, it works unchanged: the batch factors are
+    averaged across processes on factor-update steps (upper triangles packed into
+    few all-reduces), each factor's decomposition is computed by one process chosen
+    by cost (:func:`rnla_kfac.distributed.assign_by_cost`), and its owner broadcasts
+    ``(U, d, tail)`` (randomized methods) or the eigenbasis (eigh). Every process
+    then preconditions its (DDP-averaged) gradients locally. Bytes moved per
+    collective type are counted in :attr:`communication`. The sketches'
+    random test matrices depend only on ``seed``, the step and the factor size, so
+    results do not depend on the number of processes.
 
     Every numeric argument may also be a callable of the step (an int from 0), e.g.
     ``damping=lambda step: 0.1 if step < 1000 else 0.05``.
@@ -143,7 +152,11 @@ class KFACPreconditioner:
     rank_rtol : float, default 1/33
         Relative tolerance of ``rank="auto"``, in ``(0, 1]``.
     seed : int, default 0
-        Seed of the generator for sketches and sampled labels (checkpointed).
+        Seed of the sketches (combined with the step) and of the generator for
+        sampled labels (checkpointed).
+    process_group : torch.distributed.ProcessGroup, optional
+        Group to communicate in when :mod:`torch.distributed` is initialized; the
+        default group by default. Ignored in a single process.
 
     Raises
     ------
@@ -196,6 +209,7 @@ class KFACPreconditioner:
         tail_compensation: bool = True,
         rank_rtol: float = DEFAULT_RTOL,
         seed: int = 0,
+        process_group: dist.ProcessGroup | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -223,6 +237,10 @@ class KFACPreconditioner:
             layer.helper.module.register_forward_hook(partial(self._forward_hook, layer))
             for layer in self._layers
         ]
+        self._group = process_group
+        self._distributed = kd.is_distributed(process_group)
+        self.communication = kd.CommunicationStats()
+        """Bytes and calls per collective type (all zero in a single process)."""
         self._steps = 0
         self._removed = False
         self._mc_active = False
@@ -316,7 +334,6 @@ class KFACPreconditioner:
         step = self._steps
         if self._factor_step_due(step):
             self._update_factors(step)
-            self._reduce_factors()
         if step % self.inverse_update_period(step) == 0:
             self._compute_inverses(step)
         self._precondition_gradients(step)
@@ -502,6 +519,8 @@ class KFACPreconditioner:
                 batches.append((layer, *layer.batch_factors()))
             else:
                 layer.reset_batch()
+        if self._distributed:
+            batches = self._average_batch_factors(batches)
         if not batches:
             hint = " (with fisher='mc', call mc_backward(output) each step)" * (self.fisher == "mc")
             warnings.warn(
@@ -524,8 +543,25 @@ class KFACPreconditioner:
                 stacklevel=3,
             )
 
-    def _reduce_factors(self) -> None:
-        """Combine factors across processes (no-op here; the distributed hook point)."""
+    def _average_batch_factors(self, batches: list[tuple]) -> list[tuple]:
+        """Average ``(layer, A_batch, G_batch, finite)`` over the processes.
+
+        Averaging the batch factors before folding them gives the same averages as
+        folding averaged ones, and a NaN on any process reaches every process, so all
+        of them skip the same updates.
+        """
+        matrices = [M for _, A, G, _ in batches for M in (A, G)]
+        averaged = kd.allreduce_symmetric(matrices, group=self._group, stats=self.communication)
+        result = []
+        for i, (layer, *_) in enumerate(batches):
+            A, G = averaged[2 * i], averaged[2 * i + 1]
+            finite = torch.isfinite(A.diagonal()).all() & torch.isfinite(G.diagonal()).all()
+            result.append((layer, A, G, finite))
+        return result
+
+    def _sketch_seed(self, step: int) -> int:
+        """Seed of the step's sketches: the same on every process and after a resume."""
+        return (self.seed * 1_000_003 + step) % 2**62
 
     def _decompose(
         self, work: list[tuple[KFACLayer, str]], step: int
@@ -550,16 +586,52 @@ class KFACPreconditioner:
             n_iter=self.n_iter(step),
             tail_compensation=self.tail_compensation,
             rtol=self.rank_rtol if auto else None,
-            rng=self._generator,
+            rng=self._sketch_seed(step),
         )
+
+    def _decompose_shared(
+        self, work: list[tuple[KFACLayer, str]], step: int
+    ) -> list[FactorInverse | None]:
+        """:meth:`_decompose` with the work split over the processes by cost.
+
+        Every process computes the same assignment, decomposes its share, and the
+        owners broadcast the results. An exception on any process is raised on every
+        process as :class:`~rnla_kfac.distributed.DistributedStepError`.
+        """
+        rank = self.rank(step)
+        oversample = self.oversample(step)
+        costs = []
+        for layer, key in work:
+            size = getattr(layer, key).shape[0]
+            sketch = rank if isinstance(rank, int) else layer.rank_hints[key] or AUTO_START_RANK
+            costs.append(kd.decomposition_cost(size, self.method, sketch, oversample))
+        owners = kd.assign_by_cost(costs, dist.get_world_size(self._group))
+        me = dist.get_rank(self._group)
+        mine = [j for j, owner in enumerate(owners) if owner == me]
+        payloads: list[Tensor | None] = [None] * len(work)
+        error = None
+        try:
+            for j, result in zip(mine, self._decompose([work[j] for j in mine], step)):
+                payloads[j] = _pack_inverse(result, getattr(work[j][0], work[j][1]))
+        except Exception as exc:  # re-raised on every process just below
+            error = exc
+        kd.raise_if_any_rank_failed(error, group=self._group, phase=f"decomposition (step {step})")
+        shared = kd.broadcast_from_owners(
+            payloads, owners, group=self._group, stats=self.communication
+        )
+        return [
+            _unpack_inverse(payload, getattr(layer, key))
+            for payload, (layer, key) in zip(shared, work)
+        ]
 
     def _compute_inverses(self, step: int) -> None:
         """Decompose every averaged factor (inverse-update steps), keeping old ones on failure."""
         work = [(layer, key) for layer in self._layers if layer.updates for key in ("A", "G")]
         if not work:
             return
+        decompose = self._decompose_shared if self._distributed else self._decompose
         failed = []
-        for (layer, key), result in zip(work, self._decompose(work, step), strict=True):
+        for (layer, key), result in zip(work, decompose(work, step), strict=True):
             if result is None:
                 failed.append(f"{layer.name}.{key}")
                 continue
@@ -591,3 +663,26 @@ class KFACPreconditioner:
             scale = (self.kl_clip(step) / vg.clamp_min(tiny)).sqrt().clamp(max=1.0)
         for layer, _, P in results:
             layer.helper.set_grad_matrix(P if scale is None else P * scale.to(P.device))
+
+
+def _pack_inverse(inverse: FactorInverse | None, factor: Tensor) -> Tensor:
+    """``[eigenvalues, eigenvectors, tail, trace]`` as one flat tensor (empty: failed)."""
+    if inverse is None:
+        return factor.new_empty(0)
+    values = inverse.eigenvalues
+    scalars = [
+        torch.as_tensor(x, dtype=values.dtype, device=values.device).reshape(1)
+        for x in (inverse.tail, inverse.trace)
+    ]
+    return torch.cat([values, inverse.eigenvectors.reshape(-1), *scalars])
+
+
+def _unpack_inverse(payload: Tensor, factor: Tensor) -> FactorInverse | None:
+    """Inverse of :func:`_pack_inverse` for a factor of ``factor``'s size."""
+    if payload.numel() == 0:
+        return None
+    n = factor.shape[0]
+    payload = payload.to(device=factor.device, dtype=factor.dtype)
+    r = (payload.numel() - 2) // (n + 1)
+    eigenvectors = payload[r : r + n * r].reshape(n, r)
+    return FactorInverse(payload[:r], eigenvectors, tail=payload[-2], trace=payload[-1])

@@ -59,6 +59,134 @@ def failure(out: Path, rank: int, world: int) -> dict:
     return {}
 
 
+GLOBAL_BATCH = 12
+METHODS = ("eigh", "rsvd", "srevd", "nystrom")
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(30, 48),
+        torch.nn.Tanh(),
+        torch.nn.Linear(48, 40),
+        torch.nn.Tanh(),
+        torch.nn.Linear(40, 5),
+    )
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(GLOBAL_BATCH, 30, generator=g), torch.randint(
+        0, 5, (GLOBAL_BATCH,), generator=g
+    )
+
+
+def shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    size = GLOBAL_BATCH // world
+    return t[rank * size : (rank + 1) * size]
+
+
+def wrap(model: torch.nn.Module, world: int) -> torch.nn.Module:
+    return torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+
+PRECONDITIONER = dict(
+    rank=6, oversample=3, n_iter=2, factor_update_period=1, inverse_update_period=2, damping=0.05
+)
+
+
+@scenario
+def equivalence(out: Path, rank: int, world: int) -> dict:
+    """Same global batches on 1, 2 or 3 processes: factors, gradients, bytes."""
+    from rnla_kfac import KFACPreconditioner
+
+    records = {}
+    for method in METHODS:
+        model = make_model()
+        pre = KFACPreconditioner(model, method=method, **PRECONDITIONER)
+        ddp = wrap(model, world)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        steps = []
+        for step in range(4):
+            x, y = global_batch(step)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(
+                ddp(shard(x, rank, world)), shard(y, rank, world)
+            ).backward()
+            pre.step()
+            steps.append(
+                {
+                    "factors": {k: (A.clone(), G.clone()) for k, (A, G) in pre.factors().items()},
+                    "grads": [p.grad.clone() for p in model.parameters()],
+                }
+            )
+            optimizer.step()
+        records[method] = {"steps": steps, "bytes": dict(pre.communication.bytes)}
+    return records
+
+
+def train(model, optimizer, ddp, rank, world, steps) -> list[float]:
+    losses = []
+    for step in steps:
+        x, y = global_batch(step)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(ddp(shard(x, rank, world)), shard(y, rank, world))
+        loss.backward()
+        optimizer.step()
+        reduced = loss.detach().clone()
+        dist.all_reduce(reduced)
+        losses.append(float(reduced) / world)
+    return losses
+
+
+@scenario
+def checkpoint(out: Path, rank: int, world: int) -> dict:
+    """Rank 0 saves at step 3, every rank loads; the losses continue as if unbroken."""
+    from rnla_kfac import KFAC
+
+    def fresh():
+        model = make_model()
+        optimizer = KFAC(model, lr=0.1, momentum=0.9, method="rsvd", **PRECONDITIONER)
+        return model, optimizer, wrap(model, world)
+
+    model, optimizer, ddp = fresh()
+    uninterrupted = train(model, optimizer, ddp, rank, world, range(6))
+
+    model, optimizer, ddp = fresh()
+    first = train(model, optimizer, ddp, rank, world, range(3))
+    path = out / "checkpoint.pt"
+    if rank == 0:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    dist.barrier()
+    model, optimizer, ddp = fresh()
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    resumed = first + train(model, optimizer, ddp, rank, world, range(3, 6))
+    return {"uninterrupted": uninterrupted, "resumed": resumed}
+
+
+@scenario
+def failing_decomposition(out: Path, rank: int, world: int) -> dict:
+    """One rank's decomposition raises: every rank must stop with a clear error."""
+    from rnla_kfac import KFACPreconditioner
+
+    model = make_model()
+    pre = KFACPreconditioner(model, method="rsvd", **PRECONDITIONER)
+    if rank == world - 1:
+
+        def broken(work, step):
+            raise FloatingPointError("simulated eigensolver crash")
+
+        pre._decompose = broken
+    x, y = global_batch(0)
+    torch.nn.functional.cross_entropy(
+        wrap(model, world)(shard(x, rank, world)), shard(y, rank, world)
+    ).backward()
+    pre.step()
+    return {}
+
+
 def main() -> None:
     name, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))

@@ -1,0 +1,65 @@
+"""KFACPreconditioner under DistributedDataParallel on 1-3 gloo processes (loopback)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .launcher import launch
+from .worker import METHODS, PRECONDITIONER
+
+
+@pytest.fixture(scope="module")
+def equivalence_runs(tmp_path_factory) -> dict[int, list[dict]]:
+    """Every method on the same global batches with 1, 2 and 3 processes."""
+    runs = {}
+    for world in (1, 2, 3):
+        out = tmp_path_factory.mktemp(f"world{world}")
+        outcome = launch("equivalence", world, out, timeout=240)
+        assert all(code == 0 for code, _ in outcome), outcome
+        runs[world] = [torch.load(out / f"rank{r}.pt") for r in range(world)]
+    return runs
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("method", METHODS)
+def test_factors_and_gradients_match_single_process(equivalence_runs, world, method):
+    reference = equivalence_runs[1][0][method]["steps"]
+    for rank_result in equivalence_runs[world]:
+        for want, got in zip(reference, rank_result[method]["steps"], strict=True):
+            for name, (A, G) in want["factors"].items():
+                torch.testing.assert_close(got["factors"][name][0], A, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(got["factors"][name][1], G, rtol=1e-5, atol=1e-6)
+            for g_want, g_got in zip(want["grads"], got["grads"], strict=True):
+                torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
+
+
+def test_randomized_broadcasts_shrink_by_rank_over_size(equivalence_runs):
+    """Broadcast bytes of rsvd are at most (r + p + 1) / d of eigh's on the same model."""
+    for rank_result in equivalence_runs[2]:
+        eigh_bytes = rank_result["eigh"]["bytes"]["broadcast"]
+        smallest_factor = 31  # the model's smallest A or G (30 inputs + bias) is 31 wide
+        bound = (PRECONDITIONER["rank"] + PRECONDITIONER["oversample"] + 1) / smallest_factor
+        for method in ("rsvd", "srevd", "nystrom"):
+            ratio = rank_result[method]["bytes"]["broadcast"] / eigh_bytes
+            assert ratio <= bound, (method, ratio, bound)
+        # Factors are all-reduced as packed upper triangles on factor-update steps only.
+        assert rank_result["eigh"]["bytes"]["all_reduce"] > 0
+    assert not equivalence_runs[1][0]["eigh"]["bytes"]  # a single process sends nothing
+
+
+def test_checkpoint_on_rank_zero_resumes_identically(tmp_path):
+    outcome = launch("checkpoint", 2, tmp_path, timeout=240)
+    assert all(code == 0 for code, _ in outcome), outcome
+    for r in range(2):
+        result = torch.load(tmp_path / f"rank{r}.pt")
+        assert result["resumed"] == pytest.approx(result["uninterrupted"], rel=1e-6, abs=1e-7)
+
+
+def test_a_failing_rank_stops_every_rank_without_hanging(tmp_path):
+    outcome = launch("failing_decomposition", 2, tmp_path, timeout=120)
+    for code, output in outcome:
+        assert code != 0
+        assert "DistributedStepError" in output
+        assert "failed on rank(s) [1]" in output
+        assert "FloatingPointError: simulated eigensolver crash" in output
