@@ -15,7 +15,7 @@ __all__ = ["woodbury_solve"]
 _SIDES = ("left", "right")
 
 
-def _as_real_array(xp, value: Any, name: str, like: Array) -> Array:
+def _as_real_array(xp, value: Any, name: str, like: Array, check_values: bool) -> Array:
     """A real scalar or a per-matrix array (shape of the stack) as an array of ``like``."""
     real_dtype = xp.float32 if xp.finfo(like.dtype).bits == 32 else xp.float64
     if isinstance(value, bool) or not (isinstance(value, numbers.Real) or hasattr(value, "shape")):
@@ -27,7 +27,7 @@ def _as_real_array(xp, value: Any, name: str, like: Array) -> Array:
         if value_xp.isdtype(value.dtype, "complex floating"):
             raise TypeError(f"{name}: must be real, got dtype {value.dtype}")
     array = xp.asarray(value, dtype=real_dtype, device=device_of(like))
-    if not bool(xp.all(xp.isfinite(array))):
+    if check_values and not bool(xp.all(xp.isfinite(array))):
         raise ValueError(f"{name}: must be finite, got {value!r}")
     return array
 
@@ -40,6 +40,7 @@ def woodbury_solve(
     *,
     side: str = "left",
     tail: float | Array = 0.0,
+    check_values: bool = True,
 ) -> Array:
     """Apply the inverse of a damped low-rank-plus-identity matrix to ``M``.
 
@@ -68,6 +69,10 @@ def woodbury_solve(
         Solve ``K X = M`` (left) or ``X K = M`` (right).
     tail : float or array of shape (...), default 0.0
         Eigenvalue assumed for the orthogonal complement of ``span(U)``.
+    check_values : bool, default True
+        Check that ``lam`` and ``tail`` are finite and ``K`` is not singular. Each
+        check waits for the device on GPUs; pass ``False`` in a hot loop whose values
+        are valid by construction (shapes and types are always checked).
 
     Returns
     -------
@@ -124,8 +129,8 @@ def woodbury_solve(
             f"M: stack shape {tuple(M.shape[:-2])} does not broadcast against U's "
             f"{tuple(U.shape[:-2])}"
         ) from None
-    lam_ = _as_real_array(xp, lam, "lam", U)
-    tail_ = _as_real_array(xp, tail, "tail", U)
+    lam_ = _as_real_array(xp, lam, "lam", U, check_values)
+    tail_ = _as_real_array(xp, tail, "tail", U, check_values)
     for name, array in (("lam", lam_), ("tail", tail_)):
         shape = tuple(array.shape)
         fits = len(shape) <= len(stack_shape) and all(
@@ -138,10 +143,10 @@ def woodbury_solve(
             )
 
     d_lam = d + lam_[..., None]
-    if bool(xp.any(d_lam == 0)):
+    if check_values and bool(xp.any(d_lam == 0)):
         raise ValueError(f"lam: d + lam has a zero entry, so the matrix is singular (lam={lam})")
     full_rank = r == n
-    if not full_rank and bool(xp.any(tail_ + lam_ <= 0)):
+    if check_values and not full_rank and bool(xp.any(tail_ + lam_ <= 0)):
         raise ValueError(
             f"lam: tail + lam must be > 0 when U has fewer columns than rows (r={r} < n={n}), "
             f"else the complement of span(U) is singular; got lam={lam}, tail={tail}"

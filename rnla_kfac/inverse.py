@@ -271,7 +271,7 @@ class FactorInverse:
             self._explicit = (self.eigenvectors * coefficients) @ self.eigenvectors.mT
         return self
 
-    def solve(self, M: Tensor, side: str = "left") -> Tensor:
+    def solve(self, M: Tensor, side: str = "left", *, check_values: bool = True) -> Tensor:
         """Apply the damped inverse: ``K^-1 M`` (``side="left"``) or ``M K^-1`` ("right").
 
         Parameters
@@ -279,6 +279,9 @@ class FactorInverse:
         M : Tensor, shape (n, k) for "left", (k, n) for "right"
             Computed in the inverse's dtype; returned in ``M``'s dtype.
         side : {"left", "right"}, default "left"
+        check_values : bool, default True
+            Check that the damped matrix is not singular (host syncs on GPUs; see
+            :func:`rnla.woodbury_solve`).
 
         Returns
         -------
@@ -305,6 +308,7 @@ class FactorInverse:
             work,
             side=side,
             tail=0.0 if self.exact else self.tail,
+            check_values=check_values,
         )
         return solved if solved.dtype == M.dtype else solved.to(M.dtype)
 
@@ -514,6 +518,7 @@ def precondition(
     *,
     damping: float | None = None,
     damping_mode: str = "relative",
+    check_values: bool = True,
 ) -> Tensor:
     """Apply a K-FAC block inverse to a layer's gradient matrix: ``G^-1 J A^-1``.
 
@@ -537,6 +542,9 @@ def precondition(
         paper's choice). ``"absolute"``: ``A + sqrt(damping) I``, ``G + sqrt(damping) I``.
         ``"pi"``: ``A + pi sqrt(damping) I``, ``G + sqrt(damping) / pi I`` with
         ``pi = sqrt((tr(A) / d_in) / (tr(G) / d_out))`` (Martens & Grosse 2015).
+    check_values : bool, default True
+        Check the damped factors for singularity (host syncs on GPUs); the
+        preconditioner, whose damping is positive by construction, skips it.
 
     Returns
     -------
@@ -584,4 +592,5 @@ def precondition(
         check_choice(damping_mode, "damping_mode", DAMPING_MODES)
         lam_A, lam_G = split_damping(A_inverse, G_inverse, damping, damping_mode)
         A_inverse, G_inverse = A_inverse.with_damping(lam_A), G_inverse.with_damping(lam_G)
-    return G_inverse.solve(A_inverse.solve(grad_matrix, side="right"), side="left")
+    right = A_inverse.solve(grad_matrix, side="right", check_values=check_values)
+    return G_inverse.solve(right, side="left", check_values=check_values)

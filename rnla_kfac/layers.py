@@ -108,7 +108,7 @@ class KFACLayer:
         if J is None:
             return None
         A_damped, G_damped = self._damped_inverses(damping, damping_mode)
-        return J, precondition(J, A_damped, G_damped)
+        return J, precondition(J, A_damped, G_damped, check_values=False)
 
     def _damped_inverses(self, damping: float, mode: str) -> tuple[FactorInverse, FactorInverse]:
         """The damped inverses, cached until the damping or the decompositions change.

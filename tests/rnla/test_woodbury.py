@@ -149,6 +149,26 @@ def test_zero_eigenvalues_with_positive_lam(xp):
     np.testing.assert_allclose(out, np.linalg.solve(_dense(U, d, 1e-3), M), rtol=1e-9)
 
 
+def test_check_values_false_skips_only_the_value_checks(xp):
+    """Same result without the value checks; a singular K is then not caught, shapes are."""
+    U = _orthonormal(20, 4, seed=3, dtype="float64")
+    d = np.array([3.0, 2.0, 1.0, 0.5])
+    M = np.random.default_rng(4).standard_normal((20, 2))
+    args = (xp.asarray(U), xp.asarray(d))
+    checked = host(rnla.woodbury_solve(*args, 0.1, xp.asarray(M), tail=0.2))
+    unchecked = host(
+        rnla.woodbury_solve(*args, 0.1, xp.asarray(M), tail=0.2, check_values=False)
+    )
+    np.testing.assert_array_equal(checked, unchecked)
+    with pytest.raises(ValueError, match="lam: tail \\+ lam must be > 0"):
+        rnla.woodbury_solve(*args, 0.0, xp.asarray(M))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        singular = host(rnla.woodbury_solve(*args, 0.0, xp.asarray(M), check_values=False))
+    assert not np.all(np.isfinite(singular))
+    with pytest.raises(ValueError, match="M:"):
+        rnla.woodbury_solve(*args, 0.1, xp.asarray(M.T), check_values=False)
+
+
 def test_tail_compensation_beats_zero_tail_on_kfactor():
     """Early in averaging, the mean-tail model is a much better inverse than tail=0.
 
