@@ -156,9 +156,7 @@ def test_check_values_false_skips_only_the_value_checks(xp):
     M = np.random.default_rng(4).standard_normal((20, 2))
     args = (xp.asarray(U), xp.asarray(d))
     checked = host(rnla.woodbury_solve(*args, 0.1, xp.asarray(M), tail=0.2))
-    unchecked = host(
-        rnla.woodbury_solve(*args, 0.1, xp.asarray(M), tail=0.2, check_values=False)
-    )
+    unchecked = host(rnla.woodbury_solve(*args, 0.1, xp.asarray(M), tail=0.2, check_values=False))
     np.testing.assert_array_equal(checked, unchecked)
     with pytest.raises(ValueError, match="lam: tail \\+ lam must be > 0"):
         rnla.woodbury_solve(*args, 0.0, xp.asarray(M))
