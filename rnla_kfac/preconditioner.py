@@ -244,7 +244,7 @@ class KFACPreconditioner:
         self._steps = 0
         self._removed = False
         self._mc_active = False
-        self._collecting = self._factor_step_due(0)
+        self._collecting_at: int | None = None  # step whose collection flag is cached
 
     # ------------------------------------------------------------------ setup
 
@@ -281,7 +281,7 @@ class KFACPreconditioner:
     # ------------------------------------------------------------------ hooks
 
     def _forward_hook(self, layer: KFACLayer, module: nn.Module, inputs: tuple, output: Any):
-        if not self._collecting or not torch.is_grad_enabled():
+        if not self._collecting() or not torch.is_grad_enabled():
             return
         layer.record_input(inputs[0])
         if isinstance(output, Tensor) and output.requires_grad:
@@ -296,6 +296,17 @@ class KFACPreconditioner:
 
     def _factor_step_due(self, step: int) -> bool:
         return step % self.factor_update_period(step) == 0
+
+    def _collecting(self) -> bool:
+        """Whether the hooks record statistics in the current step.
+
+        Evaluated at the step's first forward pass, not at construction, so a schedule
+        may refer to objects built after the preconditioner (e.g. ``KFAC.epoch``).
+        """
+        if self._collecting_at != self._steps:
+            self._collecting_at = self._steps
+            self._collecting_now = self._factor_step_due(self._steps)
+        return self._collecting_now
 
     # ------------------------------------------------------------------ public API
 
@@ -338,7 +349,6 @@ class KFACPreconditioner:
             self._compute_inverses(step)
         self._precondition_gradients(step)
         self._steps += 1
-        self._collecting = self._factor_step_due(self._steps)
 
     def mc_backward(self, output: Tensor, likelihood: str = "categorical") -> None:
         """Collect ``G`` from labels sampled from the model (``fisher="mc"``).
@@ -381,7 +391,7 @@ class KFACPreconditioner:
         check_choice(likelihood, "likelihood", LIKELIHOODS)
         if not isinstance(output, Tensor):
             raise TypeError(f"output: expected a tensor, got {type(output).__name__}")
-        if not self._collecting or not output.requires_grad:
+        if not self._collecting() or not output.requires_grad:
             return
         logits = output.detach().float()
         if likelihood == "categorical":
@@ -500,7 +510,7 @@ class KFACPreconditioner:
             layer.load_state_dict(saved[layer.name])
         self._generator.set_state(state_dict["generator"])
         self._steps = int(state_dict["steps"])
-        self._collecting = self._factor_step_due(self._steps)
+        self._collecting_at = None
 
     def __repr__(self) -> str:
         return (

@@ -111,6 +111,24 @@ def test_kfac_schedules_and_epoch_counter():
     assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["momentum"] == 0.5
 
 
+def test_period_schedules_may_read_the_epoch_of_the_optimizer_built_around_them():
+    """Periods are first evaluated at the first forward pass, after ``opt`` exists."""
+    model = student()
+    opt = KFAC(
+        model,
+        lr=0.05,
+        method="rsvd",
+        rank=8,
+        factor_update_period=lambda step: 1 if opt.epoch == 0 else 3,
+        inverse_update_period=lambda step: 2 if opt.epoch == 0 else 5,
+    )
+    train(model, opt, 2)
+    assert {layer.updates for layer in opt.preconditioner._layers} == {2}  # steps 0, 1
+    opt.next_epoch()
+    train(model, opt, 4, start=2)  # steps 2..5: only step 3 is a multiple of 3
+    assert {layer.updates for layer in opt.preconditioner._layers} == {3}
+
+
 def checkpoint(*objects) -> list:
     """Serialize state dicts as a real checkpoint would (torch.save / torch.load)."""
     buffer = io.BytesIO()
