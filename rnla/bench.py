@@ -61,6 +61,9 @@ _KFAC_STEPS = {"kfac-early": 60, "kfac-late": 400}
 _OURS = ("rsvd", "srevd", "nystrom")
 _INVERSE_BLOCK = 16  # columns of the block the damped inverse is applied to
 _LAMBDAS = (0.1, 0.01)  # damping as a fraction of the largest eigenvalue
+# "No worse" for the time to equal accuracy, relative: near the rank-r optimum every
+# method's error agrees to a few digits and seed noise would decide a strict comparison.
+_TTEA_TOLERANCE = 0.01
 
 
 # --------------------------------------------------------------------------- matrices
@@ -648,7 +651,7 @@ class Benchmark:
                 self.exact_eigh(ctx, d, dtype, kind, backend)
 
     def time_to_equal_accuracy(self, ctx, d, dtype, kind, backends, results, repeats):
-        """Smallest n_iter matching the best peer's inverse-apply error at lam=0.1 lam_max."""
+        """Smallest n_iter within 1% of the best peer's inverse-apply error at lam=0.1 lam_max."""
         for backend in backends:
             peers = _peers_for(backend)
             if not peers:
@@ -675,7 +678,7 @@ class Benchmark:
                         out = fn()
                         error = ctx.inverse_errors(*convert(out)[2:])[0]
                         seconds = None
-                    if error <= target * (1 + 1e-6):
+                    if error <= target * (1 + _TTEA_TOLERANCE):
                         if seconds is None:
                             seconds = _timed(fn, A, repeats)[0]
                         found = (n_iter, seconds, error)
@@ -947,7 +950,7 @@ def report(bench: Benchmark, sizes: Sequence[int], header: str) -> str:
         out += [
             "",
             "## Time to equal accuracy (inverse-apply error at lam = 0.1 lam_max "
-            "no worse than the best peer at n_iter = "
+            "within 1% of the best peer's at n_iter = "
             f"{bench.args.n_iter}; q = n_iter needed)",
             "",
         ]

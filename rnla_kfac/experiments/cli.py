@@ -1,15 +1,22 @@
-"""Command line of ``python -m rnla_kfac.experiments`` (see ``--help``)."""
+"""Command line of ``python -m rnla_kfac.experiments`` (see ``--help``).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same command trains data-parallel: the
+processes join a process group (:mod:`~rnla_kfac.experiments.parallel`), share each
+global batch, and rank 0 alone writes the run directory and prints.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
 from .data import DATASETS, load_dataset
 from .models import MODELS
+from .parallel import Parallel, process_group
 from .presets import METHODS, PRESETS, Preset, get_preset
 from .records import RunStore, new_run_dir
 from .study import run_study, write_outputs
@@ -20,11 +27,21 @@ examples:
   python -m rnla_kfac.experiments --full               # the long study (10 seeds, longer)
   python -m rnla_kfac.experiments --methods sgd rs-kfac --seeds 1 --epochs 2
   python -m rnla_kfac.experiments --preset cifar10-paper --data-dir ~/data --device cuda
+  torchrun --nproc_per_node=2 -m rnla_kfac.experiments --methods kfac rs-kfac --seeds 1
 
 Each invocation writes a run directory (default runs/<UTC timestamp>/) with
 config.json, records.json/.csv (after every epoch, so Ctrl-C keeps completed
 epochs), spectra.json, table.md, figure1_spectra.png and figure2_curves.png.
 Times are training seconds: data loading and evaluation are not counted.
+
+data-parallel (torchrun): each of the N processes trains on a contiguous 1/N of
+every global batch (--batch-size stays the global batch, so it must be divisible
+by N) with DistributedDataParallel, over gloo on CPU or NCCL with --device cuda
+(one GPU per process, by LOCAL_RANK). Losses and accuracies match a single-process
+run up to float rounding (BatchNorm on CPU: per-process batch statistics). Rank 0
+alone writes the run directory and prints; for the K-FAC methods the records and
+table.md add the bytes sent per step by each collective type (all_reduce,
+broadcast, broadcast_meta).
 """
 
 
@@ -90,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", default="runs", help="parent of the run directory (default: %(default)s)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others in a collective "
+        "before failing (default: %(default)s)",
+    )
     return p
 
 
@@ -118,7 +143,8 @@ def configure(args: argparse.Namespace) -> Preset:
         "batch_size": args.batch_size,
         "targets": tuple(sorted(args.targets)) if args.targets else None,
     }
-    for key in ("n_samples", "width", "depth", "epochs", "seeds", "batch_size", "max_batches"):
+    keys = ("n_samples", "width", "depth", "epochs", "seeds", "batch_size", "max_batches")
+    for key in keys + ("dist_timeout",):
         value = getattr(args, key)
         if value is not None and value < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
@@ -132,9 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--data-dir`` without the CIFAR-10 files) exits with status 2 and a message
     naming the valid choices or the missing file. Ctrl-C exits with status 130
     after writing the table and figures of the completed epochs.
+
+    Under ``torchrun`` every process runs this function: a global batch that the
+    processes cannot share evenly is bad input, an error on any process (say, a
+    missing file) stops all of them with status 2 and rank 0 prints it, and only
+    rank 0 writes the run directory and prints.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    parallel = Parallel.from_env()
     try:
         preset = configure(args)
         if args.device == "auto":
@@ -143,27 +175,86 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = torch.device(args.device)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ValueError("--device cuda: no CUDA device is available")
+        if preset.batch_size % parallel.world_size:
+            raise ValueError(
+                f"--batch-size {preset.batch_size} (the global batch) must be divisible "
+                f"by the number of processes, {parallel.world_size}"
+            )
+    except ValueError as exc:
+        _fail(parser, parallel, str(exc))
+    device = parallel.device(device)
+    with process_group(parallel, device, args.dist_timeout):
+        return _run(parser, args, argv, preset, device, parallel)
+
+
+def _fail(parser: argparse.ArgumentParser, parallel: Parallel, message: str) -> NoReturn:
+    """Exit with status 2; rank 0 prints ``message`` (the others exit quietly)."""
+    if parallel.is_main:
+        parser.error(message)
+    raise SystemExit(2)
+
+
+def _stop_if_any_failed(
+    parser: argparse.ArgumentParser, parallel: Parallel, error: Exception | None
+) -> None:
+    """Collective: every process exits with status 2 if any of them failed."""
+    message = parallel.first_error(error)
+    if message is not None:
+        _fail(parser, parallel, message)
+
+
+def _run(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    preset: Preset,
+    device: torch.device,
+    parallel: Parallel,
+) -> int:
+    """The body of :func:`main` once the processes (if several) have joined."""
+    error: Exception | None = None
+    try:
         data = load_dataset(preset.dataset, n_samples=preset.n_samples, data_dir=args.data_dir)
+        if 0 < len(data.y_train) % preset.batch_size < parallel.world_size:
+            raise ValueError(
+                f"the last batch of an epoch has {len(data.y_train) % preset.batch_size} "
+                f"sample(s), fewer than the {parallel.world_size} processes; change --batch-size"
+            )
     except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
-    store = RunStore(new_run_dir(args.out_dir))
-    store.write_config(
-        {
-            "argv": list(sys.argv[1:] if argv is None else argv),
-            "device": str(device),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "preset": preset.to_dict(),
-        }
-    )
-    progress = not args.no_progress
-    print(
-        f"preset {preset.name}{' (full)' if args.full else ''}: {preset.description}\n"
-        f"methods {', '.join(preset.methods)}; {preset.seeds} seed(s) x {preset.epochs} "
-        f"epoch(s); train {len(data.y_train)} / test {len(data.y_test)} samples; "
-        f"device {device}\nrun directory: {store.path}",
-        flush=True,
-    )
+        error = exc
+    _stop_if_any_failed(parser, parallel, error)
+    store = None
+    if parallel.is_main:
+        try:
+            store = RunStore(new_run_dir(args.out_dir))
+            store.write_config(
+                {
+                    "argv": list(sys.argv[1:] if argv is None else argv),
+                    "device": str(device),
+                    "world_size": parallel.world_size,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                    "preset": preset.to_dict(),
+                }
+            )
+        except OSError as exc:
+            error = exc
+    # Rank 0 alone writes; the others must not start training if it could not.
+    _stop_if_any_failed(parser, parallel, error)
+    if store is not None:
+        shards = (
+            f"; data-parallel on {parallel.world_size} processes, "
+            f"{preset.batch_size // parallel.world_size} samples each per batch"
+            if parallel.enabled
+            else ""
+        )
+        print(
+            f"preset {preset.name}{' (full)' if args.full else ''}: {preset.description}\n"
+            f"methods {', '.join(preset.methods)}; {preset.seeds} seed(s) x {preset.epochs} "
+            f"epoch(s); train {len(data.y_train)} / test {len(data.y_test)} samples; "
+            f"device {device}{shards}\nrun directory: {store.path}",
+            flush=True,
+        )
     status = 0
     try:
         run_study(
@@ -172,11 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             store,
             device=device,
             max_batches=args.max_batches,
-            progress=progress,
+            progress=not args.no_progress and parallel.is_main,
+            parallel=parallel,
         )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: records of completed epochs are in {store.path}", file=sys.stderr)
         status = 130
+    if store is None:
+        return status
+    if status == 130:
+        print(f"\ninterrupted: records of completed epochs are in {store.path}", file=sys.stderr)
     summary = write_outputs(store, preset.targets)
     print("\n" + summary)
     print(f"written to {store.path}: " + ", ".join(sorted(p.name for p in store.path.iterdir())))

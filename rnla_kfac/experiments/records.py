@@ -5,9 +5,10 @@ completed epochs on disk. Files of a run directory::
 
     config.json     the preset and command-line options
     records.json    one object per (method, seed, epoch)
-    records.csv     the same, one row each
+    records.csv     the same, one row each (data-parallel K-FAC runs add the
+                    bytes sent per collective type, see COMM_FIELDS)
     spectra.json    K-factor eigenvalues at the recorded epochs
-    table.md        the Table-1-style summary
+    table.md        the Table-1-style summary (and the communication per step)
     figure1_spectra.png, figure2_curves.png
 """
 
@@ -35,6 +36,17 @@ RECORD_FIELDS = (
     "wall_time",
 )
 """Columns of ``records.csv`` (the keys of an epoch record)."""
+
+COMM_KINDS = ("all_reduce", "broadcast", "broadcast_meta")
+"""Collective types counted by a distributed K-FAC preconditioner
+(:class:`rnla_kfac.distributed.CommunicationStats`): factor averaging, decompositions
+shared by their owners, and the lengths sent ahead of them."""
+
+COMM_FIELDS = tuple(
+    f"{kind}_{suffix}" for kind in COMM_KINDS for suffix in ("bytes", "bytes_per_step")
+)
+"""Extra columns of data-parallel K-FAC runs: bytes sent per collective type, in
+total and per step, cumulative up to the epoch (empty for other runs)."""
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -98,7 +110,10 @@ class RunStore:
         _write_atomic(self.path / "records.json", json.dumps(self.records, indent=1))
         tmp = self.path / "records.csv.tmp"
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RECORD_FIELDS, extrasaction="ignore")
+            fields = RECORD_FIELDS
+            if any(COMM_FIELDS[0] in r for r in self.records):
+                fields += COMM_FIELDS
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.records)
         os.replace(tmp, self.path / "records.csv")

@@ -5,6 +5,8 @@ that reached it, with the count when not all did), time per epoch, how many runs
 reached the highest target, epochs to it, and the final test accuracy. A second
 table lists the time to the highest target per seed, so per-seed claims can be read
 off directly. Times are training seconds (no data loading, no evaluation).
+Data-parallel K-FAC runs add a third table: the bytes sent per step by collective
+type (:func:`communication_table`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .records import COMM_FIELDS, COMM_KINDS
 
 Record = dict[str, Any]
 
@@ -162,8 +166,50 @@ def markdown_table(records: Sequence[Record], targets: Sequence[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def communication_table(records: Sequence[Record]) -> str:
+    """Markdown: per K-FAC method, the MB sent per step by each collective type.
+
+    From the last epoch of each data-parallel run (bytes averaged over all its
+    steps), mean over seeds. Empty when no record carries communication.
+
+    Examples
+    --------
+    >>> rec = {"method": "rs-kfac", "seed": 0, "epoch": 1, "all_reduce_bytes_per_step": 2e6,
+    ...        "broadcast_bytes_per_step": 5e5, "broadcast_meta_bytes_per_step": 16.0}
+    >>> print(communication_table([rec]))
+    communication per step (MB = 1e6 bytes, averaged over the steps of each run):
+    | method | all_reduce | broadcast | broadcast_meta |
+    |---|---|---|---|
+    | rs-kfac | 2.000 | 0.500 | 0.000 |
+    <BLANKLINE>
+    """
+    rows = []
+    for method, runs in group_runs(records).items():
+        last = [run[-1] for run in runs.values() if COMM_FIELDS[1] in run[-1]]
+        if last:
+            cells = [
+                f"{np.mean([r[f'{kind}_bytes_per_step'] for r in last]) / 1e6:.3f}"
+                for kind in COMM_KINDS
+            ]
+            rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    header = [
+        "communication per step (MB = 1e6 bytes, averaged over the steps of each run):",
+        "| method | " + " | ".join(COMM_KINDS) + " |",
+        "|---" * (len(COMM_KINDS) + 1) + "|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
 def write_table(records: Sequence[Record], targets: Sequence[float], path: str | Path) -> str:
-    """Write :func:`markdown_table` to ``path`` and return it."""
+    """Write :func:`markdown_table` (and :func:`communication_table`) to ``path``.
+
+    Returns the text written.
+    """
     text = markdown_table(records, targets)
+    communication = communication_table(records)
+    if communication:
+        text += "\n" + communication
     Path(path).write_text(text)
     return text

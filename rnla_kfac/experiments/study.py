@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .data import Dataset
+from .parallel import Parallel
 from .plots import plot_curves, plot_spectra
 from .presets import METHODS, Preset
 from .records import Record, RunStore
@@ -32,13 +33,14 @@ def spectra_method(methods: Sequence[str]) -> str | None:
 def run_study(
     preset: Preset,
     data: Dataset,
-    store: RunStore,
+    store: RunStore | None,
     *,
     methods: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
     progress: bool = True,
+    parallel: Parallel | None = None,
 ) -> list[Record]:
     """Train every method for every seed; records are saved after each epoch.
 
@@ -52,11 +54,12 @@ def run_study(
         The configuration.
     data : Dataset
         Data already on ``device``.
-    store : RunStore
-        Where records and spectra go (written as they come).
+    store : RunStore or None
+        Where records and spectra go (written as they come); None on the processes
+        of a data-parallel run other than rank 0, which train but keep nothing.
     methods, seeds : sequence, optional
         Defaults: the preset's methods and ``range(preset.seeds)``.
-    device, max_batches, progress
+    device, max_batches, progress, parallel
         Passed to :func:`~rnla_kfac.experiments.train.train_run`.
 
     Returns
@@ -67,22 +70,24 @@ def run_study(
     methods = list(preset.methods if methods is None else methods)
     seeds = list(range(preset.seeds) if seeds is None else seeds)
     spectra_of = spectra_method(methods)
+    records: list[Record] = []
     for seed in seeds:
         for method in methods:
-            train_run(
+            records += train_run(
                 method,
                 seed,
                 data,
                 preset,
                 device=device,
                 max_batches=max_batches,
-                on_epoch=store.add_record,
+                on_epoch=None if store is None else store.add_record,
                 on_spectra=store.add_spectra
-                if (method == spectra_of and seed == seeds[0])
+                if (store is not None and method == spectra_of and seed == seeds[0])
                 else None,
                 progress=progress,
+                parallel=parallel,
             )
-    return store.records
+    return records
 
 
 def write_outputs(store: RunStore, targets: Sequence[float]) -> str:

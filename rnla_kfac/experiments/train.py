@@ -5,6 +5,12 @@ model is built right after ``torch.manual_seed(seed)``) and sees the same batche
 the same order. The clock covers only the optimization work of each step (forward,
 backward, preconditioning, optimizer step), not batch assembly (data loading) and
 not evaluation; on CUDA it synchronizes before reading the clock.
+
+Data-parallel runs (``torchrun``, see :mod:`~rnla_kfac.experiments.parallel`) keep
+the single-process global batch: each process trains on its shard of it through
+``DistributedDataParallel``, evaluates the whole test set itself (the parameters are
+identical on every process, so are the metrics) and, for the K-FAC methods, records
+the bytes its preconditioner moved per collective type.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, iterate_batches
 from .models import build_model
+from .parallel import Parallel
 from .presets import METHODS, Preset, at_epoch
+from .records import COMM_KINDS
 
 Record = dict[str, Any]
 
@@ -155,6 +163,29 @@ def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) ->
     return spectra
 
 
+def communication_fields(optimizer: torch.optim.Optimizer, steps: int) -> Record:
+    """Bytes the optimizer's K-FAC preconditioner moved between processes so far.
+
+    Per collective type of :data:`~rnla_kfac.experiments.records.COMM_KINDS`:
+    ``<kind>_bytes`` (total) and ``<kind>_bytes_per_step`` (averaged over ``steps``).
+    Empty for SGD/Adam and for a single process (nothing is sent).
+
+    Examples
+    --------
+    >>> communication_fields(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), 5)
+    {}
+    """
+    pre = _preconditioner(optimizer)
+    if pre is None or not pre.communication.bytes:
+        return {}
+    fields: Record = {}
+    for kind in COMM_KINDS:
+        total = pre.communication.bytes.get(kind, 0)
+        fields[f"{kind}_bytes"] = total
+        fields[f"{kind}_bytes_per_step"] = total / max(steps, 1)
+    return fields
+
+
 def train_run(
     method: str,
     seed: int,
@@ -166,6 +197,7 @@ def train_run(
     on_epoch: Callable[[Record], None] | None = None,
     on_spectra: Callable[[Record], None] | None = None,
     progress: bool = True,
+    parallel: Parallel | None = None,
 ) -> list[Record]:
     """Train the preset's model with ``method`` from seed ``seed``; one record per epoch.
 
@@ -192,13 +224,22 @@ def train_run(
         averages after ``k`` factor updates.
     progress : bool
         Show tqdm bars and a one-line summary per epoch.
+    parallel : Parallel, optional
+        This process's place in a data-parallel run (``torch.distributed`` must be
+        initialized when it has several processes). Each global batch of
+        ``preset.batch_size`` samples is split into contiguous shards, one per
+        process; the model is wrapped in ``DistributedDataParallel`` and the loss of
+        a shard is scaled so that the averaged gradient is the global batch's mean
+        gradient. With BatchNorm on CPU the batch statistics are per shard
+        (``SyncBatchNorm`` is used on CUDA). Default: a single process.
 
     Returns
     -------
     list of dict
         Per epoch: ``method, seed, epoch, steps, lr, train_loss, test_loss,
         test_acc, epoch_time, wall_time`` (seconds of training, cumulative for
-        ``wall_time``).
+        ``wall_time``; ``epoch_time`` is this process's), plus the
+        :func:`communication_fields` of a data-parallel K-FAC run.
 
     Examples
     --------
@@ -210,13 +251,17 @@ def train_run(
     (1, 2)
     """
     device = torch.device(device)
+    parallel = parallel or Parallel()
     torch.manual_seed(seed)
     model = build_model(
         preset.model, data.input_shape, data.n_classes, width=preset.width, depth=preset.depth
     )
+    if parallel.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device).train()
     clock = EpochClock()
     optimizer = make_optimizer(method, model, preset, clock)
+    forward = parallel.wrap(model)
     batches = torch.Generator().manual_seed(seed)
     records: list[Record] = []
     wall, steps = 0.0, 0
@@ -246,20 +291,26 @@ def train_run(
         for xb, yb in tqdm(
             loader, total=n_batches, desc="batches", disable=not progress, leave=False
         ):
+            xs, ys = parallel.shard(xb, yb)
             _sync(device)
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            # The sum over the shard divided by the mean shard size: DDP's gradient
+            # average is then the mean gradient of the global batch (of the plain mean
+            # loss for a single process).
+            loss_of_shard = nn.functional.cross_entropy(forward(xs), ys, reduction="sum")
+            loss = loss_of_shard / (len(yb) / parallel.world_size)
             loss.backward()
             optimizer.step()
             _sync(device)
             epoch_time += time.perf_counter() - start
             if steps % at_epoch(preset.kfac.get("factor_update_period", 10), epoch) == 0:
                 identity_weight *= at_epoch(preset.kfac.get("factor_decay", 0.95), epoch)
-            loss_sum += loss.detach() * len(yb)
+            loss_sum += loss_of_shard.detach()
             n_seen += len(yb)
             steps += 1
         wall += epoch_time
+        loss_sum = parallel.sum(loss_sum)
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
         record = {
             "method": method,
@@ -272,6 +323,7 @@ def train_run(
             "test_acc": test_acc,
             "epoch_time": epoch_time,
             "wall_time": wall,
+            **communication_fields(optimizer, steps),
         }
         records.append(record)
         if on_epoch is not None:

@@ -1,4 +1,7 @@
-"""Launch a scenario of ``worker.py`` on N local gloo processes (loopback only)."""
+"""Launch a scenario of ``worker.py`` (or a ``python -m`` module) on N local processes.
+
+The processes get torchrun's environment variables (loopback only) and one thread each.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,19 @@ def free_port() -> int:
 def launch(scenario: str, world_size: int, out_dir: Path, *args: str, timeout: float = 120):
     """Run ``worker.py scenario out_dir *args`` on ``world_size`` ranks; return exit codes
     and combined output per rank. Results are whatever the workers save in ``out_dir``."""
+    command = [sys.executable, str(WORKER), scenario, str(out_dir), *args]
+    return launch_command(command, world_size, timeout=timeout, what=f"scenario {scenario!r}")
+
+
+def launch_module(module: str, world_size: int, *args: str, timeout: float = 120):
+    """Run ``python -m module *args`` on ``world_size`` ranks, like ``torchrun -m``;
+    return exit codes and combined output per rank."""
+    command = [sys.executable, "-m", module, *args]
+    return launch_command(command, world_size, timeout=timeout, what=f"module {module!r}")
+
+
+def launch_command(command: list[str], world_size: int, *, timeout: float, what: str):
+    """Run ``command`` once per rank with torchrun's environment variables."""
     port = free_port()
     procs = []
     for rank in range(world_size):
@@ -37,7 +53,7 @@ def launch(scenario: str, world_size: int, out_dir: Path, *args: str, timeout: f
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(WORKER), scenario, str(out_dir), *args],
+                command,
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -51,6 +67,6 @@ def launch(scenario: str, world_size: int, out_dir: Path, *args: str, timeout: f
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError(f"scenario {scenario!r} hung past {timeout} s") from None
+            raise AssertionError(f"{what} hung past {timeout} s") from None
         results.append((p.returncode, output))
     return results
