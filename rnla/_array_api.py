@@ -36,7 +36,6 @@ __all__ = [
     "lu_basis",
     "supports_lu",
     "synchronize",
-    "backend_name",
 ]
 
 
@@ -89,18 +88,6 @@ def is_torch(xp: ModuleType) -> bool:
 def is_cupy(xp: ModuleType) -> bool:
     """True for CuPy."""
     return array_api_compat.is_cupy_namespace(xp)
-
-
-def backend_name(x: Array) -> str:
-    """A short human-readable backend name: ``numpy``, ``torch-cpu``, ``torch-cuda``, ..."""
-    xp = namespace_of(x)
-    if is_torch(xp):
-        return f"torch-{x.device.type}"
-    if is_numpy(xp):
-        return "numpy"
-    if is_cupy(xp):
-        return "cupy"
-    return xp.__name__.split(".")[0]
 
 
 def to_numpy(x: Array) -> np.ndarray:

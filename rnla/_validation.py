@@ -123,16 +123,6 @@ def prepare_matrix(
     return xp, (X if dtype == X.dtype else xp.astype(X, dtype)), X.dtype
 
 
-def check_real_scalar(value: Any, name: str) -> float:
-    """Validate a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    return value
-
-
 def resolve_symmetric(xp: ModuleType, X: Array, symmetric: bool | None) -> bool:
     """Resolve a ``symmetric`` option: ``None`` means "square and Hermitian"."""
     if symmetric is None:
