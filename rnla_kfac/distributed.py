@@ -37,6 +37,7 @@ __all__ = [
     "assign_by_cost",
     "broadcast_from_owners",
     "decomposition_cost",
+    "gather_failures",
     "is_distributed",
     "pack_upper_triangles",
     "raise_if_any_rank_failed",
@@ -206,6 +207,20 @@ def assign_by_cost(costs: Sequence[float], world_size: int) -> list[int]:
     return owners
 
 
+def gather_failures(
+    error: BaseException | None, *, group: dist.ProcessGroup | None = None
+) -> dict[int, tuple[str, str]]:
+    """Collective: ``{rank: (exception type name, message)}`` of every failed rank.
+
+    Call it on every rank after a local phase, passing the exception it caught (or
+    ``None``); every rank gets the same answer, so all of them can stop together.
+    """
+    local = None if error is None else (type(error).__name__, str(error))
+    failures: list[tuple[str, str] | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(failures, local, group=group)
+    return {rank: failure for rank, failure in enumerate(failures) if failure is not None}
+
+
 def raise_if_any_rank_failed(
     error: BaseException | None, *, group: dist.ProcessGroup | None = None, phase: str
 ) -> None:
@@ -215,13 +230,9 @@ def raise_if_any_rank_failed(
     ``None``). Without it a failed rank would leave its peers blocked in the next
     collective until the process-group timeout.
     """
-    world = dist.get_world_size(group)
-    messages: list[str | None] = [None] * world
-    local = None if error is None else f"{type(error).__name__}: {error}"
-    dist.all_gather_object(messages, local, group=group)
-    failed = {r: m for r, m in enumerate(messages) if m is not None}
+    failed = gather_failures(error, group=group)
     if failed:
-        details = "; ".join(f"rank {r}: {m}" for r, m in failed.items())
+        details = "; ".join(f"rank {r}: {kind}: {message}" for r, (kind, message) in failed.items())
         raise DistributedStepError(
             f"K-FAC {phase} failed on rank(s) {sorted(failed)}; every rank stops ({details})"
         ) from error

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..distributed import gather_failures
+
 
 @dataclass(frozen=True)
 class Parallel:
@@ -118,13 +120,11 @@ class Parallel:
         Call it on every process with the exception its local work raised (or
         None), so that all of them stop together when any of them failed.
         """
-        local = None if error is None else str(error)
         if not self.enabled:
-            return local
-        messages: list[str | None] = [None] * self.world_size
-        dist.all_gather_object(messages, local)
+            return None if error is None else str(error)
+        failed = gather_failures(error)
         return next(
-            (f"{m} (rank {r})" if r else m for r, m in enumerate(messages) if m is not None),
+            (f"{message} (rank {r})" if r else message for r, (_, message) in failed.items()),
             None,
         )
 
