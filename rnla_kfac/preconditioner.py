@@ -577,27 +577,33 @@ class KFACPreconditioner:
         self, work: list[tuple[KFACLayer, str]], step: int
     ) -> list[FactorInverse | None]:
         """Decompose the factors ``(layer, "A" | "G")`` of ``work``; None where failed."""
-        rank = self.rank(step)
-        auto = rank == "auto"
-        ranks = []
-        for layer, key in work:
-            size = getattr(layer, key).shape[0]
-            if self.method == "eigh":
-                ranks.append(None)
-            elif auto:
-                ranks.append(layer.rank_hints[key] or min(size, AUTO_START_RANK))
-            else:
-                ranks.append(rank)
+        auto = self.rank(step) == "auto"
         return decompose_factors(
             [getattr(layer, key) for layer, key in work],
             self.method,
-            ranks,
+            self._sketch_ranks(work, step),
             oversample=self.oversample(step),
             n_iter=self.n_iter(step),
             tail_compensation=self.tail_compensation,
             rtol=self.rank_rtol if auto else None,
             rng=self._sketch_seed(step),
         )
+
+    def _sketch_ranks(self, work: list[tuple[KFACLayer, str]], step: int) -> list[int | None]:
+        """Rank asked of each factor's decomposition (``None``: exact eigh).
+
+        With ``rank="auto"`` each factor starts from its hint from the previous
+        decomposition (or :data:`AUTO_START_RANK`).
+        """
+        if self.method == "eigh":
+            return [None] * len(work)
+        rank = self.rank(step)
+        if rank != "auto":
+            return [rank] * len(work)
+        return [
+            layer.rank_hints[key] or min(getattr(layer, key).shape[0], AUTO_START_RANK)
+            for layer, key in work
+        ]
 
     def _decompose_shared(
         self, work: list[tuple[KFACLayer, str]], step: int
@@ -608,13 +614,11 @@ class KFACPreconditioner:
         owners broadcast the results. An exception on any process is raised on every
         process as :class:`~rnla_kfac.distributed.DistributedStepError`.
         """
-        rank = self.rank(step)
         oversample = self.oversample(step)
-        costs = []
-        for layer, key in work:
-            size = getattr(layer, key).shape[0]
-            sketch = rank if isinstance(rank, int) else layer.rank_hints[key] or AUTO_START_RANK
-            costs.append(kd.decomposition_cost(size, self.method, sketch, oversample))
+        costs = [
+            kd.decomposition_cost(getattr(layer, key).shape[0], self.method, rank or 0, oversample)
+            for (layer, key), rank in zip(work, self._sketch_ranks(work, step))
+        ]
         owners = kd.assign_by_cost(costs, dist.get_world_size(self._group))
         me = dist.get_rank(self._group)
         mine = [j for j, owner in enumerate(owners) if owner == me]
