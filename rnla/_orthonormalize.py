@@ -28,9 +28,11 @@ from ._array_api import (
     cholesky_lower,
     conj_transpose,
     device_of,
+    gram,
     householder_qr,
     lu_basis,
     namespace_of,
+    small_matmul,
     solve_upper_right,
 )
 
@@ -60,7 +62,7 @@ def _cholqr_pass(Y: Array, G: Array) -> tuple[Array, Array] | None:
 
 
 def _shifted_gram(Y: Array) -> Array:
-    return _shift(conj_transpose(Y) @ Y)
+    return _shift(gram(Y))
 
 
 def _shift(G: Array) -> Array:
@@ -102,6 +104,17 @@ def orthonormal_qr(Y: Array, normalizer: str = "cholqr2") -> tuple[Array, Array]
     ``Q`` is orthonormal to a few ulps) and falls back to Householder if the first
     Cholesky fails; every other value uses Householder.
     """
+    return _orthonormalize(Y, normalizer, accumulate_r=True)
+
+
+def orthonormal_basis(Y: Array, normalizer: str = "cholqr2") -> Array:
+    """The ``Q`` of :func:`orthonormal_qr` without forming ``R`` (no k x k products)."""
+    return _orthonormalize(Y, normalizer, accumulate_r=False)[0]
+
+
+def _orthonormalize(Y: Array, normalizer: str, accumulate_r: bool) -> tuple[Array, Array]:
+    """:func:`orthonormal_qr`; without ``accumulate_r`` the returned ``R`` is only that of
+    the first pass (or of Householder)."""
     if normalizer != "cholqr2":
         return householder_qr(Y)
     xp = namespace_of(Y)
@@ -110,7 +123,7 @@ def orthonormal_qr(Y: Array, normalizer: str = "cholqr2") -> tuple[Array, Array]
         return householder_qr(Y)
     Q, R = first
     for _ in range(_MAX_EXTRA_PASSES):
-        G = conj_transpose(Q) @ Q
+        G = gram(Q)
         orthogonality_error = float(xp.max(xp.abs(G - _identity_like(G))))
         if orthogonality_error != orthogonality_error:  # NaN
             return householder_qr(Y)
@@ -120,7 +133,8 @@ def orthonormal_qr(Y: Array, normalizer: str = "cholqr2") -> tuple[Array, Array]
         if step is None:
             return householder_qr(Y)
         Q, R_step = step
-        R = R_step @ R
+        if accumulate_r:
+            R = small_matmul(R_step, R)
         if orthogonality_error < _PASS_TOLERANCE:
             break
     return Q, R

@@ -13,6 +13,16 @@ performance targets of the project.
 
 The test matrices (:func:`test_matrix`) are shared with the asv suite in
 ``asv_benchmarks/``.
+
+Thread pools: NumPy's OpenBLAS, SciPy's OpenBLAS and PyTorch's OpenMP each keep their
+idle threads spinning for a while after a call. On a machine with few cores the
+spinning threads of one library slow the next library's call, and any other busy
+process slows them all (measured on 2 cores with another process using both, d=1024,
+float32, one backend per process: ``rnla.rsvd`` on torch 0.12-1.4 s by default, 0.08 s
+with ``OMP_WAIT_POLICY=PASSIVE``; on NumPy 0.15 s by default, 0.09 s with
+``OPENBLAS_THREAD_TIMEOUT=4``). The report header records these variables and warns
+when NumPy and PyTorch CPU share the run without a passive policy; for timings free of
+cross-talk, run ``--backends numpy`` and ``--backends torch`` in separate processes.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 import rnla
 
@@ -64,6 +75,9 @@ _LAMBDAS = (0.1, 0.01)  # damping as a fraction of the largest eigenvalue
 # "No worse" for the time to equal accuracy, relative: near the rank-r optimum every
 # method's error agrees to a few digits and seed noise would decide a strict comparison.
 _TTEA_TOLERANCE = 0.01
+# Environment variables that make idle threads sleep instead of spin (PyTorch's OpenMP,
+# OpenBLAS), recorded in the report header.
+_WAIT_POLICIES = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")
 
 
 # --------------------------------------------------------------------------- matrices
@@ -1008,11 +1022,15 @@ def _machine_header(backends: Sequence[str]) -> str:
     for backend in backends:
         if _gpu_name(backend):
             parts.append(f"- {backend}: {_gpu_name(backend)}")
-    if importlib.util.find_spec("threadpoolctl") is not None:
-        from threadpoolctl import threadpool_info
-
-        pools = {f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()}
-        parts.append(f"- thread pools: {', '.join(sorted(pools))}")
+    pools = {f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info()}
+    parts.append(f"- thread pools: {', '.join(sorted(pools))}")
+    policies = {name: os.environ.get(name, "unset") for name in _WAIT_POLICIES}
+    parts.append(f"- wait policies: {', '.join(f'{k}={v}' for k, v in policies.items())}")
+    if "numpy" in backends and "torch" in backends and policies["OMP_WAIT_POLICY"] == "unset":
+        parts.append(
+            "- warning: NumPy and PyTorch CPU timed in one process with spinning idle "
+            "threads; their times include each other's cross-talk (see the module docstring)"
+        )
     return "\n".join(parts)
 
 

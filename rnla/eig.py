@@ -10,9 +10,11 @@ from ._array_api import (
     conj_transpose,
     device_of,
     namespace_of,
+    small_eigh,
+    small_svd,
     solve_upper_right,
 )
-from ._orthonormalize import orthonormal_qr, well_conditioned_basis
+from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
 from ._random import RandomState, gaussian
 from ._validation import (
     check_int,
@@ -46,7 +48,7 @@ def _symmetric_sketch(X: Array, k: int, n_products: int, rng: RandomState) -> Ar
     Y = gaussian(xp, (X.shape[-1], k), X.dtype, device_of(X), rng)
     for i in range(n_products):
         Y = X @ (well_conditioned_basis(Y, "cholqr2") if i else Y)
-    return orthonormal_qr(Y, "cholqr2")[0]
+    return orthonormal_basis(Y, "cholqr2")
 
 
 def _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric):
@@ -128,7 +130,7 @@ def srevd(
     Q = _symmetric_sketch(Xc, k, 2 * n_iter + 1, rng)
     C = conj_transpose(Q) @ (Xc @ Q)
     C = (C + conj_transpose(C)) / 2
-    values, vectors = xp.linalg.eigh(C)
+    values, vectors = small_eigh(C)
     # Keep the r of largest magnitude (the best rank-r approximation), sorted descending.
     magnitude_order = xp.argsort(xp.abs(values), axis=-1, stable=True)[..., k - r :]
     values = xp.take_along_axis(values, magnitude_order, axis=-1)
@@ -227,7 +229,7 @@ def nystrom(
     # Y L^-H by a triangular solve: batched torch.linalg.inv hangs with 2 MKL threads.
     B = solve_upper_right(shifted_Y, conj_transpose(L))
     Q_b, R_b = orthonormal_qr(B, "cholqr2")
-    U_r, sigma, _ = xp.linalg.svd(R_b, full_matrices=False)
+    U_r, sigma, _ = small_svd(R_b)
     values = xp.maximum(sigma[..., :r] ** 2 - shift[..., None], xp.zeros_like(sigma[..., :r]))
     vectors = Q_b @ U_r[..., :r]
     if vectors.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32

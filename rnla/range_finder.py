@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ._array_api import Array, conj_transpose, device_of
-from ._orthonormalize import orthonormal_qr, well_conditioned_basis
+from ._orthonormalize import orthonormal_basis, well_conditioned_basis
 from ._random import RandomState, gaussian
 from ._validation import check_int, check_normalizer, prepare_matrix
 
@@ -37,7 +37,7 @@ def sketch_range(
     for _ in range(n_iter):
         Z = apply_adjoint(well_conditioned_basis(Y, normalizer))
         Y = apply(well_conditioned_basis(Z, normalizer))
-    return orthonormal_qr(Y, normalizer)[0]
+    return orthonormal_basis(Y, normalizer)
 
 
 def range_finder(

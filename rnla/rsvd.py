@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, conj_transpose, device_of
+from ._array_api import Array, conj_transpose, device_of, small_svd
 from ._orthonormalize import orthonormal_qr
 from ._random import RandomState, gaussian
 from ._validation import check_int, check_normalizer, check_rank, prepare_matrix
@@ -110,7 +110,7 @@ def rsvd(
 
     # A ~= Q Q^H A = Q (A^H Q)^H = Q R_b^H Q_b^H = (Q U_r) S (Q_b V_r)^H.
     Q_b, R_b = orthonormal_qr(apply_adjoint(Q), normalizer)
-    U_r, S, Vh_r = xp.linalg.svd(conj_transpose(R_b), full_matrices=False)
+    U_r, S, Vh_r = small_svd(conj_transpose(R_b))
     U = Q @ U_r[..., :r]
     V = Q_b @ conj_transpose(Vh_r[..., :r, :])
     S = S[..., :r]

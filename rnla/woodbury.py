@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import Array, check_same_device, conj_transpose, device_of, namespace_of
+from ._array_api import (
+    Array,
+    check_same_device,
+    conj_transpose,
+    device_of,
+    namespace_of,
+    scaled_product_sum,
+)
 from ._validation import check_matrix
 
 __all__ = ["woodbury_solve"]
@@ -26,7 +33,10 @@ def _as_real_array(xp, value: Any, name: str, like: Array, check_values: bool) -
             raise TypeError(f"{name}: must come from the same array library as U and M")
         if value_xp.isdtype(value.dtype, "complex floating"):
             raise TypeError(f"{name}: must be real, got dtype {value.dtype}")
-    array = xp.asarray(value, dtype=real_dtype, device=device_of(like))
+    if hasattr(value, "shape"):  # astype keeps autograd history (asarray warns about it)
+        array = xp.astype(value, real_dtype, device=device_of(like))
+    else:
+        array = xp.asarray(value, dtype=real_dtype, device=device_of(like))
     if check_values and not bool(xp.all(xp.isfinite(array))):
         raise ValueError(f"{name}: must be finite, got {value!r}")
     return array
@@ -151,16 +161,21 @@ def woodbury_solve(
             f"lam: tail + lam must be > 0 when U has fewer columns than rows (r={r} < n={n}), "
             f"else the complement of span(U) is singular; got lam={lam}, tail={tail}"
         )
-    inv_rest = 0.0 if full_rank else 1 / (tail_ + lam_)
-    coefficients = 1 / d_lam - (inv_rest if full_rank else inv_rest[..., None])
     dtype = xp.result_type(U.dtype, M.dtype)
-    coefficients = xp.astype(coefficients, dtype)
+    # Promote explicitly: PyTorch's matmul refuses mixed precisions.
+    U, M = (a if a.dtype == dtype else xp.astype(a, dtype) for a in (U, M))
+    if full_rank:  # K^-1 = U diag(1 / (d + lam)) U^H
+        coefficients = xp.astype(1 / d_lam, dtype)
+        if side == "left":
+            return U @ ((conj_transpose(U) @ M) * coefficients[..., :, None])
+        return ((M @ U) * coefficients[..., None, :]) @ conj_transpose(U)
+    # K^-1 M = (M + U diag((tail - d) / (d + lam)) U^H M) / (tail + lam): one low-rank
+    # update of M, fused into a single full-size output.
+    tail_lam = tail_ + lam_
+    coefficients = xp.astype((tail_[..., None] - d) / d_lam, dtype)
+    scale = xp.astype(1 / tail_lam, dtype)[..., None, None]
     if side == "left":
         projected = (conj_transpose(U) @ M) * coefficients[..., :, None]
-        solved = U @ projected
-    else:
-        projected = (M @ U) * coefficients[..., None, :]
-        solved = projected @ conj_transpose(U)
-    if full_rank:
-        return solved
-    return solved + M * xp.astype(inv_rest, dtype)[..., None, None]
+        return scaled_product_sum(M, U, projected, scale)
+    projected = (M @ U) * coefficients[..., None, :]
+    return scaled_product_sum(M, projected, conj_transpose(U), scale)

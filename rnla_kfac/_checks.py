@@ -12,6 +12,8 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 METHODS = ("eigh", "rsvd", "srevd", "nystrom")
 DAMPING_MODES = ("relative", "absolute", "pi")
 FISHER_TYPES = ("empirical", "mc")
@@ -62,6 +64,22 @@ def check_number(
     if high is not None and (value > high or (value == high and not high_inclusive)):
         raise ValueError(f"{name}: must be {'<=' if high_inclusive else '<'} {high}, got {value!r}")
     return value
+
+
+def check_floating_dtype(value: Any, name: str) -> Any:
+    """Validate an optional floating torch dtype, given as a ``torch.dtype`` or its name.
+
+    Returns ``None`` or the ``torch.dtype``; raises ``TypeError`` for anything else.
+    """
+    if value is None:
+        return None
+    dtype = getattr(torch, value, None) if isinstance(value, str) else value
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"{name}: expected None or a floating torch dtype such as torch.bfloat16 "
+            f"(or its name), got {value!r}"
+        )
+    return dtype
 
 
 def check_rank(value: Any, name: str = "rank", *, allow_none: bool = False) -> int | str | None:

@@ -4,8 +4,8 @@ Run ``python -m rnla_kfac.benchmark`` (``--help`` for options). For each method 
 times three kinds of step separately (plain preconditioning, factor update, factor
 plus inverse update; SGD steps are all plain), each as the median of a few repeats
 interleaved across methods, using schedules to force the kind, and reports them with
-the amortized time per step for the paper's periods
-(``T_KU = 10``, ``T_KI = 50``):
+the amortized time per step for the update periods (default the paper's,
+``T_KU = 10``, ``T_KI = 50``; ``--factor-period``, ``--inverse-period``):
 ``(T_inverse + (T_KI / T_KU - 1) T_factor + (T_KI - T_KI / T_KU) T_plain) / T_KI``.
 Timings on a shared machine are noisy: compare methods within one run only.
 """
@@ -41,7 +41,15 @@ def make_mlp(width: int, in_features: int = 784, classes: int = 10) -> nn.Sequen
 class _Runner:
     """One method's model, optimizer and a training step whose kind can be forced."""
 
-    def __init__(self, method: str, width: int, batch: int, rank: int, device: torch.device):
+    def __init__(
+        self,
+        method: str,
+        width: int,
+        batch: int,
+        rank: int,
+        device: torch.device,
+        statistics_dtype: str | None = None,
+    ):
         self.method, self.device = method, device
         torch.manual_seed(0)
         self.model = make_mlp(width).to(device)
@@ -58,6 +66,7 @@ class _Runner:
                 lr=0.01,
                 method=method,
                 rank=rank,
+                statistics_dtype=statistics_dtype,
                 factor_update_period=lambda step: 1 if self.due["factor"] else 10**9,
                 inverse_update_period=lambda step: 1 if self.due["inverse"] else 10**9,
             )
@@ -93,6 +102,7 @@ def time_methods(
     factor_period: int = 10,
     inverse_period: int = 50,
     device: str = "cpu",
+    statistics_dtype: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median seconds per step kind (``plain``, ``factor``, ``inverse``) and ``amortized``.
 
@@ -105,7 +115,9 @@ def time_methods(
     >>> sorted(times["srevd"])
     ['amortized', 'factor', 'inverse', 'plain']
     """
-    runners = [_Runner(m, width, batch, rank, torch.device(device)) for m in methods]
+    runners = [
+        _Runner(m, width, batch, rank, torch.device(device), statistics_dtype) for m in methods
+    ]
     samples: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     for kind in ("plain", "factor", "inverse"):
         timed = [r for r in runners if kind == "plain" or r.method != "sgd"]
@@ -137,12 +149,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--factor-period", type=int, default=10, help="T_KU of the amortization")
+    parser.add_argument("--inverse-period", type=int, default=50, help="T_KI of the amortization")
+    parser.add_argument(
+        "--statistics-dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="dtype of the batch Gram products (KFACPreconditioner statistics_dtype)",
+    )
     args = parser.parse_args(argv)
+    if args.inverse_period % args.factor_period:
+        parser.error("--inverse-period must be a multiple of --factor-period")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"MLP 784-{args.width}-{args.width}-10, batch {args.batch}, rank {args.rank}, "
-        f"{torch.get_num_threads()} threads, device {args.device}; seconds (medians)"
+        f"{torch.get_num_threads()} threads, device {args.device}, statistics "
+        f"{args.statistics_dtype or 'float32'}, T_KU {args.factor_period}, "
+        f"T_KI {args.inverse_period}; seconds (medians)"
     )
     print(f"{'method':8} {'plain':>8} {'factor':>8} {'inverse':>8} {'amortized':>10}")
     times = time_methods(
@@ -151,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch=args.batch,
         rank=args.rank,
         repeats=args.repeats,
+        factor_period=args.factor_period,
+        inverse_period=args.inverse_period,
         device=args.device,
+        statistics_dtype=args.statistics_dtype,
     )
     for method, t in times.items():
         print(

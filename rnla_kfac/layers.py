@@ -27,6 +27,9 @@ class KFACLayer:
         Layer-type specific statistics (:mod:`rnla_kfac.modules`).
     dtype : torch.dtype
         Factor dtype (float32, or float64 for float64 models).
+    statistics_dtype : torch.dtype, optional
+        Dtype of the batch Gram products (default ``dtype``); their results are
+        stored in ``dtype``.
 
     Examples
     --------
@@ -37,10 +40,17 @@ class KFACLayer:
     (torch.Size([4, 4]), torch.Size([2, 2]))
     """
 
-    def __init__(self, name: str, helper: LayerHelper, dtype: torch.dtype):
+    def __init__(
+        self,
+        name: str,
+        helper: LayerHelper,
+        dtype: torch.dtype,
+        statistics_dtype: torch.dtype | None = None,
+    ):
         self.name = name
         self.helper = helper
         self.dtype = dtype
+        self.statistics_dtype = statistics_dtype
         device = helper.module.weight.device
         self.A = torch.eye(helper.a_size, dtype=dtype, device=device)
         self.G = torch.eye(helper.g_size, dtype=dtype, device=device)
@@ -60,13 +70,13 @@ class KFACLayer:
 
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
-        A = self.helper.input_factor(x, self.dtype)
+        A = self.helper.input_factor(x, self.dtype, self.statistics_dtype)
         self._A_sum = A if self._A_sum is None else self._A_sum.add_(A)
         self._A_count += 1
 
     def record_output_grad(self, grad_output: Tensor) -> None:
         """Add the batch ``G`` of one backward pass (from the output's gradient)."""
-        G = self.helper.output_factor(grad_output, self.dtype)
+        G = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
         self._G_sum = G if self._G_sum is None else self._G_sum.add_(G)
         self._G_count += 1
 

@@ -62,17 +62,28 @@ class LayerHelper:
         """Output-gradient rows ``g`` and the multiplier of ``g^T g``."""
         raise NotImplementedError
 
-    def input_factor(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        """The batch ``A`` from the layer's input ``x``, in ``dtype``."""
-        rows, divisor = self.input_rows(x.detach().to(dtype))
+    def input_factor(
+        self, x: Tensor, dtype: torch.dtype, compute_dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """The batch ``A`` from the layer's input ``x``, in ``dtype``.
+
+        The Gram product runs in ``compute_dtype`` (default ``dtype``): bfloat16 uses
+        the matrix units of recent CPUs and GPUs, with float32 accumulation.
+        """
+        rows, divisor = self.input_rows(x.detach().to(compute_dtype or dtype))
         if self.has_bias:
             rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-        return _scaled_gram(rows, 1 / divisor)
+        return _scaled_gram(rows, 1 / divisor).to(dtype)
 
-    def output_factor(self, grad_output: Tensor, dtype: torch.dtype) -> Tensor:
-        """The batch ``G`` from the gradient of the layer's output, in ``dtype``."""
-        rows, multiplier = self.output_rows(grad_output.detach().to(dtype))
-        return _scaled_gram(rows, multiplier)
+    def output_factor(
+        self, grad_output: Tensor, dtype: torch.dtype, compute_dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """The batch ``G`` from the gradient of the layer's output, in ``dtype``.
+
+        The Gram product runs in ``compute_dtype`` (default ``dtype``).
+        """
+        rows, multiplier = self.output_rows(grad_output.detach().to(compute_dtype or dtype))
+        return _scaled_gram(rows, multiplier).to(dtype)
 
     def grad_matrix(self, dtype: torch.dtype) -> Tensor | None:
         """``[W.grad, b.grad]`` as a ``g_size x a_size`` matrix (None without gradients)."""

@@ -121,3 +121,32 @@ def test_bfloat16_model_keeps_float32_factors(mlp, data):
         assert A.dtype == G.dtype == torch.float32
     assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())
     assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("statistics_dtype", [torch.bfloat16, "bfloat16"])
+def test_bfloat16_statistics_are_float32_factors_within_rounding(
+    mlp, cnn, data, factors_after_step, statistics_dtype
+):
+    """bfloat16 Gram products: float32 factors within bfloat16 rounding of curvlinops'.
+
+    bfloat16 keeps 8 significant bits (unit roundoff 2**-8 ~ 3.9e-3): the inputs and
+    the stored product are each rounded once, so the factors are off by about one unit of
+    2**-8 in norm (at most 0.6 measured; 2 allowed), and must not equal float32 ones.
+    """
+    for model, kind, locations in ((mlp(), "mlp", {}), (cnn(), "cnn", None)):
+        x, y = data(kind)
+        if locations is None:
+            locations = {"0": model[0](x[:1]).shape[-2:].numel()}
+        ours = factors_after_step(model, x, y, statistics_dtype=statistics_dtype)
+        exact = factors_after_step(model, x, y)
+        A_cl, G_cl = curvlinops_factors(model, x, y)
+        for name, (A, G) in ours.items():
+            S = locations.get(name, 1)
+            for factor, reference, exact_factor in (
+                (A, S * A_cl[name], exact[name][0]),
+                (G, G_cl[name] / S, exact[name][1]),
+            ):
+                assert factor.dtype == torch.float32
+                assert not torch.equal(factor, exact_factor)
+                error = torch.linalg.matrix_norm(factor - reference, ord=2)
+                assert error <= 2 * 2**-8 * torch.linalg.matrix_norm(reference, ord=2)

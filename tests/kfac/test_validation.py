@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from rnla_kfac import KFACPreconditioner
@@ -48,6 +49,12 @@ BAD_ARGUMENTS = [
     ({"rank_rtol": 0.0}, ValueError, "rank_rtol: must be > 0, got 0.0"),
     ({"rank_rtol": 2}, ValueError, "rank_rtol: must be <= 1, got 2"),
     ({"seed": -1}, ValueError, "seed: must be >= 0, got -1"),
+    (
+        {"statistics_dtype": torch.int32},
+        TypeError,
+        "statistics_dtype: expected None or a floating torch dtype",
+    ),
+    ({"statistics_dtype": "bfloat"}, TypeError, "statistics_dtype: .*got 'bfloat'"),
 ]
 
 

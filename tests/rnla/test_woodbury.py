@@ -108,6 +108,22 @@ def test_broadcast_block_against_stack(xp):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize(("u_dtype", "m_dtype"), [("float32", "float64"), ("float64", "float32")])
+def test_mixed_precision_promotes(xp, side, u_dtype, m_dtype):
+    """U and M of different precisions: computed and returned in the promoted dtype."""
+    n, r = 30, 4
+    U = _orthonormal(n, r, seed=11, dtype=u_dtype)
+    d = np.array([5.0, 3.0, 2.0, 1.0], dtype=u_dtype)
+    M = np.random.default_rng(12).standard_normal((n, 3) if side == "left" else (3, n))
+    M = M.astype(m_dtype)
+    out = rnla.woodbury_solve(xp.asarray(U), xp.asarray(d), 0.1, xp.asarray(M), side=side, tail=0.5)
+    assert out.dtype == backend_dtype(xp, "float64")
+    K = _dense(U.astype(np.float64), d, 0.1, tail=0.5)
+    expected = np.linalg.solve(K, M) if side == "left" else np.linalg.solve(K.T, M.T).T
+    np.testing.assert_allclose(host(out), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
 def test_full_rank_u(xp, side):
     """r = n: exactly (U diag(d) U^H + lam I)^-1, tail irrelevant, lam may be 0."""
     n = 20
@@ -191,3 +207,26 @@ def test_tail_compensation_beats_zero_tail_on_kfactor():
     plain, compensated = rel_error(0.0), rel_error(mu)
     assert compensated < 0.1 * plain
     assert compensated < 0.01
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_torch_gradient_flows_to_lam_and_tail(side):
+    """Autograd through a tensor lam and tail matches the dense solve's gradient."""
+    torch = pytest.importorskip("torch")
+    n, r = 12, 3
+    U = torch.from_numpy(_orthonormal(n, r, seed=13, dtype="float64"))
+    d = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    M = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
+    M = M if side == "left" else M.T.contiguous()
+    grads = []
+    for dense in (False, True):
+        lam = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+        tail = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+        if dense:
+            K = (U * d) @ U.T + tail * (torch.eye(n) - U @ U.T) + lam * torch.eye(n)
+            out = torch.linalg.solve(K, M) if side == "left" else torch.linalg.solve(K.T, M.T).T
+        else:
+            out = rnla.woodbury_solve(U, d, lam, M, side=side, tail=tail)
+        out.square().sum().backward()
+        grads.append((lam.grad, tail.grad))
+    torch.testing.assert_close(grads[0], grads[1])

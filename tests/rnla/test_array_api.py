@@ -1,0 +1,160 @@
+"""Dispatch functions of ``rnla._array_api`` against dense SciPy / NumPy oracles.
+
+Every backend goes through the same function, so each test runs on all of them; the
+NumPy path is checked with both memory layouts (C and Fortran order) and with stacks,
+where BLAS and LAPACK are called once per matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from rnla._array_api import (
+    gram,
+    small_eigh,
+    small_matmul,
+    small_svd,
+    solve_upper_right,
+)
+from tests.conftest import Backend
+from tests.rnla.conftest import FLOAT_DTYPES, conj_t, eps_of, host
+
+LAYOUTS = ["C", "F"]
+
+
+def _random(shape, dtype: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape)
+    if np.dtype(dtype).kind == "c":
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+def _upper(shape, dtype: str, seed: int) -> np.ndarray:
+    """Well-conditioned upper triangular matrices: unit-ish diagonal, small off-diagonal."""
+    k = shape[-1]
+    R = np.triu(_random(shape, dtype, seed)) / (2 * np.sqrt(k))
+    return (R + np.eye(k)).astype(dtype)
+
+
+def _on(xp: Backend, a: np.ndarray, layout: str):
+    """``a`` on the backend, in Fortran order of the last two axes for NumPy and ``F``."""
+    if xp.name == "numpy" and layout == "F":
+        return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
+    return xp.asarray(a)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("y_shape", "r_shape"),
+    [((40, 7), (7, 7)), ((3, 40, 7), (3, 7, 7)), ((2, 3, 9, 4), (3, 4, 4)), ((9, 4), (2, 4, 4))],
+    ids=["matrix", "stack", "broadcast-R", "broadcast-Y"],
+)
+def test_solve_upper_right(xp, dtype, layout, y_shape, r_shape):
+    """``Y R^-1`` equals scipy.linalg.solve_triangular's ``(R^T \\ Y^T)^T``, any layout."""
+    if layout == "F" and xp.name != "numpy":
+        pytest.skip("memory layout is a NumPy concern")
+    Y, R = _random(y_shape, dtype, 0), _upper(r_shape, dtype, 1)
+    Yb, Rb = _on(xp, Y, layout), _on(xp, R, layout)
+    if xp.name == "numpy":  # each matrix of the stack is in the layout asked for
+        assert Yb[(0,) * (Yb.ndim - 2)].flags.f_contiguous == (layout == "F")
+    out = solve_upper_right(Yb, Rb)
+    batch = np.broadcast_shapes(y_shape[:-2], r_shape[:-2])
+    Y64 = np.broadcast_to(Y.astype(np.complex128), batch + y_shape[-2:])
+    R64 = np.broadcast_to(R.astype(np.complex128), batch + r_shape[-2:])
+    expected = np.empty(Y64.shape, dtype=np.complex128)
+    for index in np.ndindex(*batch):
+        expected[index] = scipy.linalg.solve_triangular(R64[index], Y64[index].T, trans="T").T
+    assert out.shape == expected.shape
+    assert out.dtype == Yb.dtype
+    np.testing.assert_allclose(host(out), expected, rtol=0, atol=50 * eps_of(dtype))
+    np.testing.assert_array_equal(host(Yb), Y)  # the input is not overwritten
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(12, 12), (15, 9), (2, 3, 10, 10)], ids=str)
+def test_small_svd(xp, dtype, layout, shape):
+    """Singular values of numpy.linalg.svd in float64, orthonormal factors, reconstruction."""
+    if layout == "F" and xp.name != "numpy":
+        pytest.skip("memory layout is a NumPy concern")
+    A = _random(shape, dtype, 2)
+    U, S, Vh = small_svd(_on(xp, A, layout))
+    k = min(shape[-2:])
+    assert U.shape == (*shape[:-1], k) and S.shape == (*shape[:-2], k)
+    assert Vh.shape == (*shape[:-2], k, shape[-1])
+    U, S, Vh = host(U), host(S), host(Vh)
+    tol = 100 * eps_of(dtype)
+    exact = np.linalg.svd(A.astype(np.complex128), compute_uv=False)
+    assert np.all(np.abs(S - exact) <= tol * exact[..., :1])
+    eye = np.broadcast_to(np.eye(k), S.shape + (k,))
+    np.testing.assert_allclose(conj_t(U) @ U, eye, rtol=0, atol=tol)
+    np.testing.assert_allclose(Vh @ conj_t(Vh), eye, rtol=0, atol=tol)
+    assert np.all(np.abs((U * S[..., None, :]) @ Vh - A) <= tol * exact[..., :1, None])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(12, 12), (2, 3, 10, 10)], ids=str)
+def test_small_eigh(xp, dtype, layout, shape):
+    """Ascending eigenvalues of numpy.linalg.eigvalsh in float64 and orthonormal eigenvectors."""
+    if layout == "F" and xp.name != "numpy":
+        pytest.skip("memory layout is a NumPy concern")
+    A = _random(shape, dtype, 3)
+    A = (A + conj_t(A)) / 2
+    values, vectors = small_eigh(_on(xp, A, layout))
+    values, vectors = host(values), host(vectors)
+    n = shape[-1]
+    tol = 100 * eps_of(dtype)
+    exact = np.linalg.eigvalsh(A.astype(np.complex128))
+    scale = np.max(np.abs(exact), axis=-1, keepdims=True)
+    assert np.all(np.abs(values - exact) <= tol * scale)
+    assert np.all(np.diff(values, axis=-1) >= 0)
+    eye = np.broadcast_to(np.eye(n), shape)
+    np.testing.assert_allclose(conj_t(vectors) @ vectors, eye, rtol=0, atol=tol)
+    reconstruction = (vectors * values[..., None, :]) @ conj_t(vectors)
+    assert np.all(np.abs(reconstruction - A) <= tol * scale[..., None])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(30, 6), (2, 3, 30, 6)], ids=str)
+def test_gram(xp, dtype, layout, shape):
+    """``Y^H Y`` equals the dense conjugate-transposed product and is Hermitian."""
+    if layout == "F" and xp.name != "numpy":
+        pytest.skip("memory layout is a NumPy concern")
+    Y = _random(shape, dtype, 6)
+    G = host(gram(_on(xp, Y, layout)))
+    Y64 = Y.astype(np.complex128)
+    expected = conj_t(Y64) @ Y64
+    assert G.shape == expected.shape
+    assert np.max(np.abs(G - expected)) <= 10 * eps_of(dtype) * np.linalg.norm(Y) ** 2
+    np.testing.assert_allclose(G, conj_t(G), rtol=0, atol=10 * eps_of(dtype) * np.max(np.abs(G)))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"),
+    [((7, 7), (7, 5)), ((3, 7, 7), (3, 7, 7)), ((2, 3, 4, 7), (3, 7, 7))],
+    ids=["matrix", "stack", "broadcast"],
+)
+def test_small_matmul(xp, dtype, a_shape, b_shape):
+    """``A @ B`` equals NumPy's product in float64 / complex128, stacks broadcast."""
+    A, B = _random(a_shape, dtype, 7), _random(b_shape, dtype, 8)
+    out = host(small_matmul(xp.asarray(A), xp.asarray(B)))
+    expected = A.astype(np.complex128) @ B.astype(np.complex128)
+    assert out.shape == expected.shape
+    assert np.max(np.abs(out - expected)) <= 10 * eps_of(dtype) * np.linalg.norm(
+        A
+    ) * np.linalg.norm(B)
+
+
+def test_solve_upper_right_singular_numpy():
+    """An exactly singular NumPy ``R`` raises, as ``numpy.linalg.inv`` would."""
+    R = np.triu(np.ones((4, 4)))
+    R[2, 2] = 0.0
+    with pytest.raises(np.linalg.LinAlgError):
+        solve_upper_right(np.ones((6, 4)), R)
