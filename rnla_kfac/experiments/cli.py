@@ -183,8 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _fail(parser, parallel, str(exc))
     device = parallel.device(device)
-    with process_group(parallel, device, args.dist_timeout):
-        return _run(parser, args, argv, preset, device, parallel)
+    # Late in training the K-factors hold subnormal floats (products of vanishing output
+    # gradients), on which x86 kernels slow down: RS-KFAC's 8th demo epoch took 3.7 s
+    # instead of 2.2 s. Flush them to zero for every method while the study runs.
+    torch.set_flush_denormal(True)
+    try:
+        with process_group(parallel, device, args.dist_timeout):
+            return _run(parser, args, argv, preset, device, parallel)
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def _fail(parser: argparse.ArgumentParser, parallel: Parallel, message: str) -> NoReturn:
