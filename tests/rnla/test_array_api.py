@@ -12,6 +12,7 @@ import pytest
 import scipy.linalg
 
 from rnla._array_api import (
+    all_finite,
     gram,
     small_eigh,
     small_matmul,
@@ -158,3 +159,21 @@ def test_solve_upper_right_singular_numpy():
     R[2, 2] = 0.0
     with pytest.raises(np.linalg.LinAlgError):
         solve_upper_right(np.ones((6, 4)), R)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("block_entries", [1 << 20, 7], ids=["one-block", "row-blocks"])
+def test_all_finite(xp, dtype, block_entries):
+    """Finite arrays pass, also when their sum overflows; one NaN or Inf anywhere fails."""
+    finite = _random((3, 20, 6), dtype, seed=21)
+    assert all_finite(xp.asarray(finite), block_entries)
+    huge = np.full((3, 20, 6), np.finfo(dtype).max / 2, dtype=dtype)  # sum overflows
+    assert all_finite(xp.asarray(huge), block_entries)
+    for bad in (np.nan, np.inf, -np.inf):
+        for index in ((0, 0, 0), (2, 19, 5), (1, 7, 3)):
+            X = finite.copy()
+            X[index] = bad
+            assert not all_finite(xp.asarray(X), block_entries)
+    opposite = finite.copy()
+    opposite[0, 0, 0], opposite[2, 5, 1] = np.inf, -np.inf  # the sum is NaN
+    assert not all_finite(xp.asarray(opposite), block_entries)
