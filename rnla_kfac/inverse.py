@@ -398,6 +398,7 @@ def decompose_factors(
     n_iter: int = 4,
     tail_compensation: bool = True,
     rtol: float | None = None,
+    floors: Sequence[float] | None = None,
     rng: int | torch.Generator | None = None,
 ) -> list[FactorInverse | None]:
     """Decompose many symmetric PSD factors, batching same-sized ones (undamped).
@@ -422,6 +423,12 @@ def decompose_factors(
     rtol : float or None, default None
         If given, adaptive rank: keep the modes ``>= rtol`` times the largest, and
         redo with a doubled sketch any factor whose sketched modes all pass.
+    floors : sequence of float, optional
+        Per factor, an eigenvalue shared by all its modes that the adaptive rank
+        ignores: the weight ``rho^k`` of an identity start still in an average. The
+        modes are judged by ``eigenvalue - floor`` (the statistics), so a factor close
+        to its identity start keeps a few modes instead of growing its sketch to the
+        full size. Default: 0 for every factor.
     rng : int, torch.Generator or None
         Randomness of the sketches.
 
@@ -444,6 +451,7 @@ def decompose_factors(
         (i, F, None if r is None else min(r, F.shape[0]))
         for i, (F, r) in enumerate(zip(factors, ranks, strict=True))
     ]
+    floors = [0.0] * len(factors) if floors is None else list(floors)
     while pending:
         groups: dict[tuple, list[tuple[int, Tensor, int | None]]] = {}
         for item in pending:
@@ -466,7 +474,12 @@ def decompose_factors(
                     results[i] = FactorInverse(values, vectors, trace=trace)
                     continue
                 if rtol is not None:
-                    kept = rnla.select_rank(values, rtol=rtol)
+                    statistics = values
+                    if floors[i]:  # below a few ulps of the factor, a mode is rounding
+                        noise = 4 * n**0.5 * torch.finfo(values.dtype).eps * values[0]
+                        statistics = values - floors[i]
+                        statistics = torch.where(statistics > noise, statistics, 0)
+                    kept = rnla.select_rank(statistics, rtol=rtol) if statistics[0] > 0 else 1
                     if kept == r and r < n:  # saturated: the spectrum reaches further
                         pending.append((i, F, min(2 * r, n)))
                         continue

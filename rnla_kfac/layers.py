@@ -59,6 +59,8 @@ class KFACLayer:
         self.rank_hints: dict[str, int | None] = {"A": None, "G": None}
         self._damped: tuple | None = None
         self.updates = 0
+        self.identity_weight = 1.0
+        """Weight ``rho^k`` of the identity start left in the averages."""
         self.reset_batch()
 
     def reset_batch(self) -> None:
@@ -109,6 +111,7 @@ class KFACLayer:
         self.A.lerp_(A_batch, 1 - decay)
         self.G.lerp_(G_batch, 1 - decay)
         self.updates += 1
+        self.identity_weight *= decay
 
     def precondition(self, damping: float, damping_mode: str) -> tuple[Tensor, Tensor] | None:
         """``(J, G^-1 J A^-1)`` for the current gradient, or None if not possible yet."""
@@ -144,7 +147,7 @@ class KFACLayer:
         return self._damped[4], self._damped[5]
 
     def state_dict(self) -> dict[str, Any]:
-        """Averaged factors, inverses, rank hints and the update count."""
+        """Averaged factors, inverses, rank hints, the update count and identity weight."""
         return {
             "A": self.A,
             "G": self.G,
@@ -152,6 +155,7 @@ class KFACLayer:
             "G_inverse": None if self.G_inverse is None else self.G_inverse.state_dict(),
             "rank_hints": dict(self.rank_hints),
             "updates": self.updates,
+            "identity_weight": self.identity_weight,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -176,4 +180,5 @@ class KFACLayer:
             )
         self.rank_hints = dict(state["rank_hints"])
         self.updates = int(state["updates"])
+        self.identity_weight = float(state["identity_weight"])
         self.reset_batch()

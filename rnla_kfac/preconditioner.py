@@ -118,8 +118,10 @@ class KFACPreconditioner:
     rank : int or "auto", default 220
         Eigenpairs kept per factor by the randomized methods (capped at the factor
         size; the exact path is taken when ``rank + oversample >= size``). ``"auto"``
-        keeps the modes ``>= rank_rtol`` times the largest, per layer, adapting the
-        sketch size between decompositions. Ignored by ``"eigh"``.
+        keeps the modes whose statistics (the eigenvalue minus the weight of the
+        identity start still in the average) are ``>= rank_rtol`` times the largest,
+        per factor, adapting the sketch size between decompositions. Ignored by
+        ``"eigh"``.
     oversample : int, default 10
     n_iter : int, default 4
         Sketch oversampling and power iterations of the randomized methods.
@@ -599,6 +601,7 @@ class KFACPreconditioner:
             n_iter=self.n_iter(step),
             tail_compensation=self.tail_compensation,
             rtol=self.rank_rtol if auto else None,
+            floors=[layer.identity_weight for layer, _ in work],
             rng=self._sketch_seed(step),
         )
 

@@ -107,6 +107,28 @@ def test_auto_rank_keeps_modes_above_tolerance_and_grows_sketch():
         assert inverse.rank == kept
 
 
+def test_auto_rank_judges_the_statistics_above_an_identity_floor():
+    """A factor ``w I + S`` keeps the modes of ``S`` above rtol, not all of its modes."""
+    g = torch.Generator().manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
+    statistics = torch.cat([torch.logspace(1, -2, 40, dtype=torch.float64), torch.zeros(260)])
+    weight = 0.6  # > 10 / 33: every mode of the factor passes the tolerance
+    F = ((Q * (statistics + weight)) @ Q.T).float()
+    expected = int((statistics >= statistics[0] / 33).sum())
+    with_floor, without_floor, identity = decompose_factors(
+        [F, F, weight * torch.eye(300)],
+        "nystrom",
+        [64, 64, 64],
+        rtol=1 / 33,
+        floors=[weight, 0.0, weight],
+        rng=g,
+    )
+    assert with_floor.rank == expected < 64
+    assert without_floor.exact  # saturated and doubled up to the full size
+    assert identity.rank == 1  # nothing above the floor
+    torch.testing.assert_close(identity.tail, torch.tensor(weight), rtol=1e-5, atol=0)
+
+
 def test_decompose_factors_batches_and_keeps_order():
     factors = [averaged_factor(20, seed=s) for s in range(3)] + [averaged_factor(12)]
     results = decompose_factors(factors, "srevd", [5, 5, 5, 5], rng=0)

@@ -302,6 +302,26 @@ def test_auto_rank_adapts_per_factor(data):
     assert A_inv.rank == pytest.approx(int((values >= 0.05 * values[0]).sum()), abs=2)
 
 
+def test_auto_rank_ignores_the_identity_start(data):
+    """Right after the start the averages are mostly identity: auto keeps the statistics'
+    modes (judged above the identity weight rho^k), not every mode of a flat spectrum."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 150), nn.ReLU(), nn.Linear(150, 4))
+    x, y = data("mlp", n=64)
+    pre = KFACPreconditioner(
+        model, method="srevd", rank="auto", factor_decay=0.9, factor_update_period=1
+    )
+    backward(model, x, y)
+    pre.step()
+    layer = pre._layers[1]
+    assert layer.identity_weight == pytest.approx(0.9)
+    statistics = torch.linalg.eigvalsh(layer.A.double() - 0.9 * torch.eye(151)).flip(0)
+    expected = int((statistics >= statistics[0] / 33).sum())
+    A_inv, _ = pre.inverses()["2"]
+    assert not A_inv.exact
+    assert A_inv.rank == pytest.approx(expected, abs=2)
+
+
 def test_state_dict_round_trip_and_mismatch_errors(mlp, data):
     model = mlp()
     x, y = data("mlp")
@@ -313,6 +333,7 @@ def test_state_dict_round_trip_and_mismatch_errors(mlp, data):
     other = KFACPreconditioner(mlp(seed=5), method="rsvd", rank=3)
     other.load_state_dict(state)
     assert other.steps == 2
+    assert [layer.identity_weight for layer in other._layers] == [0.95**2] * 3
     for (A, G), (A2, G2) in zip(pre.factors().values(), other.factors().values(), strict=True):
         assert torch.equal(A, A2) and torch.equal(G, G2)
     with pytest.raises(
