@@ -22,7 +22,13 @@ from rnla._array_api import (
 from tests.conftest import Backend
 from tests.rnla.conftest import FLOAT_DTYPES, conj_t, eps_of, host
 
-LAYOUTS = ["C", "F"]
+
+@pytest.fixture(params=["C", "F"])
+def layout(request, xp: Backend) -> str:
+    """Memory order of the last two axes: both for NumPy, C only elsewhere."""
+    if request.param == "F" and xp.name != "numpy":
+        pytest.skip("memory layout is a NumPy concern")
+    return request.param
 
 
 def _random(shape, dtype: str, seed: int) -> np.ndarray:
@@ -47,7 +53,6 @@ def _on(xp: Backend, a: np.ndarray, layout: str):
     return xp.asarray(a)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize(
     ("y_shape", "r_shape"),
@@ -56,8 +61,6 @@ def _on(xp: Backend, a: np.ndarray, layout: str):
 )
 def test_solve_upper_right(xp, dtype, layout, y_shape, r_shape):
     """``Y R^-1`` equals scipy.linalg.solve_triangular's ``(R^T \\ Y^T)^T``, any layout."""
-    if layout == "F" and xp.name != "numpy":
-        pytest.skip("memory layout is a NumPy concern")
     Y, R = _random(y_shape, dtype, 0), _upper(r_shape, dtype, 1)
     Yb, Rb = _on(xp, Y, layout), _on(xp, R, layout)
     if xp.name == "numpy":  # each matrix of the stack is in the layout asked for
@@ -75,13 +78,10 @@ def test_solve_upper_right(xp, dtype, layout, y_shape, r_shape):
     np.testing.assert_array_equal(host(Yb), Y)  # the input is not overwritten
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", [(12, 12), (15, 9), (2, 3, 10, 10)], ids=str)
 def test_small_svd(xp, dtype, layout, shape):
     """Singular values of numpy.linalg.svd in float64, orthonormal factors, reconstruction."""
-    if layout == "F" and xp.name != "numpy":
-        pytest.skip("memory layout is a NumPy concern")
     A = _random(shape, dtype, 2)
     U, S, Vh = small_svd(_on(xp, A, layout))
     k = min(shape[-2:])
@@ -97,13 +97,10 @@ def test_small_svd(xp, dtype, layout, shape):
     assert np.all(np.abs((U * S[..., None, :]) @ Vh - A) <= tol * exact[..., :1, None])
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", [(12, 12), (2, 3, 10, 10)], ids=str)
 def test_small_eigh(xp, dtype, layout, shape):
     """Ascending eigenvalues of numpy.linalg.eigvalsh in float64 and orthonormal eigenvectors."""
-    if layout == "F" and xp.name != "numpy":
-        pytest.skip("memory layout is a NumPy concern")
     A = _random(shape, dtype, 3)
     A = (A + conj_t(A)) / 2
     values, vectors = small_eigh(_on(xp, A, layout))
@@ -120,13 +117,10 @@ def test_small_eigh(xp, dtype, layout, shape):
     assert np.all(np.abs(reconstruction - A) <= tol * scale[..., None])
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("shape", [(30, 6), (2, 3, 30, 6)], ids=str)
 def test_gram(xp, dtype, layout, shape):
     """``Y^H Y`` equals the dense conjugate-transposed product and is Hermitian."""
-    if layout == "F" and xp.name != "numpy":
-        pytest.skip("memory layout is a NumPy concern")
     Y = _random(shape, dtype, 6)
     G = host(gram(_on(xp, Y, layout)))
     Y64 = Y.astype(np.complex128)
