@@ -439,6 +439,20 @@ class KFACPreconditioner:
         """
         return {layer.name: (layer.A, layer.G) for layer in self._layers}
 
+    def identity_weights(self) -> dict[str, float]:
+        """Weight ``rho^k`` of the identity start left in each layer's averages.
+
+        The averages start at the identity and every update multiplies its weight by
+        the decay, so a factor is its statistics plus this multiple of the identity.
+
+        Examples
+        --------
+        >>> import torch
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).identity_weights()
+        {'': 1.0}
+        """
+        return {layer.name: layer.identity_weight for layer in self._layers}
+
     def inverses(self) -> dict[str, tuple[FactorInverse | None, FactorInverse | None]]:
         """The current undamped inverses ``{layer name: (A_inverse, G_inverse)}``.
 

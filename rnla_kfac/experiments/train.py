@@ -139,11 +139,13 @@ def _preconditioner(optimizer: torch.optim.Optimizer):
     return getattr(optimizer, "preconditioner", None)
 
 
-def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) -> dict[str, list]:
-    """Eigenvalues (descending) of the A and G factors of ``layers``.
+def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) -> Record:
+    """Eigenvalues (descending) of the A and G factors of ``layers``, and their identity weight.
 
-    Keys are ``"<layer>/A"`` and ``"<layer>/G"``; with no ``layers`` the first two
-    preconditioned layers are used. Empty for optimizers without a preconditioner.
+    Returns ``{"identity_weight": w, "eigenvalues": {"<layer>/A": [...], ...}}`` with
+    ``w`` the weight ``rho^k`` of the identity start left in the first of ``layers``
+    (the layers are updated together); with no ``layers`` the first two preconditioned
+    layers are used. Empty for optimizers without a preconditioner.
     """
     pre = _preconditioner(optimizer)
     if pre is None:
@@ -160,7 +162,7 @@ def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) ->
             f = factor.detach().to("cpu")
             eig = torch.linalg.eigvalsh((f + f.T) / 2).flip(0)
             spectra[f"{name}/{label}"] = eig.tolist()
-    return spectra
+    return {"identity_weight": pre.identity_weights()[names[0]], "eigenvalues": spectra}
 
 
 def communication_fields(optimizer: torch.optim.Optimizer, steps: int) -> Record:
@@ -265,9 +267,6 @@ def train_run(
     batches = torch.Generator().manual_seed(seed)
     records: list[Record] = []
     wall, steps = 0.0, 0
-    # Weight left on the identity the factor averages start from: rho per factor update
-    # (KFACPreconditioner updates when step % factor_update_period == 0).
-    identity_weight = 1.0
     epochs = tqdm(
         range(1, preset.epochs + 1), desc=f"{method} s{seed}", disable=not progress, leave=False
     )
@@ -304,8 +303,6 @@ def train_run(
             optimizer.step()
             _sync(device)
             epoch_time += time.perf_counter() - start
-            if steps % at_epoch(preset.kfac.get("factor_update_period", 10), epoch) == 0:
-                identity_weight *= at_epoch(preset.kfac.get("factor_decay", 0.95), epoch)
             loss_sum += loss_of_shard.detach()
             n_seen += len(yb)
             steps += 1
@@ -338,13 +335,6 @@ def train_run(
             spectra = factor_spectra(optimizer, preset.spectra_layers)
             if spectra:
                 on_spectra(
-                    {
-                        "method": method,
-                        "seed": seed,
-                        "epoch": epoch,
-                        "steps": steps,
-                        "identity_weight": identity_weight,
-                        "eigenvalues": spectra,
-                    }
+                    {"method": method, "seed": seed, "epoch": epoch, "steps": steps, **spectra}
                 )
     return records

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from rnla_kfac.experiments import cli, train
+from rnla_kfac.experiments.presets import get_preset
 from rnla_kfac.experiments.records import load_records, load_spectra
 
 TINY = ["--dataset", "digits", "--width", "32", "--batch-size", "64", "--no-progress"]
@@ -52,6 +53,9 @@ def test_kfac_method_writes_spectra_figure(tmp_path, capsys):
     run_dir = _run_dir(tmp_path)
     (spectra,) = load_spectra(run_dir)
     assert set(spectra["eigenvalues"]) == {"fc1/A", "fc1/G", "fc2/A", "fc2/G"}
+    kfac = get_preset("demo").kfac  # 4 steps (0-3): factor updates at multiples of the period
+    updates = len(range(0, 4, kfac["factor_update_period"]))
+    assert spectra["identity_weight"] == pytest.approx(kfac["factor_decay"] ** updates)
     assert (run_dir / "figure1_spectra.png").stat().st_size > 0
     assert "modes above lambda_max/33" in capsys.readouterr().out
 
