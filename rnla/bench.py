@@ -9,7 +9,11 @@ repetitions, the accuracy of every decomposition (spectral error over the optima
 ``sigma_{r+1}``; relative error of applying ``(X + lam I)^-1`` through the
 decomposition and :func:`rnla.woodbury_solve`), the time to equal accuracy, stacked
 versus looped calls, the cost of growing d, and the peak memory, then checks the
-performance targets of the project.
+performance targets of the project. ``--profile`` instead breaks one call of each of
+our methods down (:func:`profile_method`): the products with the matrix (the matmul
+floor) and each step between them (Gram matrices, triangular solves, Choleskys, the
+core SVD or eigh, the Gaussian test matrix), which shows what keeps a method above its
+floor.
 
 The test matrices (:func:`test_matrix`) are shared with the asv suite in
 ``asv_benchmarks/``.
@@ -32,6 +36,7 @@ import csv
 import functools
 import importlib.util
 import io
+import itertools
 import os
 import platform
 import statistics
@@ -39,7 +44,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +53,19 @@ from threadpoolctl import threadpool_info
 
 import rnla
 
+from . import _array_api, _random
 from ._array_api import Array, synchronize, to_numpy
 
 __all__ = [
     "MATRICES",
+    "PROFILE_STEPS",
     "available_backends",
     "flat_psd_matrix",
     "inverse_apply_error",
     "kfactor_matrix",
     "main",
     "n_products",
+    "profile_method",
     "reference_eigenvalues",
     "spectral_error",
     "test_matrix",
@@ -591,6 +599,7 @@ class Benchmark:
         self.ttea: list[dict[str, Any]] = []
         self.stacks: list[dict[str, Any]] = []
         self.memory: list[dict[str, Any]] = []
+        self.profiles: list[dict[str, Any]] = []
         self.eigh: dict[tuple[int, str, str], tuple[str, float, list[float]]] = {}
         self._gemm: dict[tuple[int, str, str], float] = {}
 
@@ -610,14 +619,30 @@ class Benchmark:
             )
         return self._gemm[key]
 
+    def seeds(self) -> range:
+        """The seeds whose accuracies are averaged (the first one is also timed)."""
+        return range(self.args.seed, self.args.seed + self.args.accuracy_seeds)
+
     def measure(self, method, backend, ctx, n_iter, repeats):
-        """Time one method; returns (seconds, factors)."""
+        """Time one method; returns (seconds, mean accuracy over :meth:`seeds`)."""
         A = to_backend(ctx.X, backend)
         fn, convert = _run_method(
             method, A, self.args.rank, self.args.oversample, n_iter, self.args.seed
         )
         seconds, out = _timed(fn, A, repeats)
-        return seconds, convert(out)
+        accuracies = [ctx.accuracy(convert(out))]
+        for seed in self.seeds()[1:]:
+            fn, convert = _run_method(method, A, self.args.rank, self.args.oversample, n_iter, seed)
+            accuracies.append(ctx.accuracy(convert(fn())))
+        return seconds, tuple(float(np.mean(column)) for column in zip(*accuracies))
+
+    def mean_inverse_error(self, method, A, ctx, n_iter) -> float:
+        """Inverse-apply error at lam = 0.1 lam_max, averaged over :meth:`seeds`."""
+        errors = []
+        for seed in self.seeds():
+            fn, convert = _run_method(method, A, self.args.rank, self.args.oversample, n_iter, seed)
+            errors.append(ctx.inverse_errors(*convert(fn())[2:])[0])
+        return float(np.mean(errors))
 
     def run_case(self, d: int, dtype: str, kind: str, backends: Sequence[str]) -> None:
         args = self.args
@@ -628,8 +653,7 @@ class Benchmark:
         peer_pairs = sorted({p for b in backends for p in _peers_for(b)})
         for method, backend in [(m, b) for b in backends for m in _OURS] + peer_pairs:
             self.log(f"  d={d} {dtype} {kind} {backend} {method}")
-            seconds, factors = self.measure(method, backend, ctx, args.n_iter, repeats)
-            results[(method, backend)] = (seconds, ctx.accuracy(factors))
+            results[(method, backend)] = self.measure(method, backend, ctx, args.n_iter, repeats)
         for (method, backend), (seconds, (spec, inv1, inv2)) in results.items():
             floor = n_products(method, args.n_iter) * self.gemm(ctx.X, backend)
             speedups = []
@@ -687,14 +711,18 @@ class Benchmark:
                         error = acc[1]
                     else:
                         A = to_backend(ctx.X, method_backend)
-                        fn, convert = _run_method(
-                            method, A, self.args.rank, self.args.oversample, n_iter, self.args.seed
-                        )
-                        out = fn()
-                        error = ctx.inverse_errors(*convert(out)[2:])[0]
+                        error = self.mean_inverse_error(method, A, ctx, n_iter)
                         seconds = None
                     if error <= target * (1 + _TTEA_TOLERANCE):
                         if seconds is None:
+                            fn, _ = _run_method(
+                                method,
+                                A,
+                                self.args.rank,
+                                self.args.oversample,
+                                n_iter,
+                                self.args.seed,
+                            )
                             seconds = _timed(fn, A, repeats)[0]
                         found = (n_iter, seconds, error)
                         break
@@ -767,6 +795,51 @@ class Benchmark:
                     }
                 )
 
+    def run_profile(self, d: int, dtype: str, kind: str, backends: Sequence[str]) -> None:
+        """:func:`profile_method` of each of our methods, next to its matmul floor.
+
+        For ``kfac-late`` at ``d = --stack-size`` it also profiles one call on the stack
+        of 8 factors that :meth:`run_stacks` times (matrix ``"kfac-late x8"``).
+        """
+        args = self.args
+        inputs = [(kind, test_matrix(kind, d, dtype, seed=args.seed))]
+        if kind == "kfac-late" and d == args.stack_size:  # the stack of run_stacks
+            stack = np.stack([test_matrix(kind, d, dtype, seed=s) for s in range(8)])
+            inputs.append((f"{kind} x8", stack))
+        for (matrix, X), backend in itertools.product(inputs, backends):
+            A = to_backend(X, backend)
+            k = min(args.rank + args.oversample, d)
+            product_ms = 1e3 * _gemm_time(X, backend, k, 2 * args.n_iter + 2, self.repeats_for(d))
+            for method in _OURS:
+                self.log(f"  profile d={d} {dtype} {matrix} {backend} {method}")
+                profile = profile_method(
+                    method,
+                    A,
+                    args.rank,
+                    args.oversample,
+                    args.n_iter,
+                    repeats=self.repeats_for(d),
+                    seed=args.seed,
+                )
+                products = n_products(method, args.n_iter) * product_ms
+                steps = profile["steps"]
+                rest = profile["time_ms"] - products - sum(ms for ms, _ in steps.values())
+                self.profiles.append(
+                    {
+                        "d": d,
+                        "dtype": dtype,
+                        "matrix": matrix,
+                        "backend": backend,
+                        "method": method,
+                        "time_ms": profile["time_ms"],
+                        "products_ms": products,
+                        **{f"{label} ms": ms for label, (ms, _) in steps.items()},
+                        **{f"{label} calls": calls for label, (_, calls) in steps.items()},
+                        "rest_ms": rest,
+                    }
+                )
+                self.log("    " + " ".join(f"{k}={_fmt(v)}" for k, v in self.profiles[-1].items()))
+
     def run_memory(self, sizes: Sequence[int], dtype: str) -> None:
         """Peak memory traced by tracemalloc during each call on NumPy, in units of X."""
         k = self.args.rank + self.args.oversample
@@ -789,6 +862,107 @@ class Benchmark:
                         "peak_over_d_x_k": peak / (X.nbytes * min(k, d) / d),
                     }
                 )
+
+
+# --------------------------------------------------------------------------- profile
+
+# The dispatch steps of rsvd, srevd and nystrom besides the products with the matrix;
+# none of these functions calls another, so their cumulative times add up.
+PROFILE_STEPS: dict[str, tuple[Callable[..., Any], ...]] = {
+    "Gram": (_array_api.gram,),
+    "triangular solve": (_array_api.solve_upper_right,),
+    "Cholesky": (_array_api.cholesky_lower,),
+    "core SVD/eigh": (_array_api.small_svd, _array_api.small_eigh),
+    "Householder QR": (_array_api.householder_qr,),
+    "Gaussian": (_random.gaussian,),
+}
+"""Profiled steps of :func:`profile_method`: a label and the functions it sums."""
+
+
+def _code_key(fn: Callable[..., Any]) -> tuple[str, int, str]:
+    """The key :mod:`cProfile` files a Python function under."""
+    code = fn.__code__
+    return code.co_filename, code.co_firstlineno, code.co_name
+
+
+def profile_method(
+    method: str,
+    A: Array,
+    r: int,
+    oversample: int = 10,
+    n_iter: int = 4,
+    *,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Where the time of one call of ``rnla.rsvd``, ``srevd`` or ``nystrom`` goes.
+
+    Times ``repeats`` calls (median, after a warm-up), then profiles ``repeats`` more
+    with :mod:`cProfile` and sums, per call, the time spent in each step of
+    :data:`PROFILE_STEPS` and how often it ran. What the steps leave of the call is the
+    products with ``A`` plus the Python around them. CPU backends only: on a GPU the
+    calls return before the device finishes, so use the library's profiler there.
+
+    Parameters
+    ----------
+    method : {"rsvd", "srevd", "nystrom"}
+        The rnla function.
+    A : array, shape (..., d, d)
+        The matrix or stack of matrices, on a CPU backend.
+    r, oversample, n_iter : int
+        Arguments of the call.
+    repeats : int, default 5
+        Timed calls and profiled calls.
+    seed : int, default 0
+        ``rng`` of every call.
+
+    Returns
+    -------
+    dict
+        ``time_ms`` (median unprofiled call) and ``steps``: for each label of
+        :data:`PROFILE_STEPS`, ``(ms per call, calls per call)``.
+
+    Raises
+    ------
+    ValueError
+        For another ``method`` or a non-positive ``repeats``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla.bench import profile_method, test_matrix
+    >>> profile = profile_method("rsvd", test_matrix("kfac-late", 128), 16, n_iter=2)
+    >>> profile["steps"]["core SVD/eigh"][1]  # one SVD of the k x k core per call
+    1.0
+    >>> list(profile["steps"])
+    ['Gram', 'triangular solve', 'Cholesky', 'core SVD/eigh', 'Householder QR', 'Gaussian']
+    """
+    import cProfile
+    import pstats
+
+    if method not in _OURS:
+        raise ValueError(f"method: expected one of {_OURS}, got {method!r}")
+    if repeats < 1:
+        raise ValueError(f"repeats: expected a positive count, got {repeats}")
+    fn = getattr(rnla, method)
+
+    def call() -> Any:
+        return fn(A, r, oversample, n_iter, rng=seed)
+
+    seconds = _timed(call, A, repeats)[0]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(repeats):
+        call()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    steps = {}
+    for label, functions in PROFILE_STEPS.items():
+        entries = [stats.get(_code_key(f)) for f in functions]
+        calls = sum(e[1] for e in entries if e is not None)
+        cumulative = sum(e[3] for e in entries if e is not None)
+        steps[label] = (1e3 * cumulative / repeats, calls / repeats)
+    return {"time_ms": seconds * 1e3, "steps": steps}
 
 
 # --------------------------------------------------------------------------- report
@@ -921,9 +1095,61 @@ def _targets(bench: Benchmark, sizes: Sequence[int]) -> list[str]:
     return lines
 
 
+def _profile_cell(ms: float, calls: float) -> str:
+    return "-" if calls == 0 else f"{_fmt(ms)} ({calls:g})"
+
+
+def profile_report(bench: Benchmark, header: str) -> str:
+    """The ``--profile`` report as markdown: one row per method and case."""
+    labels = list(PROFILE_STEPS)
+    headers = [
+        "d",
+        "dtype",
+        "matrix",
+        "backend",
+        "method",
+        "time ms",
+        "products ms",
+        *(f"{label} ms (calls)" for label in labels),
+        "rest ms",
+        "time/products",
+    ]
+    rows = [
+        (
+            p["d"],
+            p["dtype"],
+            p["matrix"],
+            p["backend"],
+            p["method"],
+            p["time_ms"],
+            p["products_ms"],
+            *(_profile_cell(p[f"{label} ms"], p[f"{label} calls"]) for label in labels),
+            p["rest_ms"],
+            p["time_ms"] / p["products_ms"],
+        )
+        for p in bench.profiles
+    ]
+    return "\n".join(
+        [
+            header,
+            "",
+            "## Profile of one call (median time; steps summed over a profiled call; "
+            "products: the matmul floor; rest: Python and small array operations)",
+            "",
+            _markdown(headers, rows),
+        ]
+    )
+
+
 def report(bench: Benchmark, sizes: Sequence[int], header: str) -> str:
     """The whole report as markdown."""
-    out = [header, "", "## Comparison (median times; ratios: time/floor, peer time/ours)", ""]
+    out = [
+        header,
+        "",
+        "## Comparison (median times; ratios: time/floor, peer time/ours; errors: mean "
+        f"over {bench.args.accuracy_seeds} random sketches)",
+        "",
+    ]
     names = [
         "d",
         "dtype",
@@ -966,6 +1192,7 @@ def report(bench: Benchmark, sizes: Sequence[int], header: str) -> str:
         out += [
             "",
             "## Time to equal accuracy (inverse-apply error at lam = 0.1 lam_max "
+            f"(mean over {bench.args.accuracy_seeds} sketches) "
             "within 1% of the best peer's at n_iter = "
             f"{bench.args.n_iter}; q = n_iter needed)",
             "",
@@ -1065,9 +1292,24 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stack-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: d=512 and 1024, float32, 2 repeats"
+        "--accuracy-seeds",
+        type=int,
+        default=8,
+        help="random sketches (rng = --seed, --seed + 1, ...) every error is averaged over; "
+        "near the rank-r optimum one sketch's luck decides comparisons of a few percent",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: d=512 and 1024, float32, 2 repeats, 2 sketches",
     )
     parser.add_argument("--no-ttea", action="store_true", help="skip time to equal accuracy")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the comparison, where the time of rsvd, srevd and nystrom goes "
+        "(CPU backends)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
@@ -1076,8 +1318,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
+    if args.accuracy_seeds < 1:
+        parser.error(f"--accuracy-seeds: expected at least 1, got {args.accuracy_seeds}")
     if args.quick:
         args.sizes, args.dtypes, args.repeats = [512, 1024], ["float32"], 2
+        args.accuracy_seeds = min(args.accuracy_seeds, 2)
         args.stack_size = 512
     return args
 
@@ -1112,8 +1357,22 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(f"skipping backends not present here: {', '.join(missing)}", file=sys.stderr)
     backends = [b for b in backends if b in present]
     bench = Benchmark(args)
+    if args.profile:
+        gpu = [b for b in backends if b not in ("numpy", "torch")]
+        if gpu:
+            print(f"--profile: CPU backends only, skipping {', '.join(gpu)}", file=sys.stderr)
+        backends = [b for b in backends if b in ("numpy", "torch")]
     header = _machine_header(backends)
     started = time.perf_counter()
+    if args.profile:
+        for d in args.sizes:
+            for dtype in args.dtypes:
+                for kind in args.matrices:
+                    bench.run_profile(d, dtype, kind, backends)
+        text = profile_report(bench, header + _run_footer(started))
+        print(text)
+        _write_output(args.output, text, bench.profiles)
+        return text
     # The short parts first, so an interrupted long run has already logged them.
     bench.run_stacks(backends, "float32")
     for s in bench.stacks:
@@ -1126,23 +1385,33 @@ def main(argv: Sequence[str] | None = None) -> str:
         for dtype in args.dtypes:
             for kind in args.matrices:
                 bench.run_case(d, dtype, kind, backends)
+    text = report(bench, args.sizes, header + _run_footer(started))
+    print(text)
+    _write_output(args.output, text, [asdict(r) for r in bench.rows])
+    return text
+
+
+def _run_footer(started: float) -> str:
+    """The header line closing a run: its duration and the load it ended with."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    header += (
+    return (
         f"\n- took {time.perf_counter() - started:.0f} s, load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
     )
-    text = report(bench, args.sizes, header)
-    print(text)
-    if args.output is not None:
-        if args.output.suffix == ".csv":
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(Row)])
-            writer.writeheader()
-            writer.writerows(asdict(r) for r in bench.rows)
-            args.output.write_text(buffer.getvalue())
-        else:
-            args.output.write_text(text + "\n")
-    return text
+
+
+def _write_output(path: Path | None, text: str, rows: list[dict[str, Any]]) -> None:
+    """Write the report (``.md`` or anything else) or the main table (``.csv``)."""
+    if path is None:
+        return
+    if path.suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+        path.write_text(buffer.getvalue())
+    else:
+        path.write_text(text + "\n")
 
 
 if __name__ == "__main__":
