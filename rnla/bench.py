@@ -1095,6 +1095,10 @@ def _targets(bench: Benchmark, sizes: Sequence[int]) -> list[str]:
     return lines
 
 
+# The columns that open every row of the comparison and profile tables.
+_CASE_HEADERS = ("d", "dtype", "matrix", "backend", "method", "time ms")
+
+
 def _profile_cell(ms: float, calls: float) -> str:
     return "-" if calls == 0 else f"{_fmt(ms)} ({calls:g})"
 
@@ -1103,12 +1107,7 @@ def profile_report(bench: Benchmark, header: str) -> str:
     """The ``--profile`` report as markdown: one row per method and case."""
     labels = list(PROFILE_STEPS)
     headers = [
-        "d",
-        "dtype",
-        "matrix",
-        "backend",
-        "method",
-        "time ms",
+        *_CASE_HEADERS,
         "products ms",
         *(f"{label} ms (calls)" for label in labels),
         "rest ms",
@@ -1151,12 +1150,7 @@ def report(bench: Benchmark, sizes: Sequence[int], header: str) -> str:
         "",
     ]
     names = [
-        "d",
-        "dtype",
-        "matrix",
-        "backend",
-        "method",
-        "time ms",
+        *_CASE_HEADERS,
         "floor ms",
         "t/floor",
         "spec err/opt",
