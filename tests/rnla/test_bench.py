@@ -146,6 +146,16 @@ def test_profile_cli_writes_the_table(tmp_path, capsys) -> None:
     assert [line.split(",")[2] for line in lines] == ["kfac-late"] * 3 + ["kfac-late x8"] * 3
 
 
+def test_profile_skips_gpu_backends(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(bench, "available_backends", lambda: ["numpy", "torch-cuda"])
+    args = [a if a != "numpy" else "numpy torch-cuda" for a in TINY_RUN]
+    text = bench.main([*" ".join(args).split(), "--profile"])
+    assert "--profile: CPU backends only, skipping torch-cuda" in capsys.readouterr().err
+    assert {row.split(" | ")[3] for row in text.splitlines() if row.startswith("| 64 ")} == {
+        "numpy"
+    }
+
+
 def test_comparison_csv_has_one_row_per_method(tmp_path) -> None:
     bench.main([*TINY_RUN, "--no-ttea", "--stack-size", "32", "--output", str(tmp_path / "c.csv")])
     header, *lines = (tmp_path / "c.csv").read_text().splitlines()
