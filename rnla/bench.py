@@ -623,25 +623,31 @@ class Benchmark:
         """The seeds whose accuracies are averaged (the first one is also timed)."""
         return range(self.args.seed, self.args.seed + self.args.accuracy_seeds)
 
+    def call(self, method, A, n_iter, seed):
+        """:func:`_run_method` with this run's rank and oversampling."""
+        return _run_method(method, A, self.args.rank, self.args.oversample, n_iter, seed)
+
+    def factors(self, method, A, n_iter, seed):
+        """One call's result as ``(left, right, vectors, values)`` in float64 NumPy."""
+        fn, convert = self.call(method, A, n_iter, seed)
+        return convert(fn())
+
     def measure(self, method, backend, ctx, n_iter, repeats):
         """Time one method; returns (seconds, mean accuracy over :meth:`seeds`)."""
         A = to_backend(ctx.X, backend)
-        fn, convert = _run_method(
-            method, A, self.args.rank, self.args.oversample, n_iter, self.args.seed
-        )
+        fn, convert = self.call(method, A, n_iter, self.args.seed)
         seconds, out = _timed(fn, A, repeats)
         accuracies = [ctx.accuracy(convert(out))]
         for seed in self.seeds()[1:]:
-            fn, convert = _run_method(method, A, self.args.rank, self.args.oversample, n_iter, seed)
-            accuracies.append(ctx.accuracy(convert(fn())))
+            accuracies.append(ctx.accuracy(self.factors(method, A, n_iter, seed)))
         return seconds, tuple(float(np.mean(column)) for column in zip(*accuracies))
 
     def mean_inverse_error(self, method, A, ctx, n_iter) -> float:
         """Inverse-apply error at lam = 0.1 lam_max, averaged over :meth:`seeds`."""
-        errors = []
-        for seed in self.seeds():
-            fn, convert = _run_method(method, A, self.args.rank, self.args.oversample, n_iter, seed)
-            errors.append(ctx.inverse_errors(*convert(fn())[2:])[0])
+        errors = [
+            ctx.inverse_errors(*self.factors(method, A, n_iter, seed)[2:])[0]
+            for seed in self.seeds()
+        ]
         return float(np.mean(errors))
 
     def run_case(self, d: int, dtype: str, kind: str, backends: Sequence[str]) -> None:
@@ -715,14 +721,7 @@ class Benchmark:
                         seconds = None
                     if error <= target * (1 + _TTEA_TOLERANCE):
                         if seconds is None:
-                            fn, _ = _run_method(
-                                method,
-                                A,
-                                self.args.rank,
-                                self.args.oversample,
-                                n_iter,
-                                self.args.seed,
-                            )
+                            fn, _ = self.call(method, A, n_iter, self.args.seed)
                             seconds = _timed(fn, A, repeats)[0]
                         found = (n_iter, seconds, error)
                         break
@@ -806,9 +805,9 @@ class Benchmark:
         if kind == "kfac-late" and d == args.stack_size:  # the stack of run_stacks
             stack = np.stack([test_matrix(kind, d, dtype, seed=s) for s in range(8)])
             inputs.append((f"{kind} x8", stack))
+        k = min(args.rank + args.oversample, d)
         for (matrix, X), backend in itertools.product(inputs, backends):
             A = to_backend(X, backend)
-            k = min(args.rank + args.oversample, d)
             product_ms = 1e3 * _gemm_time(X, backend, k, 2 * args.n_iter + 2, self.repeats_for(d))
             for method in _OURS:
                 self.log(f"  profile d={d} {dtype} {matrix} {backend} {method}")
