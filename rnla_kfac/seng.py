@@ -284,6 +284,9 @@ class SENG(torch.optim.SGD):
       official code.
     * ``U^T z`` is computed exactly; the official code approximates it for large
       convolutions by the product of the ``z``-weighted sums of the two factors.
+    * The per-sample truncation takes the top singular vectors from ``eigh`` of the
+      smaller of ``G_i G_i^T`` and ``G_i^T G_i`` (the same projection as the official
+      code's batched SVD, several times faster on CPUs).
     * A Linear layer (2-D inputs) keeps its factors ``g_i``, ``a_i`` and is sampled
       on a grid of about ``s^2`` coordinates; the official code forms the
       ``n x d_out x d_in`` per-sample gradients and samples ``s^2`` single coordinates.
@@ -608,13 +611,25 @@ class SENG(torch.optim.SGD):
             U = torch.bmm(G.transpose(1, 2), A).reshape(n, -1)
             return _PerSampleGradients({"U": U}, self._flat_sample(U.shape[1], U.device))
         if locations > self.per_sample_rank:
-            # G_i^T = W S V^T truncated: U_i ~ (W_p S_p)(A_i^T V_p)^T.
-            W, S, Vh = torch.linalg.svd(G.transpose(1, 2), full_matrices=False)
-            p = self.per_sample_rank
-            G = (W[..., :p] * S[:, None, :p]).transpose(1, 2)
-            A = Vh[:, :p] @ A
+            G, A = self._truncate(G, A)
         tensors = {"G": G.contiguous(), "A": A.contiguous()}
         return _PerSampleGradients(tensors, self._grid_sample(d_out, A.shape[2], G.device))
+
+    def _truncate(self, G: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
+        """Factors of ``Q_i Q_i^T G_i^T A_i``, ``Q_i`` the top left singular vectors of ``G_i^T``.
+
+        ``G_i^T = W S V^T`` (``d_out x L``); the top ``p`` singular vectors come from
+        ``eigh`` of the smaller Gram matrix (a batched SVD is far slower on CPUs):
+        ``G_i G_i^T = V S^2 V^T`` gives ``(V_p^T G_i, V_p^T A_i)`` (as ``W_p S_p =
+        G_i^T V_p``), ``G_i^T G_i = W S^2 W^T`` gives ``(W_p^T, W_p^T G_i^T A_i)``.
+        """
+        p = self.per_sample_rank
+        _, locations, d_out = G.shape
+        if locations <= d_out:
+            V = torch.linalg.eigh(G @ G.transpose(1, 2)).eigenvectors[..., -p:]
+            return V.transpose(1, 2) @ G, V.transpose(1, 2) @ A
+        W = torch.linalg.eigh(G.transpose(1, 2) @ G).eigenvectors[..., -p:]
+        return W.transpose(1, 2), (G @ W).transpose(1, 2) @ A
 
     def _draw(self, size: int, count: int, device: torch.device) -> Tensor:
         index = torch.randperm(size, generator=self._generator)[:count]

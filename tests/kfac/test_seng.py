@@ -49,6 +49,7 @@ def probe(kind: str, bias: bool = True, seed: int = 0) -> tuple[Probe, torch.Ten
             lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1, bias=bias),
             (2, 6, 6),
         ),
+        "conv2d_wide": (lambda: nn.Conv2d(2, 6, 3, stride=2, bias=bias), (2, 5, 5)),
         "conv2d_dilated": (
             lambda: nn.Conv2d(2, 3, (2, 3), stride=(1, 2), padding=(1, 0), dilation=2, bias=bias),
             (2, 5, 7),
@@ -149,11 +150,12 @@ def output_gradients(model: Probe, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     return out.grad.flatten(2)
 
 
+@pytest.mark.parametrize("kind", ["conv2d", "conv2d_wide"])  # more / fewer locations than C_out
 @pytest.mark.parametrize("rank", [2, 100])
 @pytest.mark.parametrize("sample_size", [None, 3])
-def test_large_convolution_truncates_each_sample_output_gradient(rank, sample_size):
+def test_large_convolution_truncates_each_sample_output_gradient(kind, rank, sample_size):
     """Above ``explicit_gradient_limit``: U_i projected on the top singular vectors of G_i^T."""
-    model, x, y = probe("conv2d")
+    model, x, y = probe(kind)
     per_sample = per_sample_gradients(model, x, y)
     left, _, _ = torch.linalg.svd(output_gradients(model, x, y), full_matrices=False)
     if rank < left.shape[2]:
