@@ -3,7 +3,7 @@
 A :class:`FactorInverse` stores what applying ``(F + damping I)^-1`` needs: ``r``
 leading eigenpairs ``(U, d)`` of a symmetric PSD factor ``F`` (``n x n``), the mean
 ``tail`` of the ``n - r`` discarded eigenvalues (tail compensation, see
-:doc:`/theory`), the exact trace and the damping. Applying it costs two skinny
+:doc:`/user_guide/rnla`), the exact trace and the damping. Applying it costs two skinny
 products through :func:`rnla.woodbury_solve`; no ``n x n`` inverse is ever formed.
 The small ``(U, d, tail)`` result is what a distributed run broadcasts.
 

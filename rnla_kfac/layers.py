@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .inverse import FactorInverse, precondition, split_damping
-from .modules import LayerHelper
+from .modules import LayerHelper, helper_for
 
-__all__ = ["Factor", "KFACLayer"]
+__all__ = ["Factor", "KFACLayer", "find_layers"]
 
 
 class Factor:
@@ -293,3 +296,73 @@ class KFACLayer:
             factor.updates = int(state["updates"])
             factor.identity_weight = float(state["identity_weight"])
             factor.reset_batch()
+
+
+def find_layers(
+    model: nn.Module, skip_layers: str | Iterable[str], statistics_dtype: torch.dtype | None
+) -> list[KFACLayer]:
+    """A :class:`KFACLayer` for each supported module of ``model`` not in ``skip_layers``.
+
+    ``skip_layers`` holds module names or regular expressions (full match). Warns about
+    unsupported modules (left alone) and patterns that match nothing; the factors are
+    float64 for float64 layers, float32 otherwise.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For ``skip_layers`` that are not strings or invalid regular expressions;
+        ``ValueError`` when no layer is left to precondition.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    >>> [layer.name for layer in find_layers(model, "1", None)]
+    ['0']
+    """
+    patterns = _compile_patterns(skip_layers)
+    layers, unsupported, matched = [], [], set()
+    for name, module in model.named_modules():
+        hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
+        if hits:
+            matched.update(hits)
+            continue
+        helper = helper_for(module)
+        if isinstance(helper, str):
+            unsupported.append(f"{name!r} ({helper})")
+        elif helper is not None:
+            dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+            layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
+    if unsupported:
+        warnings.warn(
+            "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
+            + ", ".join(unsupported),
+            stacklevel=3,
+        )
+    unmatched = [p.pattern for p in patterns if p.pattern not in matched]
+    if unmatched:
+        warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
+    if not layers:
+        raise ValueError(
+            "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
+            f"with groups=1, not in skip_layers) in {type(model).__name__}"
+        )
+    return layers
+
+
+def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
+    if isinstance(skip_layers, str):
+        skip_layers = (skip_layers,)
+    if not isinstance(skip_layers, Iterable):
+        raise TypeError(
+            f"skip_layers: expected a module name, regex or a sequence of them, got {skip_layers!r}"
+        )
+    patterns = []
+    for pattern in skip_layers:
+        if not isinstance(pattern, str):
+            raise TypeError(f"skip_layers: expected strings, got {pattern!r}")
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as error:
+            raise ValueError(f"skip_layers: invalid regex {pattern!r} ({error})") from None
+    return patterns

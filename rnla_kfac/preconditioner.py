@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterable
 from functools import partial
@@ -31,31 +30,12 @@ from ._checks import (
 )
 from .distributed import choose_strategy, decomposition_cost
 from .inverse import FactorInverse, decompose_factors
-from .layers import Factor, KFACLayer
-from .modules import helper_for
+from .layers import Factor, KFACLayer, find_layers
 from .rank_policy import DEFAULT_RTOL, RankPolicy
 
 __all__ = ["KFACPreconditioner"]
 
 LIKELIHOODS = ("categorical", "gaussian")
-
-
-def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
-    if isinstance(skip_layers, str):
-        skip_layers = (skip_layers,)
-    if not isinstance(skip_layers, Iterable):
-        raise TypeError(
-            f"skip_layers: expected a module name, regex or a sequence of them, got {skip_layers!r}"
-        )
-    patterns = []
-    for pattern in skip_layers:
-        if not isinstance(pattern, str):
-            raise TypeError(f"skip_layers: expected strings, got {pattern!r}")
-        try:
-            patterns.append(re.compile(pattern))
-        except re.error as error:
-            raise ValueError(f"skip_layers: invalid regex {pattern!r} ({error})") from None
-    return patterns
 
 
 class KFACPreconditioner:
@@ -82,12 +62,13 @@ class KFACPreconditioner:
 
     **Data-parallel training.** When :mod:`torch.distributed` is initialized with
     more than one process (e.g. under ``torchrun`` with ``DistributedDataParallel``)
-    before the preconditioner is built, it works unchanged: the batch factors are
-    averaged across processes on factor-update steps (upper triangles packed into
-    few all-reduces), each factor's decomposition is computed by one process chosen
-    by cost (:func:`rnla_kfac.distributed.assign_by_cost`), and its owner broadcasts
-    ``(U, d, tail)`` (randomized methods) or the eigenbasis (eigh). Every process
-    then preconditions its (DDP-averaged) gradients locally. Bytes moved per
+    before the preconditioner is built, it works unchanged (the
+    :class:`~rnla_kfac.distributed.SharedStrategy`, chosen once at construction): the
+    batch factors are averaged across processes on factor-update steps (upper
+    triangles packed into few all-reduces), each factor's decomposition is computed by
+    one process chosen by cost (:func:`rnla_kfac.distributed.assign_by_cost`), and its
+    owner broadcasts ``(U, d, tail)`` (randomized methods) or the eigenbasis (eigh).
+    Every process then preconditions its (DDP-averaged) gradients locally. Bytes moved per
     collective type are counted in :attr:`communication`. The sketches'
     random test matrices depend only on ``seed``, the step and the factor size, so
     results do not depend on the number of processes.
@@ -141,7 +122,7 @@ class KFACPreconditioner:
         Module names or regular expressions (full match) of layers to leave alone.
     tail_compensation : bool, default True
         Model the discarded eigenvalues by their mean instead of zero (see
-        :doc:`/theory`).
+        :doc:`/user_guide/rnla`).
     rank_rtol : float, default 1/33
         Relative tolerance of ``rank="auto"``, in ``(0, 1]``.
     statistics_dtype : torch.dtype or str, optional
@@ -233,9 +214,7 @@ class KFACPreconditioner:
         self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
         self.lr = Schedule(lr, "lr", check_positive)
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
-        self._layers = self._find_layers(
-            model, _compile_patterns(skip_layers), self.statistics_dtype
-        )
+        self._layers = find_layers(model, skip_layers, self.statistics_dtype)
         first_weight = self._layers[0].helper.module.weight
         self._generator = torch.Generator(device=first_weight.device).manual_seed(self.seed)
         self._handles = [
@@ -249,40 +228,6 @@ class KFACPreconditioner:
         self._removed = False
         self._mc_active = False
         self._collecting_at: int | None = None  # step whose collection flag is cached
-
-    # ------------------------------------------------------------------ setup
-
-    @staticmethod
-    def _find_layers(
-        model: nn.Module, patterns: list[re.Pattern], statistics_dtype: torch.dtype | None
-    ) -> list[KFACLayer]:
-        layers, unsupported, matched = [], [], set()
-        for name, module in model.named_modules():
-            hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
-            if hits:
-                matched.update(hits)
-                continue
-            helper = helper_for(module)
-            if isinstance(helper, str):
-                unsupported.append(f"{name!r} ({helper})")
-            elif helper is not None:
-                dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
-                layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
-        if unsupported:
-            warnings.warn(
-                "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
-                + ", ".join(unsupported),
-                stacklevel=3,
-            )
-        unmatched = [p.pattern for p in patterns if p.pattern not in matched]
-        if unmatched:
-            warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
-        if not layers:
-            raise ValueError(
-                "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
-                f"with groups=1, not in skip_layers) in {type(model).__name__}"
-            )
-        return layers
 
     # ------------------------------------------------------------------ hooks
 
