@@ -175,11 +175,13 @@ class KFACPreconditioner:
     Raises
     ------
     TypeError
-        For a ``model`` that is not an ``nn.Module`` or arguments of the wrong type.
+        For a ``model`` that is not an ``nn.Module``, a ``grad_scaler`` that is neither
+        a ``GradScaler`` nor callable, or other arguments of the wrong type.
     ValueError
         For an unknown ``method``, ``damping_mode`` or ``fisher``, ``damping <= 0``,
-        ``factor_decay`` outside ``[0, 1)``, non-positive periods or ``rank``, or a model
-        without supported layers.
+        ``factor_decay`` outside ``[0, 1)``, non-positive periods, ``rank`` or
+        ``accumulation_steps``, an ``lr`` mapping missing a layer, or a model without
+        supported layers.
 
     Examples
     --------
