@@ -153,7 +153,7 @@ class KFACPreconditioner:
         backward is divided by ``scale^2``. Call :meth:`step` after
         ``scaler.unscale_(optimizer)`` (so the preconditioner sees unscaled gradients)
         and before ``scaler.step(optimizer)``; a step in which the scaler found an
-        Inf or NaN updates no factor and is not preconditioned.
+        Inf or NaN updates no factor (one host sync on factor-update steps).
     tail_compensation : bool, default True
         Model the discarded eigenvalues by their mean instead of zero (see
         :doc:`/user_guide/rnla`).
@@ -446,10 +446,9 @@ class KFACPreconditioner:
         if self._removed:
             raise RuntimeError("step: this preconditioner was removed (remove() was called)")
         step = self._steps
-        skipped_by_scaler = self.grad_scaler is not None and self._scaler_found_inf()
         if self._factor_step_due(step):
-            if skipped_by_scaler:
-                for layer in self._layers:
+            if self.grad_scaler is not None and self._scaler_found_inf():
+                for layer in self._layers:  # the scaler skips this step: so do the factors
                     layer.reset_batch()
             else:
                 self._update_factors(step)
@@ -457,8 +456,7 @@ class KFACPreconditioner:
         self._scaler_iteration = None
         if step % self.inverse_update_period(step) == 0:
             self._compute_inverses(step)
-        if not skipped_by_scaler:
-            self._precondition_gradients(step)
+        self._precondition_gradients(step)
         self._steps += 1
 
     def mc_backward(self, output: Tensor, likelihood: str = "categorical") -> None:
