@@ -7,6 +7,7 @@ device and dtype. Every function accepts a single matrix ``(m, n)`` or a stack
 """
 
 from .eig import EighResult, nystrom, srevd
+from .operators import LinearOperator, centered
 from .power import PowerIterationResult, power_iteration
 from .range_finder import range_finder
 from .rank import ea_rank_bound, select_rank
@@ -17,8 +18,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EighResult",
+    "LinearOperator",
     "PowerIterationResult",
     "SVDResult",
+    "centered",
     "ea_rank_bound",
     "nystrom",
     "power_iteration",
