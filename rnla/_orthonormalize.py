@@ -156,7 +156,7 @@ def _orthonormalize(
     else:
         # Every pass started far from orthonormal: columns that rounding left exactly
         # zero (an exactly rank-deficient sketch) stay zero under any CholQR pass.
-        G = gram(Q)
-        if not float(xp.max(xp.abs(G - _identity_like(G)))) < _PASS_TOLERANCE:
-            return householder_qr(Y)
+        G = gram(xp, Q)
+        if not float(xp.max(xp.abs(G - _identity_like(xp, G)))) < _PASS_TOLERANCE:
+            return householder_qr(xp, Y)
     return Q, R
