@@ -53,6 +53,7 @@ __all__ = [
     "sparse_matrix_values",
     "supports_lu",
     "synchronize",
+    "take_along_last_axis",
     "to_numpy",
 ]
 
@@ -245,7 +246,7 @@ def cholesky_lower(xp: ModuleType, G: Array) -> Array | None:
     ``linalg.cholesky`` returns the upper one, so dask goes through NumPy per block).
     """
     if _is_dask(xp):
-        return _dask_gufunc(_numpy_cholesky_or_nan, "(i,j)->(i,j)", G)
+        return _dask_gufunc(_numpy_cholesky_or_nan, "(i,j)->(i,j)", G, output_dtypes=G.dtype)
     if _is_jax(xp):
         return xp.linalg.cholesky(G)
     if is_torch(xp):
@@ -271,17 +272,31 @@ def cholesky_lower(xp: ModuleType, G: Array) -> Array | None:
     return L
 
 
-def _numpy_cholesky_or_nan(G: np.ndarray) -> np.ndarray:
-    """``numpy.linalg.cholesky`` per matrix of a stack, NaNs where it fails."""
-    try:
-        return np.linalg.cholesky(G)
-    except np.linalg.LinAlgError:
-        if G.ndim == 2:
-            return np.full_like(G, np.nan)
-        return np.stack([_numpy_cholesky_or_nan(g) for g in G])
+def _nan_on_failure(func: Any) -> Any:
+    """A NumPy k x k routine (one output) that returns NaNs per matrix where it fails.
+
+    dask runs the routine when the graph is computed; a raised ``LinAlgError`` would
+    end the whole computation, where the eager backends' safeguards see a failure.
+    """
+
+    def guarded(A: np.ndarray) -> np.ndarray:
+        try:
+            return func(A)
+        except np.linalg.LinAlgError:
+            if A.ndim == 2:
+                return np.full_like(A, np.nan)
+            return np.stack([guarded(a) for a in A])
+
+    return guarded
 
 
-def _dask_gufunc(func: Any, signature: str, *arrays: Array, **kwargs: Any) -> Any:
+_numpy_cholesky_or_nan = _nan_on_failure(np.linalg.cholesky)
+_numpy_inverse_or_nan = _nan_on_failure(np.linalg.inv)
+
+
+def _dask_gufunc(
+    func: Any, signature: str, *arrays: Array, output_dtypes: Any, **kwargs: Any
+) -> Any:
     """Apply a NumPy function to the small core matrices of dask arrays, block by block.
 
     The core dimensions (the last two axes) are joined into one chunk, which is cheap
@@ -289,7 +304,9 @@ def _dask_gufunc(func: Any, signature: str, *arrays: Array, **kwargs: Any) -> An
     """
     import dask.array as da
 
-    return da.apply_gufunc(func, signature, *arrays, allow_rechunk=True, **kwargs)
+    return da.apply_gufunc(
+        func, signature, *arrays, output_dtypes=output_dtypes, allow_rechunk=True, **kwargs
+    )
 
 
 def all_finite(xp: ModuleType, X: Array, block_entries: int = 1 << 20) -> bool:
@@ -354,7 +371,7 @@ def solve_upper_right(xp: ModuleType, Y: Array, R: Array) -> Array:
 
         return jax.lax.linalg.triangular_solve(R, Y, left_side=False, lower=False)
     if _is_dask(xp):
-        return Y @ _dask_gufunc(np.linalg.inv, "(i,j)->(i,j)", R)
+        return Y @ _dask_gufunc(_numpy_inverse_or_nan, "(i,j)->(i,j)", R, output_dtypes=R.dtype)
     if is_numpy(xp) and _lapack_dtype(Y) and _lapack_dtype(R):
         with _single_threaded_blas():
             if Y.ndim == R.ndim == 2:
@@ -448,6 +465,24 @@ def small_eigvalsh(xp: ModuleType, A: Array) -> Array:
         real = np.finfo(A.dtype).dtype
         return _dask_gufunc(np.linalg.eigvalsh, "(i,i)->(i)", A, output_dtypes=real)
     return xp.linalg.eigvalsh(A)
+
+
+def take_along_last_axis(xp: ModuleType, x: Array, indices: Array, *, matrices: bool) -> Array:
+    """``xp.take_along_axis(x, indices, axis=-1)`` for (stacks of) small vectors or matrices.
+
+    ``matrices`` says whether the last two axes are the core (``x`` of shape
+    ``(..., k, k)``, ``indices`` of shape ``(..., 1, r)``) or only the last one; dask,
+    whose array-api-compat namespace lacks ``take_along_axis``, needs to know.
+    """
+    if _is_dask(xp):
+        return _dask_gufunc(
+            functools.partial(np.take_along_axis, axis=-1),
+            "(i,j),(l,r)->(i,r)" if matrices else "(j),(r)->(r)",
+            x,
+            indices,
+            output_dtypes=x.dtype,
+        )
+    return xp.take_along_axis(x, indices, axis=-1)
 
 
 _LAPACK_DTYPES = frozenset(np.dtype(c) for c in "fdFD")

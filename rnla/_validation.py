@@ -74,8 +74,13 @@ def check_matrix(X: Array, name: str = "X") -> ModuleType:
 
 
 def require_finite(xp: ModuleType, X: Array, name: str = "X") -> None:
-    """Raise ``ValueError`` if ``X`` holds NaN or infinite entries."""
-    if not all_finite(xp, X):
+    """Raise ``ValueError`` if ``X`` holds NaN or infinite entries (``TypeError`` if ``X``
+    is traced under ``jax.jit`` and has no values)."""
+    try:
+        finite = all_finite(xp, X)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from None
+    if not finite:
         raise ValueError(f"{name}: contains NaN or infinite entries")
 
 

@@ -13,6 +13,7 @@ from ._array_api import (
     small_eigvalsh,
     small_svd,
     solve_upper_right,
+    take_along_last_axis,
 )
 from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
 from ._random import RandomState, gaussian
@@ -128,11 +129,11 @@ def srevd(
     values, vectors = small_eigh(xp, C)
     # Keep the r of largest magnitude (the best rank-r approximation), sorted descending.
     magnitude_order = xp.argsort(xp.abs(values), axis=-1, stable=True)[..., k - r :]
-    values = xp.take_along_axis(values, magnitude_order, axis=-1)
-    vectors = xp.take_along_axis(vectors, magnitude_order[..., None, :], axis=-1)
+    values = take_along_last_axis(xp, values, magnitude_order, matrices=False)
+    vectors = take_along_last_axis(xp, vectors, magnitude_order[..., None, :], matrices=True)
     descending = xp.argsort(values, axis=-1, descending=True, stable=True)
-    values = xp.take_along_axis(values, descending, axis=-1)
-    vectors = Q @ xp.take_along_axis(vectors, descending[..., None, :], axis=-1)
+    values = take_along_last_axis(xp, values, descending, matrices=False)
+    vectors = Q @ take_along_last_axis(xp, vectors, descending[..., None, :], matrices=True)
     return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))
 
 

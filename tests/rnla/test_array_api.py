@@ -21,7 +21,7 @@ from rnla._array_api import (
     solve_upper_right,
 )
 from tests.conftest import Backend
-from tests.rnla.conftest import FLOAT_DTYPES, conj_t, eps_of, host
+from tests.rnla.helpers import FLOAT_DTYPES, conj_t, eps_of, host
 
 
 @pytest.fixture(params=["C", "F"])

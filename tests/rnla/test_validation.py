@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import Backend, hermitian_with_spectrum
-from tests.rnla.conftest import host
+from tests.rnla.helpers import host
 
 DECOMPOSITIONS = [rnla.rsvd, rnla.srevd, rnla.nystrom, rnla.range_finder]
 MATRIX_FUNCTIONS = [*DECOMPOSITIONS, rnla.power_iteration]

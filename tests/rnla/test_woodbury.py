@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import kfactor_like
-from tests.rnla.conftest import FLOAT_DTYPES, backend_dtype, conj_t, eps_of, host
+from tests.rnla.helpers import FLOAT_DTYPES, backend_dtype, conj_t, eps_of, host
 
 
 def _orthonormal(
