@@ -44,6 +44,7 @@ __all__ = [
     "is_torch",
     "lu_basis",
     "namespace_of",
+    "read_scalar",
     "scaled_product_sum",
     "small_eigh",
     "small_matmul",
@@ -167,6 +168,11 @@ def synchronize(x: Array) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
 
+def read_scalar(xp: ModuleType, x: Array) -> float:
+    """The value of a 0-d array on the host (a PyTorch tensor outside its autograd graph)."""
+    return float(x.detach() if is_torch(xp) else x)
+
+
 def sparse_matrix_namespace(X: Any) -> ModuleType | None:
     """The namespace of the dense arrays a sparse matrix works with, or ``None``.
 
@@ -191,10 +197,9 @@ def sparse_matrix_namespace(X: Any) -> ModuleType | None:
 
 
 def sparse_matrix_values(X: Any) -> Array:
-    """The stored entries of a SciPy or CuPy sparse matrix, as a dense 1-D array."""
-    if X.format in ("csr", "csc", "coo", "bsr"):
-        return X.data
-    return X.tocoo().data
+    """The stored entries of a SciPy or CuPy sparse matrix, as a dense 1 x nnz array."""
+    values = X.data if X.format in ("csr", "csc", "coo", "bsr") else X.tocoo().data
+    return values.reshape(1, -1)
 
 
 def compute_dtype(xp: ModuleType, dtype: Any) -> Any:

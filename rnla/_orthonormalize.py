@@ -41,6 +41,7 @@ from ._array_api import (
     householder_qr,
     is_lazy,
     lu_basis,
+    read_scalar,
     small_matmul,
     solve_upper_right,
 )
@@ -140,7 +141,7 @@ def _orthonormalize(
     Q, R = first
     for _ in range(_MAX_EXTRA_PASSES):
         G = gram(xp, Q)
-        orthogonality_error = float(xp.max(xp.abs(G - _identity_like(xp, G))))
+        orthogonality_error = read_scalar(xp, xp.max(xp.abs(G - _identity_like(xp, G))))
         if orthogonality_error != orthogonality_error:  # NaN
             return householder_qr(xp, Y)
         if orthogonality_error <= _ORTHONORMAL_ULPS * xp.finfo(Q.dtype).eps:
@@ -157,6 +158,6 @@ def _orthonormalize(
         # Every pass started far from orthonormal: columns that rounding left exactly
         # zero (an exactly rank-deficient sketch) stay zero under any CholQR pass.
         G = gram(xp, Q)
-        if not float(xp.max(xp.abs(G - _identity_like(xp, G)))) < _PASS_TOLERANCE:
+        if not read_scalar(xp, xp.max(xp.abs(G - _identity_like(xp, G)))) < _PASS_TOLERANCE:
             return householder_qr(xp, Y)
     return Q, R

@@ -265,11 +265,13 @@ def _scipy_rmatmat(X: Any, name: str) -> Product:
     def rmatmat(M: Array) -> Array:
         try:
             return X.rmatmat(M)
-        except NotImplementedError:
+        except (NotImplementedError, TypeError) as exc:
+            # SciPy raises either when neither rmatvec nor rmatmat was given.
             raise TypeError(
-                f"{name}: this method needs the adjoint product X^H @ B, and the "
-                "scipy LinearOperator defines neither rmatvec nor rmatmat"
-            ) from None
+                f"{name}: this method needs the adjoint product X^H @ B, which the scipy "
+                f"LinearOperator could not compute ({type(exc).__name__}: {exc}); "
+                "give it rmatvec or rmatmat"
+            ) from exc
 
     return rmatmat
 

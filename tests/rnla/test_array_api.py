@@ -14,6 +14,7 @@ import scipy.linalg
 
 from rnla._array_api import (
     all_finite,
+    cholesky_lower,
     gram,
     small_eigh,
     small_matmul,
@@ -172,3 +173,36 @@ def test_all_finite(xp, dtype, block_entries):
     opposite = finite.copy()
     opposite[0, 0, 0], opposite[2, 5, 1] = np.inf, -np.inf  # the sum is NaN
     assert not all_finite(xp.xp, xp.asarray(opposite), block_entries)
+
+
+def _hpd(dtype: str, seed: int, k: int = 7) -> np.ndarray:
+    A = _random((k, k), dtype, seed)
+    return (A @ conj_t(A) + k * np.eye(k)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cholesky_lower_is_lower(xp, dtype):
+    """The factor is lower triangular with L L^H = G, on every backend."""
+    G = _hpd(dtype, seed=31)
+    L = host(cholesky_lower(xp.xp, xp.asarray(G)))
+    assert np.all(np.triu(L, 1) == 0)
+    np.testing.assert_allclose(L @ conj_t(L), G, atol=100 * eps_of(dtype) * np.abs(G).max())
+
+
+def test_cholesky_lower_is_lower_lazy(lazy_xp):
+    """dask (whose array-api-compat Cholesky returns the upper factor) and JAX: lower."""
+    G = _hpd(lazy_xp.dtype, seed=32)
+    L = host(cholesky_lower(lazy_xp.xp, lazy_xp.asarray(G)))
+    assert np.all(np.triu(L, 1) == 0)
+    np.testing.assert_allclose(L @ L.T, G, rtol=100 * eps_of(lazy_xp.dtype))
+
+
+def test_cholesky_failure():
+    """Not positive definite: None on eager backends, NaNs (no exception) on dask."""
+    G = -np.eye(4)
+    assert cholesky_lower(array_api_compat.numpy, G) is None
+    pytest.importorskip("dask.array")
+    import array_api_compat.dask.array as dask_xp
+    import dask.array as da
+
+    assert np.all(np.isnan(np.asarray(cholesky_lower(dask_xp, da.from_array(G)))))
