@@ -28,6 +28,7 @@ Array = Any
 
 __all__ = [
     "Array",
+    "adjoint_product",
     "all_finite",
     "cast_to_input_precision",
     "check_same_device",
@@ -229,6 +230,18 @@ def conj_transpose(xp: ModuleType, x: Array) -> Array:
     if xp.isdtype(x.dtype, "complex floating"):
         return xp.conj(xt)
     return xt
+
+
+def adjoint_product(xp: ModuleType, X: Array, M: Array) -> Array:
+    """``X^H M`` for a large ``X`` and a block ``M``.
+
+    Computed as ``(M^H X)^H``, which forms no conjugated copy of ``X``. dask multiplies
+    ``X^H M`` directly: its conjugate transpose is a lazy view, conjugated block by
+    block, and dask runs the transposed form far slower (``docs/benchmarks.rst``).
+    """
+    if _is_dask(xp):
+        return conj_transpose(xp, X) @ M
+    return conj_transpose(xp, conj_transpose(xp, M) @ X)
 
 
 def gram(xp: ModuleType, Y: Array) -> Array:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._array_api import (
     Array,
+    adjoint_product,
     compute_dtype,
     conj_transpose,
     device_of,
@@ -158,11 +159,6 @@ class Operand:
                 "build the LinearOperator with rmatmat="
             )
         return self.apply_adjoint
-
-
-def adjoint_product(xp: ModuleType, X: Array, M: Array) -> Array:
-    """``X^H M`` computed as ``(M^H X)^H``: no conjugated copy of the large ``X``."""
-    return conj_transpose(xp, conj_transpose(xp, M) @ X)
 
 
 def as_operand(X: Any, *, name: str = "X", check_finite: bool = True) -> Operand:
