@@ -1,8 +1,9 @@
 """rnla: backend-agnostic randomized numerical linear algebra.
 
-One implementation serves NumPy, PyTorch (CPU and CUDA), CuPy and any other library
-implementing the Python array API; results come back in the caller's namespace,
-device and dtype. Every function accepts a single matrix ``(m, n)`` or a stack
+One implementation serves NumPy, PyTorch (CPU and CUDA), CuPy, dask, JAX and any
+other library implementing the Python array API, as well as scipy.sparse matrices and
+linear operators (:class:`LinearOperator`); results come back in the caller's
+namespace, device and dtype. Every function accepts a single matrix ``(m, n)`` or a stack
 ``(..., m, n)``.
 """
 
