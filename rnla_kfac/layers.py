@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .inverse import FactorInverse, precondition, split_damping
+from .inverse import DiagonalInverse, FactorInverse, Inverse, precondition, split_damping
 from .modules import LayerHelper, helper_for
 
 __all__ = ["Factor", "KFACLayer", "factor_dtype", "find_layers"]
@@ -26,6 +26,11 @@ class Factor:
     exponential average :attr:`matrix`, which starts at the identity and is updated in
     place. The decomposition step sets :attr:`inverse` and :attr:`rank_hint`.
 
+    A block-diagonal factor (a grouped convolution's) is a stack of ``blocks``
+    same-sized matrices, decomposed together in one batched call. A diagonal factor
+    (``nn.Embedding``'s ``A``) is kept as its diagonal; its exact inverse
+    (:meth:`invert_diagonal`) needs no decomposition.
+
     Parameters
     ----------
     key : str
@@ -38,15 +43,19 @@ class Factor:
         Dtype of the average.
     device : torch.device
         Device of the average.
+    blocks : int, optional
+        Number of diagonal blocks of a block-diagonal factor, each ``n x n``.
+    diagonal : bool, default False
+        Whether the factor is diagonal (kept as a vector).
 
     Attributes
     ----------
     name : str
         ``"<layer_name>.<key>"``.
-    matrix : Tensor, shape (n, n)
+    matrix : Tensor, shape (n, n), (blocks, n, n) or (n,) for a diagonal factor
         The exponential average.
-    inverse : FactorInverse or None
-        The latest undamped decomposition (None before the first one).
+    inverse : FactorInverse, DiagonalInverse or None
+        The latest undamped inverse (None before the first one).
     rank_hint : int or None
         Sketch rank of the next ``rank="auto"`` decomposition
         (:meth:`rnla_kfac.rank_policy.RankPolicy.next_hint`).
@@ -70,12 +79,26 @@ class Factor:
     """
 
     def __init__(
-        self, key: str, layer_name: str, size: int, dtype: torch.dtype, device: torch.device
+        self,
+        key: str,
+        layer_name: str,
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        blocks: int | None = None,
+        diagonal: bool = False,
     ):
         self.key = key
         self.name = f"{layer_name}.{key}"
-        self.matrix = torch.eye(size, dtype=dtype, device=device)
-        self.inverse: FactorInverse | None = None
+        self.diagonal = diagonal
+        if diagonal:
+            self.matrix = torch.ones(size, dtype=dtype, device=device)
+        else:
+            self.matrix = torch.eye(size, dtype=dtype, device=device)
+            if blocks is not None:
+                self.matrix = self.matrix.repeat(blocks, 1, 1)
+        self.inverse: Inverse | None = None
         self.rank_hint: int | None = None
         self.updates = 0
         self.identity_weight = 1.0
@@ -84,7 +107,12 @@ class Factor:
     @property
     def size(self) -> int:
         """The dimension ``n``."""
-        return self.matrix.shape[0]
+        return self.matrix.shape[-1]
+
+    @property
+    def blocks(self) -> int:
+        """Number of stacked blocks (1 for a single matrix or a diagonal)."""
+        return self.matrix.shape[0] if self.matrix.ndim == 3 else 1
 
     def reset_batch(self) -> None:
         """Forget the batch statistics recorded since the last :meth:`take_batch`."""
@@ -107,9 +135,11 @@ class Factor:
         """Whether a batch factor is free of NaN and Inf, a 0-d bool tensor (no host sync).
 
         A NaN or Inf in a Gram matrix shows on its diagonal: a NaN/Inf input entry
-        makes its column's squared norm NaN/Inf, and ``|F_jk| <= sqrt(F_jj F_kk)``.
+        makes its column's squared norm NaN/Inf, and ``|F_jk| <= sqrt(F_jj F_kk)``. A
+        1-D batch is the diagonal of a diagonal factor.
         """
-        return torch.isfinite(batch.diagonal()).all()
+        diagonal = batch if batch.ndim == 1 else batch.diagonal(dim1=-2, dim2=-1)
+        return torch.isfinite(diagonal).all()
 
     def fold(self, batch: Tensor, decay: float) -> None:
         """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``."""
@@ -133,13 +163,31 @@ class Factor:
             self.inverse = self.inverse.to(device, dtype)
         self.reset_batch()
 
+    def invert_diagonal(self) -> None:
+        """Set :attr:`inverse` to the exact inverse of a diagonal factor's current average.
+
+        ``O(n)``: a copy of the diagonal (the average keeps changing in place).
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "emb", 3, torch.float32, torch.device("cpu"), diagonal=True)
+        >>> factor.invert_diagonal()
+        >>> factor.inverse
+        DiagonalInverse(size=3)
+        """
+        if not self.diagonal:
+            raise RuntimeError(f"invert_diagonal: factor {self.name!r} is not diagonal")
+        self.inverse = DiagonalInverse(self.matrix.clone())
+
     def load_matrix(self, matrix: Tensor) -> None:
         """Replace the average by a copy of ``matrix`` (the average is updated in place)."""
         self.matrix = matrix.to(device=self.matrix.device, dtype=self.matrix.dtype, copy=True)
 
     def __repr__(self) -> str:
         rank = None if self.inverse is None else self.inverse.rank
-        return f"Factor({self.name!r}, size={self.size}, rank={rank})"
+        kind = ", diagonal" if self.diagonal else f", blocks={self.blocks}" * (self.blocks > 1)
+        return f"Factor({self.name!r}, size={self.size}{kind}, rank={rank})"
 
 
 class KFACLayer:
@@ -166,7 +214,8 @@ class KFACLayer:
     Attributes
     ----------
     A, G : Factor
-        The input and output-gradient factors.
+        The input and output-gradient factors: stacks of one block per group for a
+        block-diagonal layer (``helper.blocks``), ``A`` diagonal for ``nn.Embedding``.
 
     Examples
     --------
@@ -189,8 +238,11 @@ class KFACLayer:
         self.dtype = dtype
         self.statistics_dtype = statistics_dtype
         device = helper.module.weight.device
-        self.A = Factor("A", name, helper.a_size, dtype, device)
-        self.G = Factor("G", name, helper.g_size, dtype, device)
+        blocks = helper.blocks
+        self.A = Factor(
+            "A", name, helper.a_size, dtype, device, blocks=blocks, diagonal=helper.diagonal_input
+        )
+        self.G = Factor("G", name, helper.g_size, dtype, device, blocks=blocks)
         self._damped: tuple | None = None
 
     @property
@@ -234,19 +286,8 @@ class KFACLayer:
             factor.to(weight.device, dtype)
         self._damped = None
 
-    def _batched(self, tensor: Tensor) -> Tensor:
-        """An unbatched convolution input or output (``(C, *spatial)``) as a batch of one."""
-        module = self.helper.module
-        if (
-            isinstance(module, nn.modules.conv._ConvNd)
-            and tensor.ndim == len(module.kernel_size) + 1
-        ):
-            return tensor.unsqueeze(0)
-        return tensor
-
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
-        x = self._batched(x)
         self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
 
     def record_output_grad(self, grad_output: Tensor, scale: float | Tensor = 1.0) -> None:
@@ -256,7 +297,6 @@ class KFACLayer:
         undoes a loss divided for gradient accumulation or multiplied by a gradient
         scaler (a power of two for both makes it exact).
         """
-        grad_output = self._batched(grad_output)
         batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
         if not isinstance(scale, Tensor) and scale == 1:
             self.G.record(batch)
@@ -290,7 +330,7 @@ class KFACLayer:
         A_damped, G_damped = self._damped_inverses(damping, damping_mode)
         return J, precondition(J, A_damped, G_damped, check_values=False)
 
-    def _damped_inverses(self, damping: float, mode: str) -> tuple[FactorInverse, FactorInverse]:
+    def _damped_inverses(self, damping: float, mode: str) -> tuple[Inverse, Inverse]:
         """The damped inverses, cached until the damping or the decompositions change.
 
         Exact inverses are materialized: one product per side instead of two.
@@ -318,7 +358,8 @@ class KFACLayer:
         """Averaged factors, inverses, rank hints, the update count and identity weight.
 
         Per factor key ``k`` (``"A"``, ``"G"``): ``k`` the average and ``k_inverse`` a
-        :meth:`FactorInverse.state_dict` or None; then ``"rank_hints"`` (``{k: hint}``),
+        :meth:`FactorInverse.state_dict` (:meth:`DiagonalInverse.state_dict` for a
+        diagonal factor) or None; then ``"rank_hints"`` (``{k: hint}``),
         ``"updates"`` and ``"identity_weight"``.
         """
         state: dict[str, Any] = {}
@@ -344,9 +385,8 @@ class KFACLayer:
             inverse = state[f"{factor.key}_inverse"]
             device = factor.matrix.device
             factor.load_matrix(state[factor.key])  # a copy: the state dict is not aliased
-            factor.inverse = (
-                None if inverse is None else FactorInverse.from_state_dict(inverse, device)
-            )
+            kind = DiagonalInverse if factor.diagonal else FactorInverse
+            factor.inverse = None if inverse is None else kind.from_state_dict(inverse, device)
             factor.rank_hint = state["rank_hints"][factor.key]
             factor.updates = int(state["updates"])
             factor.identity_weight = float(state["identity_weight"])
@@ -438,8 +478,8 @@ def find_layers(
         warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
     if not layers:
         raise ValueError(
-            "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
-            f"with groups=1, not in skip_layers) in {type(model).__name__}"
+            "model: no supported layer to precondition (trainable nn.Linear, nn.Conv1d, "
+            f"nn.Conv2d or nn.Embedding, not in skip_layers) in {type(model).__name__}"
         )
     return layers, skipped
 

@@ -45,7 +45,7 @@ _graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
 
 
 class KFACPreconditioner:
-    """K-FAC, RS-KFAC, SRE-KFAC (and Nystrom) preconditioner for ``nn.Linear``/``nn.Conv2d``.
+    """K-FAC, RS-KFAC, SRE-KFAC (and Nystrom) preconditioner for a model's supported layers.
 
     Call :meth:`step` after ``loss.backward()`` and before ``optimizer.step()`` of any
     torch optimizer: it replaces each supported layer's gradient ``J`` (weight and
@@ -527,6 +527,9 @@ class KFACPreconditioner:
     def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
         """The averaged factors ``{layer name: (A, G)}`` (for inspection and plots).
 
+        Stacks ``(groups, n, n)`` for grouped convolutions; an embedding's ``A`` is its
+        diagonal (see :mod:`rnla_kfac.modules`).
+
         Examples
         --------
         >>> import torch
@@ -750,17 +753,26 @@ class KFACPreconditioner:
         )
 
     def _compute_inverses(self, step: int) -> None:
-        """Decompose every averaged factor (inverse-update steps), keeping old ones on failure."""
+        """Decompose every averaged factor (inverse-update steps), keeping old ones on failure.
+
+        Diagonal factors are inverted exactly here, on every process (no decomposition).
+        """
         for layer in self._layers:
             layer.follow_module()
-        factors = [factor for layer in self._layers if layer.updates for factor in layer.factors]
+        updated = [factor for layer in self._layers if layer.updates for factor in layer.factors]
+        for factor in updated:
+            if factor.diagonal:
+                factor.invert_diagonal()
+        factors = [factor for factor in updated if not factor.diagonal]
         if not factors:
             return
         policy, oversample = self._rank_policy(step), self.oversample(step)
 
         def cost(factor: Factor) -> float:
             rank = policy.sketch_rank(factor.size, factor.rank_hint)
-            return decomposition_cost(factor.size, self.method, rank or 0, oversample)
+            return factor.blocks * decomposition_cost(
+                factor.size, self.method, rank or 0, oversample
+            )
 
         results = self._strategy.decompose(
             factors,
