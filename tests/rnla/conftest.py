@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from tests.conftest import Backend, to_numpy
+from tests.helpers import Backend, to_numpy
 
 
 @pytest.fixture(autouse=True, scope="module")
