@@ -101,7 +101,7 @@ def check_normalizer(xp: ModuleType, normalizer: Any) -> str:
     """Validate the ``normalizer`` option and resolve ``"auto"``.
 
     ``"auto"`` is CholQR2 on every backend: measured on NumPy and PyTorch CPU it is
-    several times faster than Householder QR on skinny sketches (see ``rnla.bench``).
+    several times faster than Householder QR on skinny sketches (docs: Benchmarks).
     """
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer: expected one of {NORMALIZERS}, got {normalizer!r}")
