@@ -7,6 +7,8 @@ run the scripts from the repository root.
   scikit-learn and exact eigh, with PASS/FAIL targets (:mod:`asv_benchmarks.compare`).
 * ``python -m asv_benchmarks.kfac_step``: time per training step of SGD and the K-FAC
   variants (:mod:`asv_benchmarks.kfac_step`).
+* ``python -m asv_benchmarks.inputs``: rnla on dask and sparse inputs against their
+  native engines (:mod:`asv_benchmarks.inputs`).
 * ``cd asv_benchmarks && asv run --python=same --quick``: the asv suite in
   ``benchmarks/`` (``make asv`` from the root).
 
