@@ -26,7 +26,11 @@ docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 bench: $(STAMP)
-	$(PY) -m rnla.bench
+	$(PY) -m asv_benchmarks.compare
+
+asv: $(STAMP)
+	cd asv_benchmarks && $(abspath $(PY)) -m asv machine --yes
+	cd asv_benchmarks && $(abspath $(PY)) -m asv run --python=same --quick --show-stderr
 
 lint: $(STAMP)
 	$(PY) -m ruff check rnla rnla_kfac tests asv_benchmarks

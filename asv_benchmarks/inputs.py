@@ -29,6 +29,8 @@ import numpy as np
 
 import rnla
 
+from . import common
+
 
 @dataclass(frozen=True)
 class CaseResult:
@@ -163,21 +165,25 @@ def run_cases(*, quick: bool = False) -> list[CaseResult]:
 
 def markdown_table(results: list[CaseResult]) -> str:
     """The results as a markdown table, with each method's time relative to its peer."""
-    lines = [
-        "| case | method | median time (s) | vs peer | max rel. error of S | matrix |",
-        "|---|---|---|---|---|---|",
-    ]
+    headers = ["case", "method", "median time (s)", "vs peer", "max rel. error of S", "matrix"]
     by_case: dict[str, list[CaseResult]] = {}
     for result in results:
         by_case.setdefault(result.case, []).append(result)
+    rows = []
     for case_results in by_case.values():
         peer = case_results[-1].seconds
         for r in case_results:
-            lines.append(
-                f"| {r.case} | {r.method} | {r.seconds:.3f} | {r.seconds / peer:.2f}x | "
-                f"{r.singular_value_error:.2e} | {r.detail} |"
+            rows.append(
+                (
+                    r.case,
+                    r.method,
+                    f"{r.seconds:.3f}",
+                    f"{r.seconds / peer:.2f}x",
+                    f"{r.singular_value_error:.2e}",
+                    r.detail,
+                )
             )
-    return "\n".join(lines)
+    return common.markdown_table(headers, rows)
 
 
 def main(argv: Any = None) -> None:

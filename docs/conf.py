@@ -69,7 +69,6 @@ numpydoc_validation_exclude = {
     r"Result$",  # named tuples: fields documented as attributes
     r"\.__init__$",
     r"\.[A-Z]\w*\.\w+$",  # methods and properties (their class documents the API)
-    r"^rnla\.bench\.",  # the benchmark script's helpers, documented but not validated
     r"^rnla_kfac\.experiments\.",  # application code, documented but not validated
     r"^rnla_kfac\.distributed\.",  # internal building blocks, not the public API
 }

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import single_threaded
 from tests.rnla.helpers import LazyBackend
 
 
@@ -17,26 +18,8 @@ def _single_threaded_blas() -> Iterator[None]:
     shared, oversubscribed machine, spinning BLAS threads made this directory 25x
     slower (342 s instead of 13 s measured). Restored after each module.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        threadpool_limits = None
-    torch = None
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        pass
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    if torch is not None:
-        torch.set_num_threads(1)
-    limits = threadpool_limits(1) if threadpool_limits is not None else None
-    try:
+    with single_threaded():
         yield
-    finally:
-        if limits is not None:
-            limits.restore_original_limits()
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
 
 
 @pytest.fixture(params=["dask", "jax"])

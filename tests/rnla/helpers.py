@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from tests.conftest import Backend, to_numpy
+from tests.helpers import Backend, to_numpy
 
 FLOAT_DTYPES = ["float32", "float64", "complex64", "complex128"]
 """The dtypes with an exact (non-upcast) path in :mod:`rnla`."""

@@ -21,7 +21,7 @@ from rnla._array_api import (
     small_svd,
     solve_upper_right,
 )
-from tests.conftest import Backend
+from tests.helpers import Backend
 from tests.rnla.helpers import FLOAT_DTYPES, conj_t, eps_of, host
 
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 
 import rnla
-from tests.conftest import hermitian_with_spectrum, kfactor_like
+from tests.helpers import hermitian_with_spectrum, kfactor_like
 from tests.rnla.helpers import (
     FLOAT_DTYPES,
     backend_dtype,

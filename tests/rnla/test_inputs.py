@@ -13,7 +13,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 import rnla
-from tests.conftest import Backend, hermitian_with_spectrum, matrix_with_spectrum
+from tests.helpers import Backend, hermitian_with_spectrum, matrix_with_spectrum
 from tests.rnla.helpers import host, max_principal_angle
 
 SPECTRUM = 0.7 ** np.arange(30)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import rnla
-from tests.conftest import hermitian_with_spectrum, matrix_with_spectrum
+from tests.helpers import hermitian_with_spectrum, matrix_with_spectrum
 from tests.rnla.helpers import LazyBackend, eps_of, host, orthonormality_error
 
 SPECTRUM = 0.7 ** np.arange(40)

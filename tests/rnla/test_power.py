@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnla
-from tests.conftest import hermitian_with_spectrum, matrix_with_spectrum
+from tests.helpers import hermitian_with_spectrum, matrix_with_spectrum
 from tests.rnla.helpers import FLOAT_DTYPES, backend_dtype, eps_of, host
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnla
-from tests.conftest import decaying_matrix, matrix_with_spectrum
+from tests.helpers import decaying_matrix, matrix_with_spectrum
 from tests.rnla.helpers import (
     FLOAT_DTYPES,
     NORMALIZERS,

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 
 import rnla
-from tests.conftest import decaying_matrix, matrix_with_spectrum
+from tests.helpers import decaying_matrix, matrix_with_spectrum
 from tests.rnla.helpers import (
     FLOAT_DTYPES,
     NORMALIZERS,

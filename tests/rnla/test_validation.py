@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnla
-from tests.conftest import Backend, hermitian_with_spectrum
+from tests.helpers import Backend, hermitian_with_spectrum
 from tests.rnla.helpers import host
 
 DECOMPOSITIONS = [rnla.rsvd, rnla.srevd, rnla.nystrom, rnla.range_finder]

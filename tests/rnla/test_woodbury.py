@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnla
-from tests.conftest import kfactor_like
+from tests.helpers import kfactor_like
 from tests.rnla.helpers import FLOAT_DTYPES, backend_dtype, conj_t, eps_of, host
 
 

@@ -1,11 +1,12 @@
 """Time per training step of SGD and the K-FAC variants on a wide MLP.
 
-Run ``python -m rnla_kfac.benchmark`` (``--help`` for options). For each method it
-times three kinds of step separately (plain preconditioning, factor update, factor
-plus inverse update; SGD steps are all plain), each as the median of a few repeats
-interleaved across methods, using schedules to force the kind, and reports them with
-the amortized time per step for the update periods (default the paper's,
-``T_KU = 10``, ``T_KI = 50``; ``--factor-period``, ``--inverse-period``):
+Run ``python -m asv_benchmarks.kfac_step`` from the repository root (``--help`` for
+options). For each method it times three kinds of step separately (plain
+preconditioning, factor update, factor plus inverse update; SGD steps are all plain),
+each as the median of a few repeats interleaved across methods, using schedules to
+force the kind, and reports them with the amortized time per step for the update
+periods (default the paper's, ``T_KU = 10``, ``T_KI = 50``; ``--factor-period``,
+``--inverse-period``):
 ``(T_inverse + (T_KI / T_KU - 1) T_factor + (T_KI - T_KI / T_KU) T_plain) / T_KI``.
 Timings on a shared machine are noisy: compare methods within one run only.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from collections.abc import Sequence
 
@@ -22,13 +22,39 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .optim import KFAC
+from rnla_kfac import KFAC
 
-METHODS = ("sgd", "eigh", "rsvd", "srevd", "nystrom")
+from .common import elapsed
+
+__all__ = ["STEP_METHODS", "main", "make_mlp", "time_methods"]
+
+STEP_METHODS = ("sgd", "eigh", "rsvd", "srevd", "nystrom")
+"""The optimizers timed: plain SGD and K-FAC with each decomposition method."""
 
 
 def make_mlp(width: int, in_features: int = 784, classes: int = 10) -> nn.Sequential:
-    """``in_features -> width -> width -> classes`` with ReLU, the benchmark's model."""
+    """``in_features -> width -> width -> classes`` with ReLU, the benchmark's model.
+
+    Parameters
+    ----------
+    width : int
+        Width of the two hidden layers.
+    in_features : int, default 784
+        Input features.
+    classes : int, default 10
+        Outputs.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        The model, freshly initialized.
+
+    Examples
+    --------
+    >>> from asv_benchmarks.kfac_step import make_mlp
+    >>> [layer.out_features for layer in make_mlp(32) if hasattr(layer, "out_features")]
+    [32, 32, 10]
+    """
     return nn.Sequential(
         nn.Linear(in_features, width),
         nn.ReLU(),
@@ -50,7 +76,7 @@ class _Runner:
         device: torch.device,
         statistics_dtype: str | None = None,
     ):
-        self.method, self.device = method, device
+        self.method = method
         torch.manual_seed(0)
         self.model = make_mlp(width).to(device)
         self.x = torch.randn(batch, 784, device=device)
@@ -85,15 +111,12 @@ class _Runner:
         self.optimizer.step()
 
     def timed_step(self) -> float:
-        start = time.perf_counter()
-        self.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+        """Seconds of one step, the device synchronized."""
+        return elapsed(self.step, self.x)
 
 
 def time_methods(
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = STEP_METHODS,
     *,
     width: int = 2048,
     batch: int = 256,
@@ -109,8 +132,31 @@ def time_methods(
     The methods are timed in interleaved rounds (one step of each per round), so a
     slow spell of a shared machine affects all of them alike.
 
+    Parameters
+    ----------
+    methods : sequence of str, default STEP_METHODS
+        Methods of :data:`STEP_METHODS`.
+    width, batch : int
+        Hidden width of :func:`make_mlp` and rows of the batch.
+    rank : int
+        K-FAC rank of the randomized methods.
+    repeats : int
+        Timed steps of each kind per method (median).
+    factor_period, inverse_period : int
+        ``T_KU`` and ``T_KI`` of the amortized time (``inverse_period`` a multiple).
+    device : str
+        Torch device of the model and batch.
+    statistics_dtype : {None, "float32", "bfloat16"}
+        ``statistics_dtype`` of the preconditioner.
+
+    Returns
+    -------
+    dict
+        ``{method: {"plain", "factor", "inverse", "amortized": seconds}}``.
+
     Examples
     --------
+    >>> from asv_benchmarks.kfac_step import time_methods
     >>> times = time_methods(["sgd", "srevd"], width=32, batch=16, rank=4, repeats=1)
     >>> sorted(times["srevd"])
     ['amortized', 'factor', 'inverse', 'plain']
@@ -140,9 +186,26 @@ def time_methods(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: print a table of step times per method."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    """Command-line entry point: print a table of step times per method.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); see ``--help``.
+
+    Examples
+    --------
+    >>> from asv_benchmarks.kfac_step import main
+    >>> main(["--methods", "sgd", "--width", "16", "--batch", "8", "--repeats", "1"])
+    ... # doctest: +ELLIPSIS
+    MLP 784-16-16-10, batch 8, rank 220, ...
+    method      plain   factor  inverse  amortized
+    sgd      ...
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m asv_benchmarks.kfac_step", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--methods", nargs="+", default=list(STEP_METHODS), choices=STEP_METHODS)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rank", type=int, default=220)

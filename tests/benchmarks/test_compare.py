@@ -1,4 +1,5 @@
-"""``python -m rnla.bench``: its accuracy measures, the ``--profile`` breakdown, the targets.
+"""``python -m asv_benchmarks.compare``: its accuracy measures, the ``--profile`` breakdown,
+the targets.
 
 The timings themselves are not checked (they are benchmark results, not test
 results); what is checked is what the report derives from them: the error measures
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 
 import rnla
-from rnla import bench
+from asv_benchmarks import common, compare, measure, profiling, targets
+from asv_benchmarks.accuracy import Case, inverse_apply_error, spectral_error
+from asv_benchmarks.methods import OURS, PEERS, method_call, peers_for, runs_on
 
 orthonormalize = importlib.import_module("rnla._orthonormalize")
 eig = importlib.import_module("rnla.eig")
@@ -33,14 +36,14 @@ def test_spectral_error_matches_the_dense_norm() -> None:
     X = rng.standard_normal((40, 30))
     left, right = rng.standard_normal((40, 3)), rng.standard_normal((30, 3))
     dense = np.linalg.norm(X - left @ right.T, 2)
-    assert bench.spectral_error(X, left, right) == pytest.approx(dense, rel=1e-8)
+    assert spectral_error(X, left, right) == pytest.approx(dense, rel=1e-8)
 
 
 def test_spectral_error_of_the_truncated_svd_is_the_next_singular_value() -> None:
     X = psd_matrix(50)
     values, vectors = np.linalg.eigh(X)
     top = vectors[:, -5:]
-    error = bench.spectral_error(X, top * values[-5:], top)
+    error = spectral_error(X, top * values[-5:], top)
     assert error == pytest.approx(values[-6], rel=1e-8)
 
 
@@ -56,12 +59,55 @@ def test_inverse_apply_error_matches_a_dense_tail_compensated_solve(r: int) -> N
     approx = np.linalg.solve(model + lam * np.eye(d), M)
     exact = np.linalg.solve(X + lam * np.eye(d), M)
     expected = np.linalg.norm(approx - exact) / np.linalg.norm(exact)
-    measured = bench.inverse_apply_error(X, vectors, values, lam, M)
+    measured = inverse_apply_error(X, vectors, values, lam, M)
     if r == d:
         assert measured < 1e-12
     else:
         assert expected > 1e-6  # the truncation is visible, so the comparison means something
         assert measured == pytest.approx(expected, rel=1e-8)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize("method", [*OURS, *PEERS])
+def test_method_call_factors_match_the_exact_eigendecomposition(method: str) -> None:
+    backend = "numpy" if runs_on(method, "numpy") else "torch"
+    if backend == "torch":
+        pytest.importorskip("torch")
+    X = psd_matrix(40, decay=0.5)
+    call, factors = method_call(method, common.to_backend(X, backend), 5, 5, 2, seed=0)
+    left, right, vectors, values = factors(call())
+    eigenvalues = np.linalg.eigvalsh(X)[::-1]
+    np.testing.assert_allclose(np.sort(values)[::-1], eigenvalues[:5], rtol=1e-6)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(5), atol=1e-10)
+    np.testing.assert_allclose(left @ right.T, (vectors * values) @ vectors.T, atol=1e-6)
+    assert np.linalg.norm(X - left @ right.T, 2) == pytest.approx(eigenvalues[5], rel=1e-6)
+
+
+def test_peers_run_on_their_own_backends() -> None:
+    assert ("sklearn", "numpy") in peers_for("torch")
+    assert peers_for("torch-cuda") == [("torch.svd_lowrank", "torch-cuda")]
+    assert peers_for("cupy") == []
+    for method, backend in peers_for("numpy"):
+        assert runs_on(method, backend)
+
+
+def test_unknown_names_are_rejected() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        common.benchmark_matrix("dense", 8)
+    with pytest.raises(ValueError, match="backend"):
+        common.to_backend(np.eye(2), "jax")
+    with pytest.raises(ValueError, match="method"):
+        method_call("svd", np.eye(2), 1, 1, 0, seed=0)
+
+
+def test_backends_accept_the_old_torch_cpu_spelling(capsys) -> None:
+    assert compare.parse_args(["--backends", "numpy", "torch-cpu"]).backends == ["numpy", "torch"]
+    assert common.to_backend(np.eye(2), "torch-cpu").__class__.__module__ == "torch"
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--backends", "jax"])
+    assert "invalid choice: 'jax'" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- profile
@@ -95,14 +141,14 @@ def _spy(monkeypatch: pytest.MonkeyPatch, name: str, modules: list) -> dict[str,
 def test_profile_counts_every_dispatch_call(
     method: str, kind: str, cpu_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    A = bench.to_backend(bench.test_matrix(kind, 96), cpu_backend)
+    A = common.to_backend(common.benchmark_matrix(kind, 96), cpu_backend)
     spies = {
         "Gram": _spy(monkeypatch, "gram", [orthonormalize, eig]),
         "triangular solve": _spy(monkeypatch, "solve_upper_right", [orthonormalize, eig]),
         "Cholesky": _spy(monkeypatch, "cholesky_lower", [orthonormalize, eig]),
     }
     repeats, n_iter = 3, 2
-    profile = bench.profile_method(method, A, 12, 4, n_iter, repeats=repeats)
+    profile = profiling.profile_method(method, A, 12, 4, n_iter, repeats=repeats)
     # The spies saw the warm-up, the timed and the profiled calls: 1 + 2 * repeats.
     for label, spy in spies.items():
         assert profile["steps"][label][1] * (1 + 2 * repeats) == spy["calls"], label
@@ -115,11 +161,11 @@ def test_profile_counts_every_dispatch_call(
 
 
 def test_profile_method_rejects_bad_arguments() -> None:
-    A = bench.test_matrix("flat", 16)
+    A = common.benchmark_matrix("flat", 16)
     with pytest.raises(ValueError, match="method"):
-        bench.profile_method("svd_lowrank", A, 4)
+        profiling.profile_method("svd_lowrank", A, 4)
     with pytest.raises(ValueError, match="repeats"):
-        bench.profile_method("rsvd", A, 4, repeats=0)
+        profiling.profile_method("rsvd", A, 4, repeats=0)
 
 
 TINY_RUN = [
@@ -129,7 +175,7 @@ TINY_RUN = [
 
 
 def test_profile_cli_writes_the_table(tmp_path, capsys) -> None:
-    text = bench.main([*TINY_RUN, "--profile", "--output", str(tmp_path / "p.md")])
+    text = compare.main([*TINY_RUN, "--profile", "--output", str(tmp_path / "p.md")])
     rows = [line for line in text.splitlines() if line.startswith("| 64 ")]
     assert [row.split(" | ")[4] for row in rows] == ["rsvd", "srevd", "nystrom"]
     assert "Gram ms (calls)" in text and "## Targets" not in text
@@ -137,7 +183,9 @@ def test_profile_cli_writes_the_table(tmp_path, capsys) -> None:
     assert capsys.readouterr().out.strip() == text.strip()
 
     # At d = --stack-size the stack of 8 factors is profiled as well.
-    bench.main([*TINY_RUN, "--profile", "--stack-size", "64", "--output", str(tmp_path / "p.csv")])
+    compare.main(
+        [*TINY_RUN, "--profile", "--stack-size", "64", "--output", str(tmp_path / "p.csv")]
+    )
     header, *lines = (tmp_path / "p.csv").read_text().splitlines()
     assert header.split(",")[:7] == [
         "d", "dtype", "matrix", "backend", "method", "time_ms", "products_ms",
@@ -147,9 +195,9 @@ def test_profile_cli_writes_the_table(tmp_path, capsys) -> None:
 
 
 def test_profile_skips_gpu_backends(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(bench, "available_backends", lambda: ["numpy", "torch-cuda"])
+    monkeypatch.setattr(compare, "available_backends", lambda: ["numpy", "torch-cuda"])
     args = [a if a != "numpy" else "numpy torch-cuda" for a in TINY_RUN]
-    text = bench.main([*" ".join(args).split(), "--profile"])
+    text = compare.main([*" ".join(args).split(), "--profile"])
     assert "--profile: CPU backends only, skipping torch-cuda" in capsys.readouterr().err
     assert {row.split(" | ")[3] for row in text.splitlines() if row.startswith("| 64 ")} == {
         "numpy"
@@ -157,7 +205,9 @@ def test_profile_skips_gpu_backends(monkeypatch, capsys) -> None:
 
 
 def test_comparison_csv_has_one_row_per_method(tmp_path) -> None:
-    bench.main([*TINY_RUN, "--no-ttea", "--stack-size", "32", "--output", str(tmp_path / "c.csv")])
+    compare.main(
+        [*TINY_RUN, "--no-ttea", "--stack-size", "32", "--output", str(tmp_path / "c.csv")]
+    )
     header, *lines = (tmp_path / "c.csv").read_text().splitlines()
     methods = {line.split(",")[4] for line in lines}
     assert {"rsvd", "srevd", "nystrom", "sklearn"} <= methods
@@ -166,10 +216,10 @@ def test_comparison_csv_has_one_row_per_method(tmp_path) -> None:
 
 def test_accuracy_is_the_mean_over_random_sketches() -> None:
     args = argparse.Namespace(rank=8, oversample=4, seed=5, accuracy_seeds=3)
-    state = bench.Benchmark(args)
-    ctx = bench._Context("kfac-late", 64, "float64", args.rank, args.seed)
+    state = measure.Comparison(args)
+    ctx = Case("kfac-late", 64, "float64", args.rank, args.seed)
     seconds, accuracy = state.measure("rsvd", "numpy", ctx, 1, repeats=1)
-    X = bench.test_matrix("kfac-late", 64, "float64", seed=5)
+    X = common.benchmark_matrix("kfac-late", 64, "float64", seed=5)
     per_sketch = []
     for seed in (5, 6, 7):
         U, S, Vh = rnla.rsvd(X, 8, 4, 1, rng=seed)
@@ -183,7 +233,7 @@ def test_accuracy_is_the_mean_over_random_sketches() -> None:
 
 def test_accuracy_seeds_must_be_positive(capsys) -> None:
     with pytest.raises(SystemExit):
-        bench.main([*TINY_RUN, "--accuracy-seeds", "0"])
+        compare.main([*TINY_RUN, "--accuracy-seeds", "0"])
     assert "--accuracy-seeds: expected at least 1, got 0" in capsys.readouterr().err
 
 
@@ -191,16 +241,14 @@ def test_accuracy_seeds_must_be_positive(capsys) -> None:
 
 
 def _row(d: int, method: str, over_floor: float, vs_torch: float = math.nan, err: float = 1.0):
-    return bench.Row(
+    return measure.Row(
         d, "float32", "kfac-late", "numpy", method, 4, 10.0, 10.0 / over_floor, over_floor,
         err, 0.01, 0.02, vs_torch, math.nan,
     )  # fmt: skip
 
 
 def _verdicts(rows: list) -> list[str]:
-    state = bench.Benchmark(argparse.Namespace(n_iter=4))
-    state.rows = rows
-    return bench._targets(state, [1024, 4096])
+    return targets.check_targets(measure.Results(rows=rows), [1024, 4096])
 
 
 def test_targets_judge_time_over_floor_at_each_size() -> None:

@@ -1,14 +1,14 @@
-"""``python -m rnla_kfac.benchmark``: the step-time table on a tiny model, and its errors."""
+"""``python -m asv_benchmarks.kfac_step``: the step-time table on a tiny model, and its errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from rnla_kfac import benchmark
+from asv_benchmarks import kfac_step
 
 
 def test_table_lists_each_method_with_four_times(capsys):
-    benchmark.main(
+    kfac_step.main(
         [
             "--methods", "sgd", "rsvd", "eigh",
             "--width", "16", "--batch", "8", "--rank", "4", "--repeats", "1",
@@ -35,13 +35,13 @@ def test_amortized_time_weights_the_step_kinds_by_the_periods(monkeypatch):
         def timed_step(self):
             return fake[self.kind]
 
-    monkeypatch.setattr(benchmark, "_Runner", FakeRunner)
-    times = benchmark.time_methods(["rsvd"], repeats=1, factor_period=2, inverse_period=6)
+    monkeypatch.setattr(kfac_step, "_Runner", FakeRunner)
+    times = kfac_step.time_methods(["rsvd"], repeats=1, factor_period=2, inverse_period=6)
     # one inverse step, two factor-only steps and three plain steps per 6 steps
     assert times["rsvd"]["amortized"] == pytest.approx((11 + 2 * 3 + 3 * 1) / 6)
 
 
 def test_inverse_period_must_be_a_multiple_of_the_factor_period(capsys):
     with pytest.raises(SystemExit):
-        benchmark.main(["--factor-period", "3", "--inverse-period", "10"])
+        kfac_step.main(["--factor-period", "3", "--inverse-period", "10"])
     assert "--inverse-period must be a multiple of --factor-period" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+"""The project's performance targets, judged PASS or FAIL on a run's measured results.
+
+:func:`check_targets` is a function of plain data (:class:`~asv_benchmarks.measure.Results`),
+so a verdict can be checked on rows with known ratios. The targets concern float32 on
+the CPU backends (NumPy and PyTorch):
+
+* ``rnla.rsvd`` within 1.5x its matmul floor at the largest size and 2.5x at the
+  smallest; at least 1.1x (largest) and 2x (smallest) faster than each peer, with no
+  larger spectral error (1% slack);
+* time to equal accuracy: the better of ``srevd`` / ``nystrom`` at least 2x (largest)
+  and 3x (smallest) faster than the faster peer, and 10x faster than exact eigh at the
+  largest size; an inverse-apply error below 1e-2 on ``kfac-late``;
+* at most 20x the time from the smallest to the largest size;
+* a stack of factors at least 1.5x faster than a loop on PyTorch CPU;
+* no ``d x d`` temporary beyond the input at the largest size (peak memory, NumPy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .common import CPU_BACKENDS
+from .measure import Results
+from .methods import OURS
+
+__all__ = ["check_targets"]
+
+
+def check_targets(results: Results, sizes: Sequence[int]) -> list[str]:
+    """PASS/FAIL lines for the targets of the project (float32 rows).
+
+    Parameters
+    ----------
+    results : Results
+        The measured rows, time to equal accuracy, exact eigh, stacks and memory.
+    sizes : sequence of int
+        The sizes of the run; the targets name the smallest and the largest.
+
+    Returns
+    -------
+    list of str
+        One markdown list item per verdict, ``- [PASS] ...`` or ``- [FAIL] ...``.
+
+    Examples
+    --------
+    >>> from asv_benchmarks.measure import Results, Row
+    >>> from asv_benchmarks.targets import check_targets
+    >>> nan = float("nan")
+    >>> row = Row(4096, "float32", "kfac-late", "torch", "rsvd", 4, 300.0, 250.0, 1.2,
+    ...           1.05, 0.01, 0.01, nan, nan)
+    >>> check_targets(Results(rows=[row]), [4096])
+    ['- [PASS] rsvd time/floor at d=4096: worst 1.20 (torch, kfac-late) <= 1.5']
+    """
+    lines = []
+    small, large = min(sizes), max(sizes)
+    rows = [r for r in results.rows if r.dtype == "float32" and r.backend in CPU_BACKENDS]
+
+    def check(ok: bool, text: str) -> None:
+        lines.append(f"- [{'PASS' if ok else 'FAIL'}] {text}")
+
+    cases = [(large, 1.5, 1.1)] + ([(small, 2.5, 2.0)] if small != large else [])
+    for d, limit, speed in cases:
+        rs = [r for r in rows if r.method == "rsvd" and r.d == d]
+        if not rs:
+            continue
+        worst = max(rs, key=lambda r: r.time_over_floor)
+        check(
+            worst.time_over_floor <= limit,
+            f"rsvd time/floor at d={d}: worst {worst.time_over_floor:.2f} "
+            f"({worst.backend}, {worst.matrix}) <= {limit}",
+        )
+        for r in rs:
+            for peer, speedup in (
+                ("torch.svd_lowrank", r.speedup_vs_torch),
+                ("sklearn", r.speedup_vs_sklearn),
+            ):
+                peer_rows = [
+                    p
+                    for p in results.rows
+                    if p.method == peer and p.d == d and p.dtype == r.dtype and p.matrix == r.matrix
+                ]
+                if not peer_rows or speedup != speedup:
+                    continue
+                more_accurate = r.spec_err_ratio <= peer_rows[0].spec_err_ratio * 1.01
+                check(
+                    speedup >= speed and more_accurate,
+                    f"rsvd {r.backend} {r.matrix} d={d}: {speedup:.2f}x faster than {peer} "
+                    f"(>= {speed}), spectral error ratio {r.spec_err_ratio:.3g} vs "
+                    f"{peer_rows[0].spec_err_ratio:.3g}",
+                )
+    for entry in results.ttea:
+        if entry["dtype"] != "float32" or entry["d"] not in (small, large):
+            continue
+        ours = [entry[m] for m in ("srevd", "nystrom") if entry.get(m)]
+        peers = [entry[m] for m in ("torch.svd_lowrank", "sklearn") if entry.get(m)]
+        if not ours or not peers:
+            continue
+        best, peer = min(s for _, s, _ in ours), min(s for _, s, _ in peers)
+        need = 2.0 if entry["d"] == large else 3.0
+        check(
+            peer / best >= need,
+            f"time to equal accuracy {entry['backend']} {entry['matrix']} d={entry['d']}: "
+            f"best of srevd/nystrom {peer / best:.2f}x faster than the faster peer (>= {need})",
+        )
+        eigh = results.eigh.get((entry["d"], entry["dtype"], entry["backend"]))
+        if entry["d"] == large and eigh is not None:
+            check(
+                eigh[1] / best >= 10,
+                f"time to equal accuracy {entry['backend']} {entry['matrix']} d={large}: "
+                f"{eigh[1] / best:.1f}x faster than exact eigh ({eigh[0]}) (>= 10)",
+            )
+        if entry["matrix"] == "kfac-late":
+            errors = [e for _, _, e in ours]
+            check(
+                min(errors) < 1e-2,
+                f"inverse-apply error on kfac-late {entry['backend']} d={entry['d']}: "
+                f"{min(errors):.2e} < 1e-2",
+            )
+    if small != large:
+        for r in rows:
+            if r.d != large or r.method not in OURS:
+                continue
+            base = [
+                s
+                for s in rows
+                if s.d == small
+                and s.method == r.method
+                and s.backend == r.backend
+                and s.matrix == r.matrix
+            ]
+            if base:
+                ratio = r.time_ms / base[0].time_ms
+                check(
+                    ratio <= 20,
+                    f"scaling {r.method} {r.backend} {r.matrix} "
+                    f"d={small}->{large}: {ratio:.1f}x (<= 20)",
+                )
+    for s in results.stacks:
+        if s["backend"] == "torch":
+            check(
+                s["speedup"] >= 1.5,
+                f"stack of {s['count']} {s['method']} torch d={s['d']}: "
+                f"{s['speedup']:.2f}x faster than a loop (>= 1.5)",
+            )
+    for m in results.memory:
+        if m["d"] != large:  # at small d the d x k work arrays alone approach d x d
+            continue
+        check(
+            m["peak_over_X"] < 1.0,
+            f"peak memory {m['method']} numpy d={m['d']}: {m['peak_over_X']:.2f} x the input, "
+            f"{m['peak_over_d_x_k']:.1f} d x k arrays (< 1 x the input: no d x d temporary)",
+        )
+    return lines
