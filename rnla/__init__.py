@@ -7,6 +7,7 @@ device and dtype. Every function accepts a single matrix ``(m, n)`` or a stack
 """
 
 from .eig import EighResult, nystrom, srevd
+from .error import ErrorEstimate, estimate_error
 from .power import PowerIterationResult, power_iteration
 from .range_finder import range_finder
 from .rank import ea_rank_bound, select_rank
@@ -17,9 +18,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EighResult",
+    "ErrorEstimate",
     "PowerIterationResult",
     "SVDResult",
     "ea_rank_bound",
+    "estimate_error",
     "nystrom",
     "power_iteration",
     "range_finder",

@@ -136,3 +136,77 @@ def resolve_symmetric(xp: ModuleType, X: Array, symmetric: bool | None) -> bool:
     if symmetric:
         check_square(X)
     return bool(symmetric)
+
+
+METHODS = ("subspace", "krylov")
+
+
+def check_method(method: Any) -> str:
+    """Validate the ``method`` option of the decompositions."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return method
+
+
+def check_tol(tol: Any, method: str) -> float | None:
+    """Validate a relative spectral tolerance ``0 < tol < 1`` (or ``None``)."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: expected a real number or None, got {tol!r}")
+    if not 0 < tol < 1:
+        raise ValueError(f"tol: must be in (0, 1), got {tol!r}")
+    if method != "subspace":
+        raise ValueError(
+            f"tol: needs method='subspace' (the adaptive range finder), got method={method!r}"
+        )
+    return float(tol)
+
+
+def check_adaptive_stack(X: Array, tol: float | None) -> None:
+    """Raise ``ValueError`` for a stack with ``tol``: each matrix would get its own rank."""
+    if tol is not None and X.ndim > 2:
+        raise ValueError(
+            f"tol: the rank it selects depends on each matrix, so it needs a single matrix, "
+            f"got a stack of shape {tuple(X.shape)}; loop over the stack or pass tol=None"
+        )
+
+
+def check_start(
+    xp: ModuleType, start: Any, X: Array, n: int, k: int, *, check_finite: bool = True
+) -> Array | None:
+    """Validate a starting block ``(..., n, j)`` with ``1 <= j <= k`` for a sketch of ``X``.
+
+    Returns it in the compute dtype of ``X`` (``None`` stays ``None``). Its stack axes
+    must broadcast to those of ``X`` without enlarging them.
+    """
+    if start is None:
+        return None
+    try:
+        start_xp = namespace_of(start)
+        namespace_of(X, start)
+    except TypeError as exc:
+        raise TypeError(f"start: {exc}") from None
+    if not start_xp.isdtype(start.dtype, ("real floating", "complex floating")):
+        raise TypeError(f"start: expected a floating dtype, got {start.dtype}")
+    if xp.isdtype(start.dtype, "complex floating") and not xp.isdtype(X.dtype, "complex floating"):
+        raise TypeError(f"start: complex dtype {start.dtype} for a real X of dtype {X.dtype}")
+    shape = tuple(start.shape)
+    if start.ndim < 2 or shape[-2] != n or not 1 <= shape[-1] <= k:
+        raise ValueError(
+            f"start: expected shape (..., {n}, j) with 1 <= j <= {k} (the sketch width), "
+            f"got {shape}"
+        )
+    stack = tuple(X.shape[:-2])
+    fits = len(shape) - 2 <= len(stack) and all(
+        a in (1, b) for a, b in zip(shape[:-2][::-1], stack[::-1])
+    )
+    if not fits:
+        raise ValueError(
+            f"start: stack shape {shape[:-2]} does not broadcast to X's stack shape {stack}"
+        )
+    if str(device_of(start)) != str(device_of(X)):
+        raise TypeError(f"start: on device {device_of(start)}, X on {device_of(X)}")
+    if check_finite:
+        require_finite(xp, start, "start")
+    return start if start.dtype == X.dtype else xp.astype(start, X.dtype)
