@@ -14,8 +14,9 @@ weakness is conditioning: one pass leaves an orthogonality error of about
 * a later pass whose Cholesky fails (``cond(Q1)**2`` beyond ``1/eps``, common for float32
   sketches of fast-decaying spectra) is retried with the shifted Gram matrix, which
   again reduces the condition number by about ``sqrt(eps)`` instead of giving up;
-* a failed first Cholesky (exactly rank-deficient or zero sketch) or a non-finite Gram
-  matrix falls back to Householder QR, which is always well defined.
+* a failed first Cholesky (exactly rank-deficient or zero sketch), a non-finite Gram
+  matrix, or a basis still far from orthonormal after the last pass (columns that
+  rounding left exactly zero) falls back to Householder QR, which is always well defined.
 
 Each pass is a Gram product, a k x k Cholesky and a triangular solve (TRSM), all at
 matmul speed; no k x k inverse is formed.
@@ -137,4 +138,10 @@ def _orthonormalize(Y: Array, normalizer: str, accumulate_r: bool) -> tuple[Arra
             R = small_matmul(R_step, R)
         if orthogonality_error < _PASS_TOLERANCE:
             break
+    else:
+        # Every pass started far from orthonormal: columns that rounding left exactly
+        # zero (an exactly rank-deficient sketch) stay zero under any CholQR pass.
+        G = gram(Q)
+        if not float(xp.max(xp.abs(G - _identity_like(G)))) < _PASS_TOLERANCE:
+            return householder_qr(Y)
     return Q, R

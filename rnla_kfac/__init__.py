@@ -61,5 +61,6 @@ True
 from .inverse import FactorInverse, precondition
 from .optim import KFAC
 from .preconditioner import KFACPreconditioner
+from .seng import SENG
 
-__all__ = ["KFAC", "FactorInverse", "KFACPreconditioner", "precondition"]
+__all__ = ["KFAC", "SENG", "FactorInverse", "KFACPreconditioner", "precondition"]

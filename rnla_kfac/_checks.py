@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-METHODS = ("eigh", "rsvd", "srevd", "nystrom")
+DECOMPOSITION_METHODS = ("eigh", "rsvd", "srevd", "nystrom")
+"""Ways to decompose a factor: exact ``eigh`` and the randomized rnla methods."""
 DAMPING_MODES = ("relative", "absolute", "pi")
 FISHER_TYPES = ("empirical", "mc")
 
@@ -66,6 +67,72 @@ def check_number(
     return value
 
 
+def check_positive(value: Any, name: str) -> float:
+    """A real number ``> 0``.
+
+    Examples
+    --------
+    >>> check_positive(0.1, "damping")
+    0.1
+    """
+    return check_number(value, name, low=0, low_inclusive=False)
+
+
+def check_non_negative(value: Any, name: str) -> float:
+    """A real number ``>= 0``.
+
+    Examples
+    --------
+    >>> check_non_negative(0, "momentum")
+    0.0
+    """
+    return check_number(value, name, low=0)
+
+
+def check_period(value: Any, name: str) -> int:
+    """An integer ``>= 1`` (steps between two updates).
+
+    Examples
+    --------
+    >>> check_period(10, "factor_update_period")
+    10
+    """
+    return check_number(value, name, integer=True, low=1)
+
+
+def check_count(value: Any, name: str) -> int:
+    """An integer ``>= 0`` (oversampling, power iterations, seeds).
+
+    Examples
+    --------
+    >>> check_count(0, "n_iter")
+    0
+    """
+    return check_number(value, name, integer=True, low=0)
+
+
+def check_decay(value: Any, name: str) -> float:
+    """An exponential-average decay in ``[0, 1)``.
+
+    Examples
+    --------
+    >>> check_decay(0.95, "factor_decay")
+    0.95
+    """
+    return check_number(value, name, low=0, high=1, high_inclusive=False)
+
+
+def check_tolerance(value: Any, name: str) -> float:
+    """A relative tolerance in ``(0, 1]``.
+
+    Examples
+    --------
+    >>> check_tolerance(1 / 33, "rank_rtol") == 1 / 33
+    True
+    """
+    return check_number(value, name, low=0, high=1, low_inclusive=False)
+
+
 def check_floating_dtype(value: Any, name: str) -> Any:
     """Validate an optional floating torch dtype, given as a ``torch.dtype`` or its name.
 
@@ -108,7 +175,7 @@ class Schedule:
 
     Examples
     --------
-    >>> s = Schedule(lambda step: 0.1 if step < 10 else 0.01, "damping", check_number)
+    >>> s = Schedule(lambda step: 0.1 if step < 10 else 0.01, "damping", check_positive)
     >>> s(0), s(10)
     (0.1, 0.01)
     """

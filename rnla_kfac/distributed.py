@@ -1,6 +1,11 @@
-"""Data-parallel K-FAC on :mod:`torch.distributed`.
+"""Data-parallel K-FAC on :mod:`torch.distributed`: the distribution strategies.
 
-Three collective phases, each counted in bytes by :class:`CommunicationStats`:
+The preconditioner runs one code path for any number of processes; what depends on it
+is a *strategy* chosen once at construction by :func:`choose_strategy`:
+:class:`LocalStrategy` in a single process (nothing to average, every decomposition
+computed locally, nothing sent) and :class:`SharedStrategy` when
+:mod:`torch.distributed` is initialized with more than one process. The shared one
+has three collective phases, each counted in bytes by :class:`CommunicationStats`:
 
 1. **Factor averaging** (factor-update steps only): every rank computed its Kronecker
    factors from its own shard of the batch; the upper triangles of all symmetric
@@ -24,23 +29,33 @@ local phase every rank all-reduces a failure flag, and all of them raise the sam
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from .inverse import FactorInverse
+from .layers import Factor
+
 __all__ = [
     "CommunicationStats",
     "DistributedStepError",
+    "DistributionStrategy",
+    "LocalStrategy",
+    "SharedStrategy",
     "allreduce_symmetric",
     "assign_by_cost",
     "broadcast_from_owners",
+    "choose_strategy",
     "decomposition_cost",
     "gather_failures",
     "is_distributed",
+    "pack_inverse",
     "pack_upper_triangles",
     "raise_if_any_rank_failed",
+    "unpack_inverse",
     "unpack_upper_triangles",
 ]
 
@@ -288,3 +303,164 @@ def _collective_device(group: dist.ProcessGroup | None) -> torch.device:
 
 def _global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
     return group_rank if group is None else dist.get_global_rank(group, group_rank)
+
+
+def pack_inverse(inverse: FactorInverse | None, like: torch.Tensor) -> torch.Tensor:
+    """``[eigenvalues, eigenvectors, tail, trace]`` as one flat tensor (empty: failed).
+
+    ``like`` gives the dtype and device of the empty payload of a failed decomposition.
+
+    Examples
+    --------
+    >>> from rnla_kfac import FactorInverse
+    >>> inverse = FactorInverse(torch.tensor([2.0]), torch.tensor([[1.0], [0.0]]), tail=0.5)
+    >>> pack_inverse(inverse, torch.eye(2))
+    tensor([2.0000, 1.0000, 0.0000, 0.5000, 2.5000])
+    """
+    if inverse is None:
+        return like.new_empty(0)
+    values = inverse.eigenvalues
+    scalars = [
+        torch.as_tensor(x, dtype=values.dtype, device=values.device).reshape(1)
+        for x in (inverse.tail, inverse.trace)
+    ]
+    return torch.cat([values, inverse.eigenvectors.reshape(-1), *scalars])
+
+
+def unpack_inverse(payload: torch.Tensor, like: torch.Tensor) -> FactorInverse | None:
+    """Inverse of :func:`pack_inverse` for a factor like ``like`` (its size, dtype, device).
+
+    Examples
+    --------
+    >>> unpack_inverse(torch.tensor([2.0, 1.0, 0.0, 0.5, 2.5]), torch.eye(2))
+    FactorInverse(size=2, rank=1)
+    """
+    if payload.numel() == 0:
+        return None
+    n = like.shape[0]
+    payload = payload.to(device=like.device, dtype=like.dtype)
+    r = (payload.numel() - 2) // (n + 1)
+    eigenvectors = payload[r : r + n * r].reshape(n, r)
+    return FactorInverse(payload[:r], eigenvectors, tail=payload[-2], trace=payload[-1])
+
+
+Decompose = Callable[[list[Factor]], list[FactorInverse | None]]
+"""Decomposes a list of factors here: one undamped inverse (or None: failed) each."""
+
+
+class DistributionStrategy(ABC):
+    """Where the batch factors are averaged and the decompositions computed.
+
+    Attributes
+    ----------
+    communication : CommunicationStats
+        Bytes and calls per collective type (all zero in a single process).
+    """
+
+    def __init__(self) -> None:
+        self.communication = CommunicationStats()
+
+    @abstractmethod
+    def average_batch_factors(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The batch factors of this step averaged over the processes (same order)."""
+
+    @abstractmethod
+    def decompose(
+        self,
+        factors: list[Factor],
+        decompose: Decompose,
+        cost: Callable[[Factor], float],
+        *,
+        phase: str,
+    ) -> list[FactorInverse | None]:
+        """The inverses of ``factors`` on every process, computed with ``decompose``.
+
+        ``cost(factor)`` estimates one decomposition's work (for sharing it out);
+        ``phase`` names the step in errors.
+        """
+
+
+class LocalStrategy(DistributionStrategy):
+    """A single process: averages are its own, every decomposition is computed here.
+
+    Examples
+    --------
+    >>> strategy = LocalStrategy()
+    >>> batch = [torch.eye(2)]
+    >>> strategy.average_batch_factors(batch) is batch
+    True
+    """
+
+    def average_batch_factors(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        return batches
+
+    def decompose(
+        self,
+        factors: list[Factor],
+        decompose: Decompose,
+        cost: Callable[[Factor], float],
+        *,
+        phase: str,
+    ) -> list[FactorInverse | None]:
+        return decompose(factors)
+
+
+class SharedStrategy(DistributionStrategy):
+    """Several processes: averaged batch factors, decompositions shared out by cost.
+
+    The batch factors are all-reduced as packed upper triangles
+    (:func:`allreduce_symmetric`); averaging them before folding gives the same
+    averages as folding averaged ones, and a NaN on any process reaches every process,
+    so all of them skip the same updates. Each decomposition is assigned to one
+    process (:func:`assign_by_cost`, the same on every process without talking), which
+    computes its share and broadcasts it (:func:`pack_inverse`,
+    :func:`broadcast_from_owners`). An exception on any process is raised on every
+    process as :class:`DistributedStepError`.
+
+    Parameters
+    ----------
+    group : torch.distributed.ProcessGroup, optional
+        The group to communicate in; the default group by default.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        super().__init__()
+        self.group = group
+
+    def average_batch_factors(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        return allreduce_symmetric(batches, group=self.group, stats=self.communication)
+
+    def decompose(
+        self,
+        factors: list[Factor],
+        decompose: Decompose,
+        cost: Callable[[Factor], float],
+        *,
+        phase: str,
+    ) -> list[FactorInverse | None]:
+        owners = assign_by_cost(
+            [cost(factor) for factor in factors], dist.get_world_size(self.group)
+        )
+        me = dist.get_rank(self.group)
+        mine = [j for j, owner in enumerate(owners) if owner == me]
+        payloads: list[torch.Tensor | None] = [None] * len(factors)
+        error = None
+        try:
+            for j, result in zip(mine, decompose([factors[j] for j in mine])):
+                payloads[j] = pack_inverse(result, factors[j].matrix)
+        except Exception as exc:  # re-raised on every process just below
+            error = exc
+        raise_if_any_rank_failed(error, group=self.group, phase=phase)
+        shared = broadcast_from_owners(payloads, owners, group=self.group, stats=self.communication)
+        return [unpack_inverse(payload, f.matrix) for payload, f in zip(shared, factors)]
+
+
+def choose_strategy(group: dist.ProcessGroup | None = None) -> DistributionStrategy:
+    """:class:`SharedStrategy` when :func:`is_distributed`, else :class:`LocalStrategy`.
+
+    Examples
+    --------
+    >>> type(choose_strategy()).__name__
+    'LocalStrategy'
+    """
+    return SharedStrategy(group) if is_distributed(group) else LocalStrategy()

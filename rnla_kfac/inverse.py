@@ -3,13 +3,14 @@
 A :class:`FactorInverse` stores what applying ``(F + damping I)^-1`` needs: ``r``
 leading eigenpairs ``(U, d)`` of a symmetric PSD factor ``F`` (``n x n``), the mean
 ``tail`` of the ``n - r`` discarded eigenvalues (tail compensation, see
-``DESIGN.md``), the exact trace and the damping. Applying it costs two skinny
+:doc:`/user_guide/rnla`), the exact trace and the damping. Applying it costs two skinny
 products through :func:`rnla.woodbury_solve`; no ``n x n`` inverse is ever formed.
-The small ``(U, d, tail)`` result is what a distributed run would broadcast.
+The small ``(U, d, tail)`` result is what a distributed run broadcasts.
 
 :func:`decompose_factors` decomposes many factors at once, stacking same-sized ones
-into one batched :mod:`rnla` call; :func:`precondition` applies a pair of inverses
-to a layer's gradient matrix with any of the damping modes.
+into one batched :mod:`rnla` call, with the ranks chosen by a
+:class:`~rnla_kfac.rank_policy.RankPolicy`; :func:`precondition` applies a pair of
+inverses to a layer's gradient matrix with any of the damping modes.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from torch import Tensor
 
 import rnla
 
-from ._checks import DAMPING_MODES, METHODS, check_bool, check_choice, check_number, check_rank
+from ._checks import (
+    DAMPING_MODES,
+    DECOMPOSITION_METHODS,
+    check_bool,
+    check_choice,
+    check_count,
+    check_non_negative,
+    check_positive,
+    check_rank,
+)
+from .rank_policy import DEFAULT_RTOL, RankPolicy
 
 __all__ = ["FactorInverse", "decompose_factors", "precondition", "split_damping"]
-
-AUTO_START_RANK = 64
-"""Sketch rank of the first ``rank="auto"`` decomposition (doubled while saturated)."""
-
-DEFAULT_RTOL = 1 / 33
-"""Default ``rank="auto"`` tolerance: keep modes within 1.5 orders of the largest."""
 
 
 def _is_exact(method: str, rank: int | None, oversample: int, n: int) -> bool:
@@ -181,11 +186,11 @@ class FactorInverse:
             raise TypeError(f"F: expected a floating torch tensor, got {_describe(F)}")
         if F.ndim != 2 or F.shape[0] != F.shape[1] or F.shape[0] == 0:
             raise ValueError(f"F: expected a non-empty square matrix, got shape {tuple(F.shape)}")
-        check_choice(method, "method", METHODS)
+        check_choice(method, "method", DECOMPOSITION_METHODS)
         rank = check_rank(rank, allow_none=True)
-        oversample = check_number(oversample, "oversample", integer=True, low=0)
-        n_iter = check_number(n_iter, "n_iter", integer=True, low=0)
-        damping = check_number(damping, "damping", low=0)
+        oversample = check_count(oversample, "oversample")
+        n_iter = check_count(n_iter, "n_iter")
+        damping = check_non_negative(damping, "damping")
         if damping_mode == "pi":
             raise ValueError(
                 "damping_mode: 'pi' splits the damping between two factors; pass "
@@ -193,19 +198,13 @@ class FactorInverse:
             )
         check_choice(damping_mode, "damping_mode", ("absolute", "relative"))
         check_bool(tail_compensation, "tail_compensation")
-        auto = rank == "auto"
-        if auto:
-            rtol = check_number(rtol, "rtol", low=0, high=1, low_inclusive=False)
-        n = F.shape[0]
-        start = min(n, AUTO_START_RANK) if auto else rank
         (result,) = decompose_factors(
             [F],
             method,
-            [start],
+            RankPolicy(rank, rtol=rtol),
             oversample=oversample,
             n_iter=n_iter,
             tail_compensation=tail_compensation,
-            rtol=rtol if auto else None,
             rng=rng,
         )
         if result is None:
@@ -357,10 +356,8 @@ def _decompose_stack(
 ) -> tuple[Tensor, Tensor]:
     """Eigenpairs (descending) of a stack of symmetric PSD matrices, shape (B, n, n).
 
-    ``torch.linalg.eigh`` is the exact routine: on this project's shared 2-core CPU
-    (float32, n = 1024 and 2049) it took 0.28 s and 0.74 s against 0.40 s and 1.26 s
-    for SciPy's ``driver="evd"`` and 4.5-4.7 s for NumPy's (``driver="evr"`` was
-    slower still; single runs, noisy), and it is batched and runs on CUDA.
+    The exact routine is ``torch.linalg.eigh``: batched, on every torch device, and
+    the fastest exact solver measured (:doc:`/benchmarks`).
     """
     if exact:
         values, vectors = torch.linalg.eigh(stack)
@@ -392,43 +389,45 @@ def _robust_decompose(stack: Tensor, *args: Any) -> list[tuple[Tensor, Tensor] |
 def decompose_factors(
     factors: Sequence[Tensor],
     method: str,
-    ranks: Sequence[int | None],
+    policy: RankPolicy,
     *,
+    hints: Sequence[int | None] | None = None,
+    floors: Sequence[float] | None = None,
     oversample: int = 10,
     n_iter: int = 4,
     tail_compensation: bool = True,
-    rtol: float | None = None,
-    floors: Sequence[float] | None = None,
     rng: int | torch.Generator | None = None,
 ) -> list[FactorInverse | None]:
     """Decompose many symmetric PSD factors, batching same-sized ones (undamped).
 
-    Factors of equal size, rank, dtype and device are stacked into one :mod:`rnla`
-    call (one ``torch.linalg.eigh`` call on the exact path). A failing stack is
-    retried in float64, then one factor at a time; a factor that still fails gives
-    ``None``. Arguments are assumed valid (see :meth:`FactorInverse.from_factor`).
+    Factors of equal size, sketch rank, dtype and device are stacked into one
+    :mod:`rnla` call (one ``torch.linalg.eigh`` call on the exact path). A failing
+    stack is retried in float64, then one factor at a time; a factor that still fails
+    gives ``None``. Arguments are assumed valid (see :meth:`FactorInverse.from_factor`).
 
     Parameters
     ----------
     factors : sequence of Tensor, each (n_i, n_i)
         Symmetric PSD factors (symmetry and finiteness are not checked).
     method : {"eigh", "rsvd", "srevd", "nystrom"}
-    ranks : sequence of int or None
-        Sketch rank per factor (``None``: exact). Capped at ``n_i``; the exact path is
-        used when ``rank + oversample >= n_i``.
-    oversample, n_iter : int
-        Sketch parameters of the randomized methods.
-    tail_compensation : bool, default True
-        Set each inverse's ``tail`` to the mean discarded eigenvalue.
-    rtol : float or None, default None
-        If given, adaptive rank: keep the modes ``>= rtol`` times the largest, and
-        redo with a doubled sketch any factor whose sketched modes all pass.
+    policy : RankPolicy
+        The rank rule: each factor's sketch rank (:meth:`RankPolicy.sketch_rank`; the
+        exact path is used when ``rank + oversample >= n_i``), the modes kept of a
+        sketch, and the larger sketch of a saturated ``"auto"`` factor, redone until
+        it is not saturated.
+    hints : sequence of int or None, optional
+        Per factor, the :meth:`RankPolicy.next_hint` of its previous decomposition
+        (``"auto"`` starts from it). Default: none.
     floors : sequence of float, optional
         Per factor, an eigenvalue shared by all its modes that the adaptive rank
         ignores: the weight ``rho^k`` of an identity start still in an average. The
         modes are judged by ``eigenvalue - floor`` (the statistics), so a factor close
         to its identity start keeps a few modes instead of growing its sketch to the
         full size. Default: 0 for every factor.
+    oversample, n_iter : int
+        Sketch parameters of the randomized methods.
+    tail_compensation : bool, default True
+        Set each inverse's ``tail`` to the mean discarded eigenvalue.
     rng : int, torch.Generator or None
         Randomness of the sketches.
 
@@ -441,17 +440,19 @@ def decompose_factors(
     --------
     >>> import torch
     >>> from rnla_kfac.inverse import decompose_factors
+    >>> from rnla_kfac.rank_policy import RankPolicy
     >>> g = torch.Generator().manual_seed(0)
-    >>> Fs = [torch.eye(40) + torch.ones(40, 40) for _ in range(3)]
-    >>> [inv.rank for inv in decompose_factors(Fs, "nystrom", [5, 5, None], rng=g)]
-    [5, 5, 40]
+    >>> Fs = [torch.eye(n) + torch.ones(n, n) for n in (40, 40, 12)]
+    >>> [inv.rank for inv in decompose_factors(Fs, "nystrom", RankPolicy(5), rng=g)]
+    [5, 5, 12]
     """
     results: list[FactorInverse | None] = [None] * len(factors)
+    hints = [None] * len(factors) if hints is None else hints
+    floors = [0.0] * len(factors) if floors is None else floors
     pending = [
-        (i, F, None if r is None else min(r, F.shape[0]))
-        for i, (F, r) in enumerate(zip(factors, ranks, strict=True))
+        (i, F, policy.sketch_rank(F.shape[0], hint))
+        for i, (F, hint) in enumerate(zip(factors, hints, strict=True))
     ]
-    floors = [0.0] * len(factors) if floors is None else list(floors)
     while pending:
         groups: dict[tuple, list[tuple[int, Tensor, int | None]]] = {}
         for item in pending:
@@ -473,16 +474,11 @@ def decompose_factors(
                 if exact:
                     results[i] = FactorInverse(values, vectors, trace=trace)
                     continue
-                if rtol is not None:
-                    statistics = values
-                    if floors[i]:  # below a few ulps of the factor, a mode is rounding
-                        noise = 4 * n**0.5 * torch.finfo(values.dtype).eps * values[0]
-                        statistics = values - floors[i]
-                        statistics = torch.where(statistics > noise, statistics, 0)
-                    kept = rnla.select_rank(statistics, rtol=rtol) if statistics[0] > 0 else 1
-                    if kept == r and r < n:  # saturated: the spectrum reaches further
-                        pending.append((i, F, min(2 * r, n)))
-                        continue
+                kept = policy.modes_to_keep(values, n, floors[i])
+                if kept is None:  # saturated: the spectrum reaches further
+                    pending.append((i, F, policy.grown_sketch_rank(r, n)))
+                    continue
+                if kept < r:
                     values, vectors = values[:kept], vectors[:, :kept].contiguous()
                 tail = (trace - values.sum()) / (n - values.shape[0]) if tail_compensation else 0.0
                 if isinstance(tail, Tensor):
@@ -601,7 +597,7 @@ def precondition(
             f"got {tuple(grad_matrix.shape)}"
         )
     if damping is not None:
-        damping = check_number(damping, "damping", low=0, low_inclusive=False)
+        damping = check_positive(damping, "damping")
         check_choice(damping_mode, "damping_mode", DAMPING_MODES)
         lam_A, lam_G = split_damping(A_inverse, G_inverse, damping, damping_mode)
         A_inverse, G_inverse = A_inverse.with_damping(lam_A), G_inverse.with_damping(lam_G)

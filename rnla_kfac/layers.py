@@ -1,23 +1,137 @@
-"""One preconditioned layer: batch statistics, averaged factors, inverses, apply."""
+"""One preconditioned layer: its Kronecker factors (statistics, averages, inverses), apply."""
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .inverse import FactorInverse, precondition, split_damping
-from .modules import LayerHelper
+from .modules import LayerHelper, helper_for
+
+__all__ = ["Factor", "KFACLayer", "find_layers"]
+
+
+class Factor:
+    """One Kronecker factor of a layer: batch statistics, average, inverse, rank hint.
+
+    Batch factors of the forward or backward passes of a step are summed by
+    :meth:`record` and averaged by :meth:`take_batch`; :meth:`fold` adds one to the
+    exponential average :attr:`matrix`, which starts at the identity and is updated in
+    place. The decomposition step sets :attr:`inverse` and :attr:`rank_hint`.
+
+    Parameters
+    ----------
+    key : str
+        The factor's name in its layer (``"A"`` or ``"G"``), also its checkpoint key.
+    layer_name : str
+        The layer's qualified name; messages name the factor ``"<layer_name>.<key>"``.
+    size : int
+        Dimension ``n`` of the ``n x n`` factor.
+    dtype : torch.dtype
+        Dtype of the average.
+    device : torch.device
+        Device of the average.
+
+    Attributes
+    ----------
+    name : str
+        ``"<layer_name>.<key>"``.
+    matrix : Tensor, shape (n, n)
+        The exponential average.
+    inverse : FactorInverse or None
+        The latest undamped decomposition (None before the first one).
+    rank_hint : int or None
+        Sketch rank of the next ``rank="auto"`` decomposition
+        (:meth:`rnla_kfac.rank_policy.RankPolicy.next_hint`).
+    updates : int
+        Batch factors folded so far.
+    identity_weight : float
+        Weight ``rho^k`` of the identity start left in the average after ``k`` folds
+        (the floor of the adaptive rank).
+    count : int
+        Batch factors recorded since the last :meth:`take_batch`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> factor = Factor("A", "fc", 2, torch.float32, torch.device("cpu"))
+    >>> factor.record(torch.full((2, 2), 3.0))
+    >>> factor.fold(factor.take_batch(), decay=0.5)
+    >>> factor.matrix, factor.identity_weight
+    (tensor([[2.0000, 1.5000],
+            [1.5000, 2.0000]]), 0.5)
+    """
+
+    def __init__(
+        self, key: str, layer_name: str, size: int, dtype: torch.dtype, device: torch.device
+    ):
+        self.key = key
+        self.name = f"{layer_name}.{key}"
+        self.matrix = torch.eye(size, dtype=dtype, device=device)
+        self.inverse: FactorInverse | None = None
+        self.rank_hint: int | None = None
+        self.updates = 0
+        self.identity_weight = 1.0
+        self.reset_batch()
+
+    @property
+    def size(self) -> int:
+        """The dimension ``n``."""
+        return self.matrix.shape[0]
+
+    def reset_batch(self) -> None:
+        """Forget the batch statistics recorded since the last :meth:`take_batch`."""
+        self._sum: Tensor | None = None
+        self.count = 0
+
+    def record(self, batch: Tensor) -> None:
+        """Add the batch factor of one forward or backward pass (summed in place)."""
+        self._sum = batch if self._sum is None else self._sum.add_(batch)
+        self.count += 1
+
+    def take_batch(self) -> Tensor:
+        """The mean of the recorded batch factors; the recorded statistics are reset."""
+        batch = self._sum if self.count == 1 else self._sum.div_(self.count)
+        self.reset_batch()
+        return batch
+
+    @staticmethod
+    def is_finite(batch: Tensor) -> Tensor:
+        """Whether a batch factor is free of NaN and Inf, a 0-d bool tensor (no host sync).
+
+        A NaN or Inf in a Gram matrix shows on its diagonal: a NaN/Inf input entry
+        makes its column's squared norm NaN/Inf, and ``|F_jk| <= sqrt(F_jj F_kk)``.
+        """
+        return torch.isfinite(batch.diagonal()).all()
+
+    def fold(self, batch: Tensor, decay: float) -> None:
+        """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``."""
+        self.matrix.lerp_(batch, 1 - decay)
+        self.updates += 1
+        self.identity_weight *= decay
+
+    def load_matrix(self, matrix: Tensor) -> None:
+        """Replace the average by a copy of ``matrix`` (the average is updated in place)."""
+        self.matrix = matrix.to(device=self.matrix.device, dtype=self.matrix.dtype, copy=True)
+
+    def __repr__(self) -> str:
+        rank = None if self.inverse is None else self.inverse.rank
+        return f"Factor({self.name!r}, size={self.size}, rank={rank})"
 
 
 class KFACLayer:
-    """K-FAC state of one layer.
+    """K-FAC state of one layer: its factors ``A`` and ``G`` and how to apply them.
 
-    Batch factors from the hooks are summed per forward/backward (several micro-batches
-    in one step are averaged), read by :meth:`batch_factors` and folded into the
-    exponential averages ``A`` and ``G`` by :meth:`fold`; both averages start at the
-    identity and are updated in place.
+    The hooks record the batch factors of each forward/backward pass
+    (:meth:`record_input`, :meth:`record_output_grad`; several micro-batches in one
+    step are averaged); :meth:`take_batches` reads them and :meth:`fold` adds them to
+    the exponential averages, which start at the identity and are updated in place.
+    :meth:`precondition` applies the factors' inverses to the layer's gradient.
 
     Parameters
     ----------
@@ -31,13 +145,18 @@ class KFACLayer:
         Dtype of the batch Gram products (default ``dtype``); their results are
         stored in ``dtype``.
 
+    Attributes
+    ----------
+    A, G : Factor
+        The input and output-gradient factors.
+
     Examples
     --------
     >>> import torch
     >>> from rnla_kfac.modules import LinearHelper
     >>> layer = KFACLayer("fc", LinearHelper(torch.nn.Linear(3, 2)), torch.float32)
-    >>> layer.A.shape, layer.G.shape
-    (torch.Size([4, 4]), torch.Size([2, 2]))
+    >>> [(factor.name, factor.size) for factor in layer.factors]
+    [('fc.A', 4), ('fc.G', 2)]
     """
 
     def __init__(
@@ -52,70 +171,63 @@ class KFACLayer:
         self.dtype = dtype
         self.statistics_dtype = statistics_dtype
         device = helper.module.weight.device
-        self.A = torch.eye(helper.a_size, dtype=dtype, device=device)
-        self.G = torch.eye(helper.g_size, dtype=dtype, device=device)
-        self.A_inverse: FactorInverse | None = None
-        self.G_inverse: FactorInverse | None = None
-        self.rank_hints: dict[str, int | None] = {"A": None, "G": None}
+        self.A = Factor("A", name, helper.a_size, dtype, device)
+        self.G = Factor("G", name, helper.g_size, dtype, device)
         self._damped: tuple | None = None
-        self.updates = 0
-        self.identity_weight = 1.0
+
+    @property
+    def factors(self) -> tuple[Factor, ...]:
+        """The layer's factors ``(A, G)``: what is averaged, decomposed and checkpointed."""
+        return (self.A, self.G)
+
+    @property
+    def updates(self) -> int:
+        """Factor updates so far (the factors of a layer are folded together)."""
+        return self.A.updates
+
+    @property
+    def identity_weight(self) -> float:
         """Weight ``rho^k`` of the identity start left in the averages."""
-        self.reset_batch()
-
-    def reset_batch(self) -> None:
-        """Forget the batch statistics collected since the last update."""
-        self._A_sum: Tensor | None = None
-        self._G_sum: Tensor | None = None
-        self._A_count = 0
-        self._G_count = 0
-
-    def record_input(self, x: Tensor) -> None:
-        """Add the batch ``A`` of one forward pass (from the layer's input)."""
-        A = self.helper.input_factor(x, self.dtype, self.statistics_dtype)
-        self._A_sum = A if self._A_sum is None else self._A_sum.add_(A)
-        self._A_count += 1
-
-    def record_output_grad(self, grad_output: Tensor) -> None:
-        """Add the batch ``G`` of one backward pass (from the output's gradient)."""
-        G = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
-        self._G_sum = G if self._G_sum is None else self._G_sum.add_(G)
-        self._G_count += 1
+        return self.A.identity_weight
 
     @property
     def has_batch(self) -> bool:
-        """Whether both batch factors were collected since the last update."""
-        return self._A_count > 0 and self._G_count > 0
+        """Whether every factor's batch statistics were recorded since the last update."""
+        return all(factor.count > 0 for factor in self.factors)
 
-    def batch_factors(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The batch factors collected since the last call, and whether they are finite.
+    def reset_batch(self) -> None:
+        """Forget the batch statistics collected since the last update."""
+        for factor in self.factors:
+            factor.reset_batch()
 
-        Several recorded passes are averaged; the collected statistics are reset.
+    def record_input(self, x: Tensor) -> None:
+        """Add the batch ``A`` of one forward pass (from the layer's input)."""
+        self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
 
-        Returns
-        -------
-        tuple of Tensor
-            ``(A_batch, G_batch, finite)`` with ``finite`` a 0-d bool tensor (no host
-            sync here).
-        """
-        A = self._A_sum if self._A_count == 1 else self._A_sum.div_(self._A_count)
-        G = self._G_sum if self._G_count == 1 else self._G_sum.div_(self._G_count)
-        self.reset_batch()
-        # A NaN or Inf in a Gram matrix shows on its diagonal: a NaN/Inf input entry
-        # makes its column's squared norm NaN/Inf, and |F_jk| <= sqrt(F_jj F_kk).
-        finite = torch.isfinite(A.diagonal()).all() & torch.isfinite(G.diagonal()).all()
-        return A, G, finite
+    def record_output_grad(self, grad_output: Tensor) -> None:
+        """Add the batch ``G`` of one backward pass (from the output's gradient)."""
+        self.G.record(self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype))
 
-    def fold(self, A_batch: Tensor, G_batch: Tensor, decay: float) -> None:
-        """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``."""
-        self.A.lerp_(A_batch, 1 - decay)
-        self.G.lerp_(G_batch, 1 - decay)
-        self.updates += 1
-        self.identity_weight *= decay
+    def take_batches(self) -> list[Tensor]:
+        """The batch factors since the last update, one per factor; they are reset."""
+        return [factor.take_batch() for factor in self.factors]
+
+    def batches_finite(self, batches: list[Tensor]) -> Tensor:
+        """Whether every batch factor (one per factor) is finite: 0-d bool, no host sync."""
+        finite = None
+        for factor, batch in zip(self.factors, batches, strict=True):
+            flag = factor.is_finite(batch)
+            finite = flag if finite is None else finite & flag
+        return finite
+
+    def fold(self, batches: list[Tensor], decay: float) -> None:
+        """Fold one batch factor per factor into the averages (see :meth:`Factor.fold`)."""
+        for factor, batch in zip(self.factors, batches, strict=True):
+            factor.fold(batch, decay)
 
     def precondition(self, damping: float, damping_mode: str) -> tuple[Tensor, Tensor] | None:
         """``(J, G^-1 J A^-1)`` for the current gradient, or None if not possible yet."""
-        if self.A_inverse is None or self.G_inverse is None:
+        if self.A.inverse is None or self.G.inverse is None:
             return None
         J = self.helper.grad_matrix(self.dtype)
         if J is None:
@@ -128,57 +240,129 @@ class KFACLayer:
 
         Exact inverses are materialized: one product per side instead of two.
         """
-        key = (damping, mode, self.A_inverse, self.G_inverse)
+        A_inverse, G_inverse = self.A.inverse, self.G.inverse
         cached = self._damped
         if (
             cached is None
-            or cached[:2] != key[:2]
-            or any(a is not b for a, b in zip(cached[2:4], key[2:], strict=True))
+            or cached[:2] != (damping, mode)
+            or cached[2] is not A_inverse
+            or cached[3] is not G_inverse
         ):
-            lam_A, lam_G = split_damping(self.A_inverse, self.G_inverse, damping, mode)
+            lam_A, lam_G = split_damping(A_inverse, G_inverse, damping, mode)
             pair = [
                 inverse.with_damping(lam)
-                for inverse, lam in ((self.A_inverse, lam_A), (self.G_inverse, lam_G))
+                for inverse, lam in ((A_inverse, lam_A), (G_inverse, lam_G))
             ]
             for inverse in pair:
                 if inverse.exact:
                     inverse.materialize()
-            self._damped = (*key, *pair)
+            self._damped = (damping, mode, A_inverse, G_inverse, *pair)
         return self._damped[4], self._damped[5]
 
     def state_dict(self) -> dict[str, Any]:
-        """Averaged factors, inverses, rank hints, the update count and identity weight."""
-        return {
-            "A": self.A,
-            "G": self.G,
-            "A_inverse": None if self.A_inverse is None else self.A_inverse.state_dict(),
-            "G_inverse": None if self.G_inverse is None else self.G_inverse.state_dict(),
-            "rank_hints": dict(self.rank_hints),
-            "updates": self.updates,
-            "identity_weight": self.identity_weight,
-        }
+        """Averaged factors, inverses, rank hints, the update count and identity weight.
+
+        Per factor key ``k`` (``"A"``, ``"G"``): ``k`` the average and ``k_inverse`` a
+        :meth:`FactorInverse.state_dict` or None; then ``"rank_hints"`` (``{k: hint}``),
+        ``"updates"`` and ``"identity_weight"``.
+        """
+        state: dict[str, Any] = {}
+        for factor in self.factors:
+            inverse = None if factor.inverse is None else factor.inverse.state_dict()
+            state[factor.key] = factor.matrix
+            state[f"{factor.key}_inverse"] = inverse
+        state["rank_hints"] = {factor.key: factor.rank_hint for factor in self.factors}
+        state["updates"] = self.updates
+        state["identity_weight"] = self.identity_weight
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; raises ``ValueError`` naming this layer on mismatch."""
-        for key in ("A", "G"):
-            mine, theirs = getattr(self, key), state[key]
-            if tuple(theirs.shape) != tuple(mine.shape):
+        for factor in self.factors:
+            theirs, mine = tuple(state[factor.key].shape), tuple(factor.matrix.shape)
+            if theirs != mine:
                 raise ValueError(
-                    f"state_dict: layer {self.name!r} has factor {key} of shape "
-                    f"{tuple(theirs.shape)} in the state dict, but {tuple(mine.shape)} here"
+                    f"state_dict: layer {self.name!r} has factor {factor.key} of shape "
+                    f"{theirs} in the state dict, but {mine} here"
                 )
-        device = self.A.device
-        # Copies: the averages are updated in place and must not alias the state dict.
-        self.A = state["A"].to(device=device, dtype=self.dtype, copy=True)
-        self.G = state["G"].to(device=device, dtype=self.dtype, copy=True)
-        for key in ("A_inverse", "G_inverse"):
-            inverse = state[key]
-            setattr(
-                self,
-                key,
-                None if inverse is None else FactorInverse.from_state_dict(inverse, device),
+        for factor in self.factors:
+            inverse = state[f"{factor.key}_inverse"]
+            device = factor.matrix.device
+            factor.load_matrix(state[factor.key])  # a copy: the state dict is not aliased
+            factor.inverse = (
+                None if inverse is None else FactorInverse.from_state_dict(inverse, device)
             )
-        self.rank_hints = dict(state["rank_hints"])
-        self.updates = int(state["updates"])
-        self.identity_weight = float(state["identity_weight"])
-        self.reset_batch()
+            factor.rank_hint = state["rank_hints"][factor.key]
+            factor.updates = int(state["updates"])
+            factor.identity_weight = float(state["identity_weight"])
+            factor.reset_batch()
+
+
+def find_layers(
+    model: nn.Module, skip_layers: str | Iterable[str], statistics_dtype: torch.dtype | None
+) -> list[KFACLayer]:
+    """A :class:`KFACLayer` for each supported module of ``model`` not in ``skip_layers``.
+
+    ``skip_layers`` holds module names or regular expressions (full match). Warns about
+    unsupported modules (left alone) and patterns that match nothing; the factors are
+    float64 for float64 layers, float32 otherwise.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For ``skip_layers`` that are not strings or invalid regular expressions;
+        ``ValueError`` when no layer is left to precondition.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    >>> [layer.name for layer in find_layers(model, "1", None)]
+    ['0']
+    """
+    patterns = _compile_patterns(skip_layers)
+    layers, unsupported, matched = [], [], set()
+    for name, module in model.named_modules():
+        hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
+        if hits:
+            matched.update(hits)
+            continue
+        helper = helper_for(module)
+        if isinstance(helper, str):
+            unsupported.append(f"{name!r} ({helper})")
+        elif helper is not None:
+            dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+            layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
+    if unsupported:
+        warnings.warn(
+            "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
+            + ", ".join(unsupported),
+            stacklevel=3,
+        )
+    unmatched = [p.pattern for p in patterns if p.pattern not in matched]
+    if unmatched:
+        warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
+    if not layers:
+        raise ValueError(
+            "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
+            f"with groups=1, not in skip_layers) in {type(model).__name__}"
+        )
+    return layers
+
+
+def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
+    if isinstance(skip_layers, str):
+        skip_layers = (skip_layers,)
+    if not isinstance(skip_layers, Iterable):
+        raise TypeError(
+            f"skip_layers: expected a module name, regex or a sequence of them, got {skip_layers!r}"
+        )
+    patterns = []
+    for pattern in skip_layers:
+        if not isinstance(pattern, str):
+            raise TypeError(f"skip_layers: expected strings, got {pattern!r}")
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as error:
+            raise ValueError(f"skip_layers: invalid regex {pattern!r} ({error})") from None
+    return patterns

@@ -8,12 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import Schedule, ScheduleLike, check_number
+from ._checks import Schedule, ScheduleLike, check_non_negative
 from .preconditioner import KFACPreconditioner
 
 __all__ = ["KFAC"]
-
-_SGD_HYPERPARAMETERS = ("lr", "momentum", "weight_decay")
 
 
 class KFAC(torch.optim.SGD):
@@ -75,7 +73,7 @@ class KFAC(torch.optim.SGD):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         values = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
         self._schedules: dict[str, Schedule] = {
-            name: Schedule(value, name, _non_negative)
+            name: Schedule(value, name, check_non_negative)
             for name, value in values.items()
             if callable(value)
         }
@@ -180,7 +178,3 @@ class KFAC(torch.optim.SGD):
         super().load_state_dict(state_dict)
         self.preconditioner.load_state_dict(extra["preconditioner"])
         self.epoch = int(extra["epoch"])
-
-
-def _non_negative(value: Any, name: str) -> float:
-    return check_number(value, name, low=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Iterable
 from functools import partial
@@ -13,60 +12,30 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from . import distributed as kd
 from ._checks import (
     DAMPING_MODES,
+    DECOMPOSITION_METHODS,
     FISHER_TYPES,
-    METHODS,
     Schedule,
     ScheduleLike,
     check_bool,
     check_choice,
+    check_count,
+    check_decay,
     check_floating_dtype,
-    check_number,
+    check_period,
+    check_positive,
     check_rank,
+    check_tolerance,
 )
-from .inverse import AUTO_START_RANK, DEFAULT_RTOL, FactorInverse, decompose_factors
-from .layers import KFACLayer
-from .modules import helper_for
+from .distributed import choose_strategy, decomposition_cost
+from .inverse import FactorInverse, decompose_factors
+from .layers import Factor, KFACLayer, find_layers
+from .rank_policy import DEFAULT_RTOL, RankPolicy
 
 __all__ = ["KFACPreconditioner"]
 
 LIKELIHOODS = ("categorical", "gaussian")
-
-
-def _positive(value: Any, name: str) -> float:
-    return check_number(value, name, low=0, low_inclusive=False)
-
-
-def _period(value: Any, name: str) -> int:
-    return check_number(value, name, integer=True, low=1)
-
-
-def _count(value: Any, name: str) -> int:
-    return check_number(value, name, integer=True, low=0)
-
-
-def _decay(value: Any, name: str) -> float:
-    return check_number(value, name, low=0, high=1, high_inclusive=False)
-
-
-def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
-    if isinstance(skip_layers, str):
-        skip_layers = (skip_layers,)
-    if not isinstance(skip_layers, Iterable):
-        raise TypeError(
-            f"skip_layers: expected a module name, regex or a sequence of them, got {skip_layers!r}"
-        )
-    patterns = []
-    for pattern in skip_layers:
-        if not isinstance(pattern, str):
-            raise TypeError(f"skip_layers: expected strings, got {pattern!r}")
-        try:
-            patterns.append(re.compile(pattern))
-        except re.error as error:
-            raise ValueError(f"skip_layers: invalid regex {pattern!r} ({error})") from None
-    return patterns
 
 
 class KFACPreconditioner:
@@ -93,12 +62,13 @@ class KFACPreconditioner:
 
     **Data-parallel training.** When :mod:`torch.distributed` is initialized with
     more than one process (e.g. under ``torchrun`` with ``DistributedDataParallel``)
-    before the preconditioner is built, it works unchanged: the batch factors are
-    averaged across processes on factor-update steps (upper triangles packed into
-    few all-reduces), each factor's decomposition is computed by one process chosen
-    by cost (:func:`rnla_kfac.distributed.assign_by_cost`), and its owner broadcasts
-    ``(U, d, tail)`` (randomized methods) or the eigenbasis (eigh). Every process
-    then preconditions its (DDP-averaged) gradients locally. Bytes moved per
+    before the preconditioner is built, it works unchanged (the
+    :class:`~rnla_kfac.distributed.SharedStrategy`, chosen once at construction): the
+    batch factors are averaged across processes on factor-update steps (upper
+    triangles packed into few all-reduces), each factor's decomposition is computed by
+    one process chosen by cost (:func:`rnla_kfac.distributed.assign_by_cost`), and its
+    owner broadcasts ``(U, d, tail)`` (randomized methods) or the eigenbasis (eigh).
+    Every process then preconditions its (DDP-averaged) gradients locally. Bytes moved per
     collective type are counted in :attr:`communication`. The sketches'
     random test matrices depend only on ``seed``, the step and the factor size, so
     results do not depend on the number of processes.
@@ -151,7 +121,8 @@ class KFACPreconditioner:
     skip_layers : str or sequence of str, default ()
         Module names or regular expressions (full match) of layers to leave alone.
     tail_compensation : bool, default True
-        Model the discarded eigenvalues by their mean instead of zero (see DESIGN.md).
+        Model the discarded eigenvalues by their mean instead of zero (see
+        :doc:`/user_guide/rnla`).
     rank_rtol : float, default 1/33
         Relative tolerance of ``rank="auto"``, in ``(0, 1]``.
     statistics_dtype : torch.dtype or str, optional
@@ -223,75 +194,40 @@ class KFACPreconditioner:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        self.method = check_choice(method, "method", METHODS)
+        self.method = check_choice(method, "method", DECOMPOSITION_METHODS)
         self.damping_mode = check_choice(damping_mode, "damping_mode", DAMPING_MODES)
         self.fisher = check_choice(fisher, "fisher", FISHER_TYPES)
         self.tail_compensation = check_bool(tail_compensation, "tail_compensation")
-        self.rank_rtol = check_number(rank_rtol, "rank_rtol", low=0, high=1, low_inclusive=False)
-        self.seed = check_number(seed, "seed", integer=True, low=0)
+        self.rank_rtol = check_tolerance(rank_rtol, "rank_rtol")
+        self.seed = check_count(seed, "seed")
         self.rank = Schedule(rank, "rank", check_rank)
-        self.oversample = Schedule(oversample, "oversample", _count)
-        self.n_iter = Schedule(n_iter, "n_iter", _count)
-        self.damping = Schedule(damping, "damping", _positive)
-        self.factor_decay = Schedule(factor_decay, "factor_decay", _decay)
-        self.factor_update_period = Schedule(factor_update_period, "factor_update_period", _period)
+        self.oversample = Schedule(oversample, "oversample", check_count)
+        self.n_iter = Schedule(n_iter, "n_iter", check_count)
+        self.damping = Schedule(damping, "damping", check_positive)
+        self.factor_decay = Schedule(factor_decay, "factor_decay", check_decay)
+        self.factor_update_period = Schedule(
+            factor_update_period, "factor_update_period", check_period
+        )
         self.inverse_update_period = Schedule(
-            inverse_update_period, "inverse_update_period", _period
+            inverse_update_period, "inverse_update_period", check_period
         )
-        self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", _positive)
-        self.lr = Schedule(lr, "lr", _positive)
+        self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
+        self.lr = Schedule(lr, "lr", check_positive)
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
-        self._layers = self._find_layers(
-            model, _compile_patterns(skip_layers), self.statistics_dtype
-        )
+        self._layers = find_layers(model, skip_layers, self.statistics_dtype)
         first_weight = self._layers[0].helper.module.weight
         self._generator = torch.Generator(device=first_weight.device).manual_seed(self.seed)
         self._handles = [
             layer.helper.module.register_forward_hook(partial(self._forward_hook, layer))
             for layer in self._layers
         ]
-        self._group = process_group
-        self._distributed = kd.is_distributed(process_group)
-        self.communication = kd.CommunicationStats()
+        self._strategy = choose_strategy(process_group)
+        self.communication = self._strategy.communication
         """Bytes and calls per collective type (all zero in a single process)."""
         self._steps = 0
         self._removed = False
         self._mc_active = False
         self._collecting_at: int | None = None  # step whose collection flag is cached
-
-    # ------------------------------------------------------------------ setup
-
-    @staticmethod
-    def _find_layers(
-        model: nn.Module, patterns: list[re.Pattern], statistics_dtype: torch.dtype | None
-    ) -> list[KFACLayer]:
-        layers, unsupported, matched = [], [], set()
-        for name, module in model.named_modules():
-            hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
-            if hits:
-                matched.update(hits)
-                continue
-            helper = helper_for(module)
-            if isinstance(helper, str):
-                unsupported.append(f"{name!r} ({helper})")
-            elif helper is not None:
-                dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
-                layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
-        if unsupported:
-            warnings.warn(
-                "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
-                + ", ".join(unsupported),
-                stacklevel=3,
-            )
-        unmatched = [p.pattern for p in patterns if p.pattern not in matched]
-        if unmatched:
-            warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
-        if not layers:
-            raise ValueError(
-                "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
-                f"with groups=1, not in skip_layers) in {type(model).__name__}"
-            )
-        return layers
 
     # ------------------------------------------------------------------ hooks
 
@@ -437,7 +373,7 @@ class KFACPreconditioner:
         >>> A.shape, G.shape
         (torch.Size([4, 4]), torch.Size([2, 2]))
         """
-        return {layer.name: (layer.A, layer.G) for layer in self._layers}
+        return {layer.name: (layer.A.matrix, layer.G.matrix) for layer in self._layers}
 
     def identity_weights(self) -> dict[str, float]:
         """Weight ``rho^k`` of the identity start left in each layer's averages.
@@ -464,7 +400,7 @@ class KFACPreconditioner:
         >>> KFACPreconditioner(torch.nn.Linear(3, 2)).inverses()
         {'': (None, None)}
         """
-        return {layer.name: (layer.A_inverse, layer.G_inverse) for layer in self._layers}
+        return {layer.name: (layer.A.inverse, layer.G.inverse) for layer in self._layers}
 
     def remove(self) -> None:
         """Detach every hook from the model; :meth:`step` then raises ``RuntimeError``.
@@ -552,27 +488,33 @@ class KFACPreconditioner:
     def _update_factors(self, step: int) -> None:
         """Fold the collected batch factors into the averages (factor-update steps)."""
         decay = self.factor_decay(step)
-        batches = []
+        collected = []
         for layer in self._layers:
             if layer.has_batch:
-                batches.append((layer, *layer.batch_factors()))
+                collected.append(layer)
             else:
                 layer.reset_batch()
-        if self._distributed:
-            batches = self._average_batch_factors(batches)
-        if not batches:
+        if not collected:
             hint = " (with fisher='mc', call mc_backward(output) each step)" * (self.fisher == "mc")
             warnings.warn(
                 f"step {step}: no layer statistics were recorded on this factor-update step" + hint,
                 stacklevel=3,
             )
             return
-        device = batches[0][3].device
-        finite = torch.stack([flag.to(device) for *_, flag in batches]).tolist()  # one sync
+        batches = self._strategy.average_batch_factors(
+            [batch for layer in collected for batch in layer.take_batches()]
+        )
+        per_layer, start = [], 0
+        for layer in collected:
+            per_layer.append(batches[start : start + len(layer.factors)])
+            start += len(layer.factors)
+        device = batches[0].device
+        flags = [layer.batches_finite(b).to(device) for layer, b in zip(collected, per_layer)]
+        finite = torch.stack(flags).tolist()  # one host sync
         skipped = []
-        for (layer, A_batch, G_batch, _), ok in zip(batches, finite, strict=True):
+        for layer, layer_batches, ok in zip(collected, per_layer, finite, strict=True):
             if ok:
-                layer.fold(A_batch, G_batch, decay)
+                layer.fold(layer_batches, decay)
             else:
                 skipped.append(layer.name)
         if skipped:
@@ -582,106 +524,53 @@ class KFACPreconditioner:
                 stacklevel=3,
             )
 
-    def _average_batch_factors(self, batches: list[tuple]) -> list[tuple]:
-        """Average ``(layer, A_batch, G_batch, finite)`` over the processes.
-
-        Averaging the batch factors before folding them gives the same averages as
-        folding averaged ones, and a NaN on any process reaches every process, so all
-        of them skip the same updates.
-        """
-        matrices = [M for _, A, G, _ in batches for M in (A, G)]
-        averaged = kd.allreduce_symmetric(matrices, group=self._group, stats=self.communication)
-        result = []
-        for i, (layer, *_) in enumerate(batches):
-            A, G = averaged[2 * i], averaged[2 * i + 1]
-            finite = torch.isfinite(A.diagonal()).all() & torch.isfinite(G.diagonal()).all()
-            result.append((layer, A, G, finite))
-        return result
-
     def _sketch_seed(self, step: int) -> int:
         """Seed of the step's sketches: the same on every process and after a resume."""
         return (self.seed * 1_000_003 + step) % 2**62
 
-    def _decompose(
-        self, work: list[tuple[KFACLayer, str]], step: int
-    ) -> list[FactorInverse | None]:
-        """Decompose the factors ``(layer, "A" | "G")`` of ``work``; None where failed."""
-        auto = self.rank(step) == "auto"
+    def _rank_policy(self, step: int) -> RankPolicy:
+        """The step's rank rule: exact for ``"eigh"``, else the ``rank`` schedule's value."""
+        return RankPolicy(None if self.method == "eigh" else self.rank(step), rtol=self.rank_rtol)
+
+    def _decompose(self, factors: list[Factor], step: int) -> list[FactorInverse | None]:
+        """Decompose ``factors`` in this process (undamped; None where one failed)."""
         return decompose_factors(
-            [getattr(layer, key) for layer, key in work],
+            [factor.matrix for factor in factors],
             self.method,
-            self._sketch_ranks(work, step),
+            self._rank_policy(step),
+            hints=[factor.rank_hint for factor in factors],
+            floors=[factor.identity_weight for factor in factors],
             oversample=self.oversample(step),
             n_iter=self.n_iter(step),
             tail_compensation=self.tail_compensation,
-            rtol=self.rank_rtol if auto else None,
-            floors=[layer.identity_weight for layer, _ in work],
             rng=self._sketch_seed(step),
         )
 
-    def _sketch_ranks(self, work: list[tuple[KFACLayer, str]], step: int) -> list[int | None]:
-        """Rank asked of each factor's decomposition (``None``: exact eigh).
-
-        With ``rank="auto"`` each factor starts from its hint from the previous
-        decomposition (or :data:`AUTO_START_RANK`).
-        """
-        if self.method == "eigh":
-            return [None] * len(work)
-        rank = self.rank(step)
-        if rank != "auto":
-            return [rank] * len(work)
-        return [
-            layer.rank_hints[key] or min(getattr(layer, key).shape[0], AUTO_START_RANK)
-            for layer, key in work
-        ]
-
-    def _decompose_shared(
-        self, work: list[tuple[KFACLayer, str]], step: int
-    ) -> list[FactorInverse | None]:
-        """:meth:`_decompose` with the work split over the processes by cost.
-
-        Every process computes the same assignment, decomposes its share, and the
-        owners broadcast the results. An exception on any process is raised on every
-        process as :class:`~rnla_kfac.distributed.DistributedStepError`.
-        """
-        oversample = self.oversample(step)
-        costs = [
-            kd.decomposition_cost(getattr(layer, key).shape[0], self.method, rank or 0, oversample)
-            for (layer, key), rank in zip(work, self._sketch_ranks(work, step))
-        ]
-        owners = kd.assign_by_cost(costs, dist.get_world_size(self._group))
-        me = dist.get_rank(self._group)
-        mine = [j for j, owner in enumerate(owners) if owner == me]
-        payloads: list[Tensor | None] = [None] * len(work)
-        error = None
-        try:
-            for j, result in zip(mine, self._decompose([work[j] for j in mine], step)):
-                payloads[j] = _pack_inverse(result, getattr(work[j][0], work[j][1]))
-        except Exception as exc:  # re-raised on every process just below
-            error = exc
-        kd.raise_if_any_rank_failed(error, group=self._group, phase=f"decomposition (step {step})")
-        shared = kd.broadcast_from_owners(
-            payloads, owners, group=self._group, stats=self.communication
-        )
-        return [
-            _unpack_inverse(payload, getattr(layer, key))
-            for payload, (layer, key) in zip(shared, work)
-        ]
-
     def _compute_inverses(self, step: int) -> None:
         """Decompose every averaged factor (inverse-update steps), keeping old ones on failure."""
-        work = [(layer, key) for layer in self._layers if layer.updates for key in ("A", "G")]
-        if not work:
+        factors = [factor for layer in self._layers if layer.updates for factor in layer.factors]
+        if not factors:
             return
-        decompose = self._decompose_shared if self._distributed else self._decompose
+        policy, oversample = self._rank_policy(step), self.oversample(step)
+
+        def cost(factor: Factor) -> float:
+            rank = policy.sketch_rank(factor.size, factor.rank_hint)
+            return decomposition_cost(factor.size, self.method, rank or 0, oversample)
+
+        results = self._strategy.decompose(
+            factors,
+            lambda mine: self._decompose(mine, step),
+            cost,
+            phase=f"decomposition (step {step})",
+        )
         failed = []
-        for (layer, key), result in zip(work, decompose(work, step), strict=True):
+        for factor, result in zip(factors, results, strict=True):
             if result is None:
-                failed.append(f"{layer.name}.{key}")
+                failed.append(factor.name)
                 continue
-            setattr(layer, f"{key}_inverse", result)
+            factor.inverse = result
             if not result.exact:
-                layer.rank_hints[key] = min(result.size, result.rank + max(4, result.rank // 4))
+                factor.rank_hint = policy.next_hint(result)
         if failed:
             warnings.warn(
                 f"step {step}: the {self.method} decomposition of factors {failed} failed "
@@ -712,26 +601,3 @@ class KFACPreconditioner:
 def _inner(J: Tensor, P: Tensor) -> Tensor:
     """``sum(J * P)`` as one dot product, without a full-size temporary."""
     return torch.dot(J.reshape(-1), P.reshape(-1))
-
-
-def _pack_inverse(inverse: FactorInverse | None, factor: Tensor) -> Tensor:
-    """``[eigenvalues, eigenvectors, tail, trace]`` as one flat tensor (empty: failed)."""
-    if inverse is None:
-        return factor.new_empty(0)
-    values = inverse.eigenvalues
-    scalars = [
-        torch.as_tensor(x, dtype=values.dtype, device=values.device).reshape(1)
-        for x in (inverse.tail, inverse.trace)
-    ]
-    return torch.cat([values, inverse.eigenvectors.reshape(-1), *scalars])
-
-
-def _unpack_inverse(payload: Tensor, factor: Tensor) -> FactorInverse | None:
-    """Inverse of :func:`_pack_inverse` for a factor of ``factor``'s size."""
-    if payload.numel() == 0:
-        return None
-    n = factor.shape[0]
-    payload = payload.to(device=factor.device, dtype=factor.dtype)
-    r = (payload.numel() - 2) // (n + 1)
-    eigenvectors = payload[r : r + n * r].reshape(n, r)
-    return FactorInverse(payload[:r], eigenvectors, tail=payload[-2], trace=payload[-1])

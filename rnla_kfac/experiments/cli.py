@@ -17,7 +17,7 @@ import torch
 from .data import DATASETS, load_dataset
 from .models import MODELS
 from .parallel import Parallel, process_group
-from .presets import METHODS, PRESETS, Preset, get_preset
+from .presets import PRESETS, TRAINING_METHODS, Preset, get_preset
 from .records import RunStore, new_run_dir
 from .study import run_study, write_outputs
 
@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=list(METHODS),
+        choices=list(TRAINING_METHODS),
         metavar="METHOD",
-        help=f"methods to run (default: all): {', '.join(METHODS)}",
+        help=f"methods to run (default: all): {', '.join(TRAINING_METHODS)}",
     )
     p.add_argument("--dataset", choices=list(DATASETS), help="override the preset's dataset")
     p.add_argument("--model", choices=list(MODELS), help="override the preset's model")

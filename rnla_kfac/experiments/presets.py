@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-METHODS: dict[str, str | None] = {
+TRAINING_METHODS: dict[str, str | None] = {
     "sgd": None,
     "adam": None,
     "kfac": "eigh",
@@ -110,7 +110,7 @@ class Preset:
     targets : tuple of three floats
         Target test accuracies in percent for the table (ascending).
     methods : tuple of str
-        Methods run by default (keys of :data:`METHODS`).
+        Methods run by default (keys of :data:`TRAINING_METHODS`).
     lr : dict
         Learning rate per method (number or :class:`Piecewise`).
     momentum : dict
@@ -140,7 +140,7 @@ class Preset:
     n_samples: int | None = None
     width: int = 2048
     depth: int = 2
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = tuple(TRAINING_METHODS)
     momentum: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.0
     kfac: dict[str, Any] = field(default_factory=dict)
@@ -204,7 +204,7 @@ PAPER_KFAC: dict[str, Any] = {
     "kl_clip": 0.07,
 }
 
-_KFAC_FAMILY = tuple(m for m, v in METHODS.items() if v is not None)
+_KFAC_FAMILY = tuple(m for m, v in TRAINING_METHODS.items() if v is not None)
 
 # Small-problem K-FAC settings shared by the CPU presets (see the "demo" notes below).
 SMALL_KFAC: dict[str, Any] = {

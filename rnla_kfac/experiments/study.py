@@ -9,7 +9,7 @@ import torch
 from .data import Dataset
 from .parallel import Parallel
 from .plots import plot_curves, plot_spectra
-from .presets import METHODS, Preset
+from .presets import TRAINING_METHODS, Preset
 from .records import Record, RunStore
 from .report import write_table
 from .train import train_run
@@ -27,7 +27,7 @@ def spectra_method(methods: Sequence[str]) -> str | None:
     """
     if "rs-kfac" in methods:
         return "rs-kfac"
-    return next((m for m in methods if METHODS[m] is not None), None)
+    return next((m for m in methods if TRAINING_METHODS[m] is not None), None)
 
 
 def run_study(

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .data import Dataset, iterate_batches
 from .models import build_model
 from .parallel import Parallel
-from .presets import METHODS, Preset, at_epoch
+from .presets import TRAINING_METHODS, Preset, at_epoch
 from .records import COMM_KINDS
 
 Record = dict[str, Any]
@@ -60,7 +60,7 @@ def kfac_kwargs(preset: Preset, method: str, clock: EpochClock) -> dict[str, Any
     >>> kw["method"], kw["rank"](0), kw["kl_clip"]
     ('rsvd', 220, 0.07)
     """
-    kwargs: dict[str, Any] = {"method": METHODS[method]}
+    kwargs: dict[str, Any] = {"method": TRAINING_METHODS[method]}
     for key, value in preset.kfac.items():
         if callable(value):
             kwargs[key] = lambda step, schedule=value: schedule(clock.epoch)
@@ -85,8 +85,8 @@ def make_optimizer(
     >>> type(opt).__name__
     'Adam'
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in TRAINING_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(TRAINING_METHODS)}")
     lr = at_epoch(preset.lr[method], 1)
     momentum = preset.momentum.get(method, 0.0)
     if method == "sgd":
@@ -206,7 +206,7 @@ def train_run(
     Parameters
     ----------
     method : str
-        A key of :data:`~rnla_kfac.experiments.presets.METHODS`.
+        A key of :data:`~rnla_kfac.experiments.presets.TRAINING_METHODS`.
     seed : int
         Seeds the initialization and the batch order (shared by all methods).
     data : Dataset

@@ -53,6 +53,39 @@ def test_pack_unpack_round_trip():
         kd.unpack_upper_triangles(buffer, [1, 4])
 
 
+def test_inverse_payload_round_trip():
+    from rnla_kfac import FactorInverse
+
+    F = symmetric(6, 0) @ symmetric(6, 0)
+    inverse = FactorInverse.from_factor(F, "nystrom", rank=2, oversample=1, rng=0)
+    payload = kd.pack_inverse(inverse, F)
+    assert payload.numel() == 6 * 2 + 2 + 2  # U, d, tail, trace
+    back = kd.unpack_inverse(payload, F)
+    for name in ("eigenvalues", "eigenvectors", "tail", "trace"):
+        torch.testing.assert_close(getattr(back, name), torch.as_tensor(getattr(inverse, name)))
+    failed = kd.pack_inverse(None, F)
+    assert failed.numel() == 0 and kd.unpack_inverse(failed, F) is None
+
+
+def test_single_process_strategy_is_local():
+    from rnla_kfac.layers import Factor
+
+    strategy = kd.choose_strategy()
+    assert isinstance(strategy, kd.LocalStrategy)
+    batches = [torch.eye(3)]
+    assert strategy.average_batch_factors(batches) is batches
+    factors = [Factor(key, "fc", 3, torch.float32, torch.device("cpu")) for key in "AG"]
+    seen = []
+    results = strategy.decompose(
+        factors,
+        lambda mine: seen.extend(mine) or [None] * len(mine),
+        cost=lambda factor: factor.size**3,
+        phase="test",
+    )
+    assert seen == factors and results == [None, None]  # every factor decomposed here
+    assert not strategy.communication.bytes
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
 def test_assignment_covers_every_job_once_and_is_balanced(world):
     g = torch.Generator().manual_seed(world)

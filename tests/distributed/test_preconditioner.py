@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from .launcher import launch
-from .worker import METHODS, PRECONDITIONER
+from .worker import DECOMPOSITION_METHODS, PRECONDITIONER
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def equivalence_runs(tmp_path_factory) -> dict[int, list[dict]]:
 
 
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DECOMPOSITION_METHODS)
 def test_factors_and_gradients_match_single_process(equivalence_runs, world, method):
     reference = equivalence_runs[1][0][method]["steps"]
     for rank_result in equivalence_runs[world]:

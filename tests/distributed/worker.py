@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from rnla_kfac import distributed as kd
+from rnla_kfac._checks import DECOMPOSITION_METHODS
 
 SCENARIOS = {}
 
@@ -60,7 +61,6 @@ def failure(out: Path, rank: int, world: int) -> dict:
 
 
 GLOBAL_BATCH = 12
-METHODS = ("eigh", "rsvd", "srevd", "nystrom")
 
 
 def make_model() -> torch.nn.Module:
@@ -101,7 +101,7 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
     from rnla_kfac import KFACPreconditioner
 
     records = {}
-    for method in METHODS:
+    for method in DECOMPOSITION_METHODS:
         model = make_model()
         pre = KFACPreconditioner(model, method=method, **PRECONDITIONER)
         ddp = wrap(model, world)

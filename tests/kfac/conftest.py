@@ -1,4 +1,7 @@
-"""Shared models, data and helpers of the rnla_kfac tests (exposed as fixtures)."""
+"""Fixtures of the rnla_kfac tests: thread count, model, data and factor factories.
+
+The factories are in :mod:`tests.kfac.helpers`.
+"""
 
 from __future__ import annotations
 
@@ -8,56 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-
-class TokensToClasses(nn.Module):
-    """``(n, T, C) -> (n, C, T)``, the layout ``cross_entropy`` expects for sequences."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(1, 2)
-
-
-def make_mlp(seed: int = 0, inplace: bool = False, widths=(6, 16, 12, 4)) -> nn.Sequential:
-    """A small tanh/ReLU MLP with biases, deterministic given ``seed``."""
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU(inplace=inplace))
-    return nn.Sequential(*layers)
-
-
-def make_cnn(seed: int = 0, **conv_kwargs) -> nn.Sequential:
-    """Conv2d (with bias) -> ReLU -> Flatten -> Linear on 3 x 8 x 8 inputs."""
-    torch.manual_seed(seed)
-    conv = nn.Conv2d(3, 4, 3, **conv_kwargs)
-    with torch.no_grad():
-        out_shape = conv(torch.zeros(1, 3, 8, 8)).shape
-    return nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(out_shape[1:].numel(), 5))
-
-
-def batch(kind: str, n: int = 24, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and class labels for ``"mlp"`` (n x 6), ``"cnn"`` (n x 3 x 8 x 8) or
-    ``"tokens"`` (n x 5 x 6 inputs, n x 5 labels)."""
-    g = torch.Generator().manual_seed(seed)
-    if kind == "mlp":
-        return torch.randn(n, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
-    if kind == "cnn":
-        return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
-    return torch.randn(n, 5, 6, generator=g), torch.randint(0, 4, (n, 5), generator=g)
-
-
-def one_step_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs) -> dict:
-    """Factors after one empirical-Fisher step with ``factor_decay=0`` (the batch factors)."""
-    from rnla_kfac import KFACPreconditioner
-
-    options = {"method": "eigh", "factor_decay": 0.0, "factor_update_period": 1, **kwargs}
-    pre = KFACPreconditioner(model, **options)
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    pre.step()
-    pre.remove()
-    return pre.factors()
+from tests.kfac.helpers import TokensToClasses, batch, make_cnn, make_mlp, one_step_factors
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ import torch
 
 from rnla_kfac import FactorInverse, precondition
 from rnla_kfac.inverse import decompose_factors
+from rnla_kfac.rank_policy import RankPolicy
 
 RANDOMIZED = ("rsvd", "srevd", "nystrom")
 
@@ -118,8 +119,7 @@ def test_auto_rank_judges_the_statistics_above_an_identity_floor():
     with_floor, without_floor, identity = decompose_factors(
         [F, F, weight * torch.eye(300)],
         "nystrom",
-        [64, 64, 64],
-        rtol=1 / 33,
+        RankPolicy("auto", rtol=1 / 33),  # the first sketch has 64 columns
         floors=[weight, 0.0, weight],
         rng=g,
     )
@@ -131,7 +131,7 @@ def test_auto_rank_judges_the_statistics_above_an_identity_floor():
 
 def test_decompose_factors_batches_and_keeps_order():
     factors = [averaged_factor(20, seed=s) for s in range(3)] + [averaged_factor(12)]
-    results = decompose_factors(factors, "srevd", [5, 5, 5, 5], rng=0)
+    results = decompose_factors(factors, "srevd", RankPolicy(5), rng=0)
     assert [r.size for r in results] == [20, 20, 20, 12]
     assert [r.rank for r in results] == [5, 5, 5, 12]  # 5 + 10 >= 12: exact
     for F, r in zip(factors, results, strict=True):

@@ -103,7 +103,7 @@ def test_no_recording_without_grad(mlp, data):
     pre = KFACPreconditioner(model, method="eigh")
     with torch.no_grad():
         model(x)
-    assert not any(layer.has_batch or layer._A_count for layer in pre._layers)
+    assert not any(layer.has_batch or layer.A.count for layer in pre._layers)
 
 
 def test_remove_detaches_every_hook(mlp, data):
@@ -116,7 +116,7 @@ def test_remove_detaches_every_hook(mlp, data):
     assert not any(m._backward_hooks or m._forward_pre_hooks for m in model.modules())
     x, y = data("mlp")
     backward(model, x, y)
-    assert not any(layer._A_count or layer._G_count for layer in pre._layers)
+    assert not any(layer.A.count or layer.G.count for layer in pre._layers)
     with pytest.raises(RuntimeError, match="step: this preconditioner was removed"):
         pre.step()
 
@@ -297,8 +297,8 @@ def test_auto_rank_adapts_per_factor(data):
         pre.step()
     A_inv, G_inv = pre.inverses()["2"]
     assert not A_inv.exact and A_inv.rank < 64
-    assert pre._layers[1].rank_hints["A"] >= A_inv.rank
-    values = torch.linalg.eigvalsh(pre._layers[1].A.double()).flip(0)
+    assert pre._layers[1].A.rank_hint >= A_inv.rank
+    values = torch.linalg.eigvalsh(pre._layers[1].A.matrix.double()).flip(0)
     assert A_inv.rank == pytest.approx(int((values >= 0.05 * values[0]).sum()), abs=2)
 
 
@@ -315,7 +315,7 @@ def test_auto_rank_ignores_the_identity_start(data):
     pre.step()
     layer = pre._layers[1]
     assert layer.identity_weight == pytest.approx(0.9)
-    statistics = torch.linalg.eigvalsh(layer.A.double() - 0.9 * torch.eye(151)).flip(0)
+    statistics = torch.linalg.eigvalsh(layer.A.matrix.double() - 0.9 * torch.eye(151)).flip(0)
     expected = int((statistics >= statistics[0] / 33).sum())
     A_inv, _ = pre.inverses()["2"]
     assert not A_inv.exact
