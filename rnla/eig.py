@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import NamedTuple
 
 from ._array_api import (
@@ -61,7 +62,15 @@ def _symmetric_sketch(apply: Operator, omega: Array, n_products: int) -> Array:
 
 
 def _symmetric_basis(
-    xp, Xc: Array, k: int, n_iter: int, method: str, tol, start, rng, first_product: bool
+    xp: ModuleType,
+    Xc: Array,
+    k: int,
+    n_iter: int,
+    method: str,
+    tol: float | None,
+    start: Array | None,
+    rng: RandomState,
+    first_product: bool,
 ) -> tuple[Array, Array]:
     """The orthonormal basis ``Q`` of a symmetric sketch of ``Xc`` and ``X Q``.
 
