@@ -191,6 +191,8 @@ def warm_start(d: int, repeats: int) -> str:
     runs = {
         "warm, n_iter=0": lambda: rnla.srevd(F1, r, p, 0, start=previous, rng=1),
         "cold, n_iter=4": lambda: rnla.srevd(F1, r, p, 4, rng=1),
+        "warm, n_iter=1": lambda: rnla.srevd(F1, r, p, 1, start=previous, rng=1),
+        "warm nystrom, n_iter=0": lambda: rnla.nystrom(F1, r, p, 0, start=previous, rng=1),
         "cold, n_iter=0": lambda: rnla.srevd(F1, r, p, 0, rng=1),
         "cold, n_iter=1": lambda: rnla.srevd(F1, r, p, 1, rng=1),
     }
