@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._array_api import (
     Array,
+    cast_to_input_precision,
     cholesky_lower,
     conj_transpose,
-    device_of,
     small_eigh,
+    small_eigvalsh,
     small_svd,
     solve_upper_right,
+    take_along_last_axis,
 )
 from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
 from ._random import RandomState
@@ -24,18 +26,10 @@ from ._validation import (
     check_square,
     check_start,
     check_tol,
-    prepare_matrix,
 )
-from ._validation import (
-    check_symmetric as require_symmetric,
-)
-from .range_finder import (
-    Operator,
-    adaptive_range,
-    krylov_range,
-    rank_for_tol,
-    starting_block,
-)
+from ._validation import check_symmetric as require_symmetric
+from .operators import Operand, Product, as_operand
+from .range_finder import adaptive_range, krylov_range, rank_for_tol, starting_block
 
 __all__ = ["EighResult", "srevd", "nystrom"]
 
@@ -49,7 +43,7 @@ class EighResult(NamedTuple):
     """Orthonormal eigenvectors as columns, shape (..., n, r)."""
 
 
-def _symmetric_sketch(apply: Operator, omega: Array, n_products: int) -> Array:
+def _symmetric_sketch(xp: ModuleType, apply: Product, omega: Array, n_products: int) -> Array:
     """Orthonormal basis of ``range(X^n_products omega)`` for Hermitian ``X``.
 
     ``apply(M) = X M``; ``X^H = X``, so no transposed products are needed. Each product
@@ -57,13 +51,12 @@ def _symmetric_sketch(apply: Operator, omega: Array, n_products: int) -> Array:
     """
     Y = omega
     for i in range(n_products):
-        Y = apply(well_conditioned_basis(Y, "cholqr2") if i else Y)
-    return orthonormal_basis(Y, "cholqr2")
+        Y = apply(well_conditioned_basis(xp, Y, "cholqr2") if i else Y)
+    return orthonormal_basis(xp, Y, "cholqr2")
 
 
 def _symmetric_basis(
-    xp: ModuleType,
-    Xc: Array,
+    op: Operand,
     k: int,
     n_iter: int,
     method: str,
@@ -72,40 +65,39 @@ def _symmetric_basis(
     rng: RandomState,
     first_product: bool,
 ) -> tuple[Array, Array]:
-    """The orthonormal basis ``Q`` of a symmetric sketch of ``Xc`` and ``X Q``.
+    """The orthonormal basis ``Q`` of a symmetric sketch of ``op`` and ``X Q``.
 
     ``"subspace"``: ``Q`` spans ``X^(2 n_iter + 1) Omega`` (``first_product``) or
     ``X^(2 n_iter) Omega``. ``"krylov"``: the ``n_iter + 1`` blocks
     ``[X Omega, X^2 Omega, ...]`` (``first_product``) or ``[Omega, X Omega, ...]``,
     orthonormalized block by block. With ``tol``: the adaptive range finder.
-    All products go through one callable, ``X M``.
+    All products go through one callable, ``op.apply``.
     """
-    n = Xc.shape[-1]
-
-    def apply(M: Array) -> Array:
-        return Xc @ M
+    xp, apply, n = op.xp, op.apply, op.shape[-1]
 
     def draw(width: int, first: bool = True) -> Array:
-        return starting_block(xp, n, width, Xc.dtype, device_of(Xc), rng, start if first else None)
+        return starting_block(xp, n, width, op.dtype, op.device, rng, start if first else None)
 
     if tol is not None:
-        return adaptive_range(apply, apply, draw, k, n_iter, "cholqr2", tol)
+        return adaptive_range(xp, apply, apply, draw, k, n_iter, "cholqr2", tol)
     if method == "krylov":
         first_block = apply(draw(k)) if first_product else draw(k)
-        return krylov_range(first_block, apply, None, n_iter + 1, n, "cholqr2")
-    Q = _symmetric_sketch(apply, draw(k), 2 * n_iter + first_product)
+        return krylov_range(xp, first_block, apply, None, n_iter + 1, n, "cholqr2")
+    Q = _symmetric_sketch(xp, apply, draw(k), 2 * n_iter + first_product)
     return Q, apply(Q)
 
 
-def _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric):
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
-    n = check_square(Xc)
+def _prepare_symmetric(
+    X: Any, r: Any, oversample: Any, n_iter: Any, check_finite: bool, check_symmetric: bool
+) -> tuple[Operand, int, int, int]:
+    op = as_operand(X, check_finite=check_finite)
+    n = check_square(op.shape)
     if check_symmetric:
-        require_symmetric(xp, Xc)
+        require_symmetric(op)
     r = check_rank(r, n, n)
     oversample = check_int(oversample, "oversample", minimum=0)
     n_iter = check_int(n_iter, "n_iter", minimum=0)
-    return xp, Xc, out_dtype, r, min(r + oversample, n), n_iter
+    return op, r, min(r + oversample, n), n_iter
 
 
 def srevd(
@@ -195,29 +187,27 @@ def srevd(
     >>> bool(np.allclose(values, np.linalg.eigvalsh(X)[::-1][:4]))
     True
     """
-    xp, Xc, out_dtype, r, k, n_iter = _prepare_symmetric(
-        X, r, oversample, n_iter, check_finite, check_symmetric
-    )
+    op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
+    xp = op.xp
     method = check_method(method)
     tol = check_tol(tol, method)
-    check_adaptive_stack(Xc, tol)
-    start = check_start(xp, start, Xc, Xc.shape[-1], k, check_finite=check_finite)
-    Q, XQ = _symmetric_basis(xp, Xc, k, n_iter, method, tol, start, rng, first_product=True)
-    C = conj_transpose(Q) @ XQ
-    C = (C + conj_transpose(C)) / 2
-    values, vectors = small_eigh(C)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
+    Q, XQ = _symmetric_basis(op, k, n_iter, method, tol, start, rng, first_product=True)
+    C = conj_transpose(xp, Q) @ XQ
+    C = (C + conj_transpose(xp, C)) / 2
+    values, vectors = small_eigh(xp, C)
     # Keep the r of largest magnitude (the best rank-r approximation), sorted descending.
     magnitude_order = xp.argsort(xp.abs(values), axis=-1, descending=True, stable=True)
-    values = xp.take_along_axis(values, magnitude_order, axis=-1)
-    rank = r if tol is None else rank_for_tol(xp.abs(values), tol, r)
+    values = take_along_last_axis(xp, values, magnitude_order, matrices=False)
+    rank = r if tol is None else rank_for_tol(xp, xp.abs(values), tol, r)
     values = values[..., :rank]
-    vectors = xp.take_along_axis(vectors, magnitude_order[..., None, :rank], axis=-1)
+    kept = magnitude_order[..., None, :rank]
+    vectors = take_along_last_axis(xp, vectors, kept, matrices=True)
     descending = xp.argsort(values, axis=-1, descending=True, stable=True)
-    values = xp.take_along_axis(values, descending, axis=-1)
-    vectors = Q @ xp.take_along_axis(vectors, descending[..., None, :], axis=-1)
-    if vectors.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        values, vectors = xp.astype(values, out_dtype), xp.astype(vectors, out_dtype)
-    return EighResult(values, vectors)
+    values = take_along_last_axis(xp, values, descending, matrices=False)
+    vectors = Q @ take_along_last_axis(xp, vectors, descending[..., None, :], matrices=True)
+    return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))
 
 
 def nystrom(
@@ -308,38 +298,34 @@ def nystrom(
     >>> bool(np.all(values >= 0) and np.all(np.diff(values) <= 0))
     True
     """
-    xp, Xc, out_dtype, r, k, n_iter = _prepare_symmetric(
-        X, r, oversample, n_iter, check_finite, check_symmetric
-    )
-    n = Xc.shape[-1]
+    op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
+    xp, n = op.xp, op.shape[-1]
     method = check_method(method)
     tol = check_tol(tol, method)
-    check_adaptive_stack(Xc, tol)
-    start = check_start(xp, start, Xc, n, k, check_finite=check_finite)
-    omega, Y = _symmetric_basis(xp, Xc, k, n_iter, method, tol, start, rng, first_product=False)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
+    omega, Y = _symmetric_basis(op, k, n_iter, method, tol, start, rng, first_product=False)
     k = omega.shape[-1]
-    eps = xp.finfo(Xc.dtype).eps
-    tiny = xp.finfo(Xc.dtype).smallest_normal ** 0.5
+    eps = xp.finfo(op.dtype).eps
+    tiny = xp.finfo(op.dtype).smallest_normal ** 0.5
     norm_Y = xp.sqrt(xp.sum(xp.abs(Y) ** 2, axis=(-2, -1)))
     shift = (n**0.5) * eps * norm_Y + tiny  # shape (...,)
-    eye = xp.eye(k, dtype=Xc.dtype, device=device_of(Xc))
-    core = conj_transpose(omega) @ Y
-    core = (core + conj_transpose(core)) / 2
-    L = cholesky_lower(core + xp.astype(shift, Xc.dtype)[..., None, None] * eye)
+    eye = xp.eye(k, dtype=op.dtype, device=op.device)
+    core = conj_transpose(xp, omega) @ Y
+    core = (core + conj_transpose(xp, core)) / 2
+    L = cholesky_lower(xp, core + xp.astype(shift, op.dtype)[..., None, None] * eye)
     if L is None:  # indefinite: shift past the most negative eigenvalue of the core
-        core_eigenvalues = xp.linalg.eigvalsh(core)
+        core_eigenvalues = small_eigvalsh(xp, core)
         largest = xp.max(xp.abs(core_eigenvalues), axis=-1)
         shift = shift + 2 * xp.maximum(-core_eigenvalues[..., 0], eps * largest)
-        L = cholesky_lower(core + xp.astype(shift, Xc.dtype)[..., None, None] * eye)
-    shifted_Y = Y + xp.astype(shift, Xc.dtype)[..., None, None] * omega
+        L = cholesky_lower(xp, core + xp.astype(shift, op.dtype)[..., None, None] * eye)
+    shifted_Y = Y + xp.astype(shift, op.dtype)[..., None, None] * omega
     # Y L^-H by a triangular solve: batched torch.linalg.inv hangs with 2 MKL threads.
-    B = solve_upper_right(shifted_Y, conj_transpose(L))
-    Q_b, R_b = orthonormal_qr(B, "cholqr2")
-    U_r, sigma, _ = small_svd(R_b)
+    B = solve_upper_right(xp, shifted_Y, conj_transpose(xp, L))
+    Q_b, R_b = orthonormal_qr(xp, B, "cholqr2")
+    U_r, sigma, _ = small_svd(xp, R_b)
     values = xp.maximum(sigma**2 - shift[..., None], xp.zeros_like(sigma))
-    rank = r if tol is None else rank_for_tol(values, tol, r)
+    rank = r if tol is None else rank_for_tol(xp, values, tol, r)
     values = values[..., :rank]
     vectors = Q_b @ U_r[..., :rank]
-    if vectors.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        values, vectors = xp.astype(values, out_dtype), xp.astype(vectors, out_dtype)
-    return EighResult(values, vectors)
+    return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import NamedTuple
 
-from ._array_api import Array, conj_transpose, device_of, gram, namespace_of
+from ._array_api import Array, conj_transpose, gram, namespace_of, small_eigvalsh
 from ._random import RandomState, gaussian
-from ._validation import check_int, check_square, prepare_matrix
+from ._validation import check_int, check_square
 from .eig import EighResult
-from .range_finder import Operator, adjoint_product, krylov_range
+from .operators import Operand, Product, as_operand
+from .range_finder import krylov_range
 from .rsvd import SVDResult
 
 __all__ = ["ErrorEstimate", "estimate_error"]
@@ -28,51 +30,57 @@ class ErrorEstimate(NamedTuple):
     """Upper bound, shape (...), that holds with probability at least 1 - 10**-n_probes."""
 
 
-def _factors(xp, Xc: Array, result: SVDResult | EighResult) -> tuple[Operator, Operator, bool]:
+def _residual(op: Operand, result: SVDResult | EighResult) -> tuple[Product, Product, bool]:
     """The residual ``R = X - approximation`` as ``(R M, R^H M, R is Hermitian)``."""
+    xp = op.xp
     if not isinstance(result, (SVDResult, EighResult)):
         raise TypeError(
             f"result: expected an rnla.SVDResult or rnla.EighResult, got {type(result).__name__}"
         )
     try:
-        namespace_of(Xc, *result)
+        result_xp = namespace_of(*result)
     except TypeError as exc:
         raise TypeError(f"result: {exc}") from None
-    real_X = not xp.isdtype(Xc.dtype, "complex floating")
+    if result_xp is not xp:
+        raise TypeError(
+            f"result: factors must come from the array library of X's products ({xp.__name__})"
+        )
+    real_X = not xp.isdtype(op.dtype, "complex floating")
     for name, factor in zip(result._fields, result):
         if real_X and xp.isdtype(factor.dtype, "complex floating"):
             raise TypeError(f"result: {name} is complex ({factor.dtype}) but X is real")
-    factors = [a if a.dtype == Xc.dtype else xp.astype(a, Xc.dtype) for a in result]
-    m, n = Xc.shape[-2:]
+    factors = [a if a.dtype == op.dtype else xp.astype(a, op.dtype) for a in result]
+    m, n = op.shape[-2:]
     if isinstance(result, SVDResult):
         U, S, Vh = factors
         r = S.shape[-1]
         if U.shape[-2:] != (m, r) or Vh.shape[-2:] != (r, n):
             raise ValueError(
                 f"result: factors of shapes U {tuple(U.shape)}, S {tuple(S.shape)}, "
-                f"Vh {tuple(Vh.shape)} do not fit X of shape {tuple(Xc.shape)}"
+                f"Vh {tuple(Vh.shape)} do not fit X of shape {op.shape}"
             )
+        X_adjoint = op.adjoint("estimate_error")
 
         def apply(M: Array) -> Array:
-            return Xc @ M - U @ (S[..., :, None] * (Vh @ M))
+            return op.apply(M) - U @ (S[..., :, None] * (Vh @ M))
 
         def apply_adjoint(M: Array) -> Array:
-            return adjoint_product(Xc, M) - conj_transpose(Vh) @ (
-                S[..., :, None] * (conj_transpose(U) @ M)
+            return X_adjoint(M) - conj_transpose(xp, Vh) @ (
+                S[..., :, None] * (conj_transpose(xp, U) @ M)
             )
 
         return apply, apply_adjoint, False
-    check_square(Xc)
+    check_square(op.shape)
     values, V = factors
     r = values.shape[-1]
     if V.shape[-2:] != (n, r):
         raise ValueError(
             f"result: eigenvalues of shape {tuple(values.shape)} and eigenvectors of shape "
-            f"{tuple(V.shape)} do not fit X of shape {tuple(Xc.shape)}"
+            f"{tuple(V.shape)} do not fit X of shape {op.shape}"
         )
 
     def apply_hermitian(M: Array) -> Array:
-        return Xc @ M - V @ (values[..., :, None] * (conj_transpose(V) @ M))
+        return op.apply(M) - V @ (values[..., :, None] * (conj_transpose(xp, V) @ M))
 
     return apply_hermitian, apply_hermitian, True
 
@@ -159,29 +167,30 @@ def estimate_error(
     >>> bool(0.9 * exact <= estimate.value <= exact * (1 + 1e-12) <= estimate.upper_bound)
     True
     """
-    xp, Xc, _ = prepare_matrix(X, check_finite=check_finite)
+    op = as_operand(X, check_finite=check_finite)
+    xp = op.xp
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     n_probes = check_int(n_probes, "n_probes", minimum=1)
-    apply, apply_adjoint, hermitian = _factors(xp, Xc, result)
-    m, n = Xc.shape[-2:]
-    probes = gaussian(xp, (n, min(n_probes, m, n)), Xc.dtype, device_of(Xc), rng)
+    apply, apply_adjoint, hermitian = _residual(op, result)
+    m, n = op.shape[-2:]
+    probes = gaussian(xp, (n, min(n_probes, m, n)), op.dtype, op.device, rng)
     Y = apply(probes)
     if hermitian:
         # B = R^(2 n_iter + 2): the Krylov space of R holds R^t R omega for t <= 2 n_iter + 1.
-        L, Z = krylov_range(Y, apply_adjoint, None, 2 * n_iter + 2, min(m, n), "cholqr2")
-        projected, degree, exponent = conj_transpose(L) @ Z, 2 * n_iter + 1, 2 * n_iter + 2
+        L, Z = krylov_range(xp, Y, apply_adjoint, None, 2 * n_iter + 2, min(m, n), "cholqr2")
+        projected, degree, exponent = conj_transpose(xp, L) @ Z, 2 * n_iter + 1, 2 * n_iter + 2
     else:
         # B = (R R^H)^n_iter R: the Krylov space holds (R R^H)^t (R omega) up to t = n_iter.
-        L, Z = krylov_range(Y, apply_adjoint, apply, n_iter + 1, min(m, n), "cholqr2")
-        projected, degree, exponent = gram(Z), n_iter, 2 * n_iter + 1
-    value = xp.sqrt(xp.clip(xp.max(xp.linalg.eigvalsh(gram(Z)), axis=-1), min=0))
-    coordinates = conj_transpose(L) @ Y
-    log_norms = _log_power_norms(projected, coordinates, degree)
+        L, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), "cholqr2")
+        projected, degree, exponent = gram(xp, Z), n_iter, 2 * n_iter + 1
+    value = xp.sqrt(xp.clip(xp.max(small_eigvalsh(xp, gram(xp, Z)), axis=-1), min=0))
+    coordinates = conj_transpose(xp, L) @ Y
+    log_norms = _log_power_norms(xp, projected, coordinates, degree)
     upper_bound = xp.exp((math.log(_HMT_FACTOR) + xp.max(log_norms, axis=-1)) / exponent)
     return ErrorEstimate(value, upper_bound)
 
 
-def _log_power_norms(T: Array, C: Array, degree: int) -> Array:
+def _log_power_norms(xp: ModuleType, T: Array, C: Array, degree: int) -> Array:
     """``log ||T^degree c_i||`` for the columns ``c_i`` of ``C``, shape ``(..., b)``.
 
     With ``T = L^H P L`` for the operator ``P`` (``R R^H``, or ``R`` itself) of a Krylov
@@ -191,7 +200,6 @@ def _log_power_norms(T: Array, C: Array, degree: int) -> Array:
     ``||R||_2^e = ||B||_2 <= 10 sqrt(2/pi) max_i ||B omega_i||``. Columns are re-normalized
     every step and their logarithmic scales summed, so no power overflows.
     """
-    xp = namespace_of(T, C)
     tiny = xp.finfo(C.dtype).smallest_normal
     log_norms = None
     for step in range(degree + 1):

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from ._array_api import Array, conj_transpose, device_of, gram, namespace_of, small_svd
+from ._array_api import (
+    Array,
+    cast_to_input_precision,
+    conj_transpose,
+    gram,
+    read_scalar,
+    small_eigvalsh,
+    small_svd,
+)
 from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
 from ._random import RandomState, gaussian
 from ._validation import (
@@ -22,17 +30,10 @@ from ._validation import (
     check_normalizer,
     check_start,
     check_tol,
-    prepare_matrix,
 )
+from .operators import Product, as_operand
 
 __all__ = ["range_finder"]
-
-Operator = Callable[[Array], Array]
-
-
-def adjoint_product(X: Array, Q: Array) -> Array:
-    """``X^H Q`` computed as ``(Q^H X)^H``: no conjugated copy of the large ``X``."""
-    return conj_transpose(conj_transpose(Q) @ X)
 
 
 def starting_block(
@@ -60,8 +61,9 @@ def starting_block(
 
 
 def sketch_range(
-    apply: Operator,
-    apply_adjoint: Operator,
+    xp: ModuleType,
+    apply: Product,
+    apply_adjoint: Product,
     omega: Array,
     n_iter: int,
     normalizer: str,
@@ -75,19 +77,19 @@ def sketch_range(
     """
     Y = apply(omega)
     for _ in range(n_iter):
-        Z = apply_adjoint(well_conditioned_basis(Y, normalizer))
-        Y = apply(well_conditioned_basis(Z, normalizer))
-    return orthonormal_basis(Y, normalizer)
+        Z = apply_adjoint(well_conditioned_basis(xp, Y, normalizer))
+        Y = apply(well_conditioned_basis(xp, Z, normalizer))
+    return orthonormal_basis(xp, Y, normalizer)
 
 
-def _project_out(Y: Array, basis: Array | None) -> Array:
+def _project_out(xp: ModuleType, Y: Array, basis: Array | None) -> Array:
     """``(I - P P^H) Y`` for orthonormal ``P`` (``None``: nothing to remove)."""
     if basis is None:
         return Y
-    return Y - basis @ (conj_transpose(basis) @ Y)
+    return Y - basis @ (conj_transpose(xp, basis) @ Y)
 
 
-def orthonormal_extension(Y: Array, basis: Array | None, normalizer: str) -> Array:
+def orthonormal_extension(xp: ModuleType, Y: Array, basis: Array | None, normalizer: str) -> Array:
     """Orthonormal basis of the part of ``range(Y)`` orthogonal to the orthonormal ``basis``.
 
     Block Gram-Schmidt twice with a re-normalization in between (BCGS2): the first
@@ -97,15 +99,16 @@ def orthonormal_extension(Y: Array, basis: Array | None, normalizer: str) -> Arr
     exhausted Krylov space, an exactly low-rank matrix).
     """
     if basis is None:
-        return orthonormal_basis(Y, normalizer)
-    Y = well_conditioned_basis(_project_out(Y, basis), normalizer)
-    return orthonormal_basis(_project_out(Y, basis), normalizer)
+        return orthonormal_basis(xp, Y, normalizer)
+    Y = well_conditioned_basis(xp, _project_out(xp, Y, basis), normalizer)
+    return orthonormal_basis(xp, _project_out(xp, Y, basis), normalizer)
 
 
 def krylov_range(
+    xp: ModuleType,
     Y: Array,
-    apply_adjoint: Operator,
-    apply: Operator | None,
+    apply_adjoint: Product,
+    apply: Product | None,
     n_blocks: int,
     max_columns: int,
     normalizer: str,
@@ -121,12 +124,11 @@ def krylov_range(
     ``max_columns`` columns (the matrix dimension): ``n_blocks`` products with
     ``A^H`` and ``n_blocks - 1`` with ``A`` at most.
     """
-    xp = namespace_of(Y)
     Q = Z = None
     columns = 0
     for i in range(n_blocks):
         width = min(Y.shape[-1], max_columns - columns)
-        Q_i = orthonormal_extension(Y[..., :width], Q, normalizer)
+        Q_i = orthonormal_extension(xp, Y[..., :width], Q, normalizer)
         Z_i = apply_adjoint(Q_i)
         if Q_i.ndim < Z_i.ndim:  # an unstacked first block (Gaussian) of a stacked matrix
             Q_i = xp.broadcast_to(Q_i, (*Z_i.shape[:-2], *Q_i.shape[-2:]))
@@ -146,8 +148,9 @@ def adaptive_block_size(max_columns: int) -> int:
 
 
 def adaptive_range(
-    apply: Operator,
-    apply_adjoint: Operator,
+    xp: ModuleType,
+    apply: Product,
+    apply_adjoint: Product,
     draw: Callable[[int, bool], Array],
     max_columns: int,
     n_iter: int,
@@ -172,46 +175,46 @@ def adaptive_range(
     block = adaptive_block_size(max_columns)
     while columns < max_columns:
         omega = draw(min(block, max_columns - columns), Q is None)
-        xp = namespace_of(omega)
         width = min(omega.shape[-1], max_columns - columns)
-        Y = _project_out(apply(omega[..., :width]), Q)
+        Y = _project_out(xp, apply(omega[..., :width]), Q)
         for _ in range(n_iter):
-            W = apply_adjoint(well_conditioned_basis(Y, normalizer))
-            Y = _project_out(apply(well_conditioned_basis(W, normalizer)), Q)
-        Q_i = orthonormal_extension(Y, Q, normalizer)
+            W = apply_adjoint(well_conditioned_basis(xp, Y, normalizer))
+            Y = _project_out(xp, apply(well_conditioned_basis(xp, W, normalizer)), Q)
+        Q_i = orthonormal_extension(xp, Y, Q, normalizer)
         Z_i = apply_adjoint(Q_i)
         Q = Q_i if Q is None else xp.concat([Q, Q_i], axis=-1)
         Z = Z_i if Z is None else xp.concat([Z, Z_i], axis=-1)
         columns += width
         # Singular values of Z_i from its small Gram matrix: only their size matters here.
-        values = xp.sqrt(xp.clip(xp.linalg.eigvalsh(gram(Z_i)), min=0))
+        values = xp.sqrt(xp.clip(small_eigvalsh(xp, gram(xp, Z_i)), min=0))
         top = xp.max(values)
         largest = top if largest is None else xp.maximum(largest, top)
         above = xp.sum(xp.astype(values > tol * largest, xp.int64))
-        if int(above) <= width - max(1, width // 4):
+        if read_scalar(xp, above) <= width - max(1, width // 4):
             break
     return Q, Z
 
 
-def factor_projection(Q: Array, Z: Array, normalizer: str) -> tuple[Array, Array, Array]:
+def factor_projection(
+    xp: ModuleType, Q: Array, Z: Array, normalizer: str
+) -> tuple[Array, Array, Array]:
     """SVD ``U diag(S) V^H`` of ``Q Z^H`` (orthonormal ``Q``, so ``Z^H = Q^H A``).
 
     ``Z = Q_b R_b`` by Cholesky QR and the small ``R_b^H`` by an SVD: no k x n SVD. All
     ``k`` triplets, singular values descending.
     """
-    Q_b, R_b = orthonormal_qr(Z, normalizer)
-    U_r, S, Vh_r = small_svd(conj_transpose(R_b))
-    return Q @ U_r, S, Q_b @ conj_transpose(Vh_r)
+    Q_b, R_b = orthonormal_qr(xp, Z, normalizer)
+    U_r, S, Vh_r = small_svd(xp, conj_transpose(xp, R_b))
+    return Q @ U_r, S, Q_b @ conj_transpose(xp, Vh_r)
 
 
-def rank_for_tol(values: Array, tol: float, maximum: int) -> int:
+def rank_for_tol(xp: ModuleType, values: Array, tol: float, maximum: int) -> int:
     """Smallest rank whose first discarded value is at most ``tol`` times the largest.
 
     ``values`` (one matrix, descending magnitudes) are the singular values or the
     eigenvalue magnitudes of the approximation; the result is in ``[1, maximum]``.
     """
-    xp = namespace_of(values)
-    kept = int(xp.sum(xp.astype(values > tol * values[..., :1], xp.int64)))
+    kept = int(read_scalar(xp, xp.sum(xp.astype(values > tol * values[..., :1], xp.int64))))
     return max(1, min(kept, maximum))
 
 
@@ -302,34 +305,29 @@ def range_finder(
     >>> range_finder(X, 10, tol=1e-6, rng=0).shape  # rank(X) = 1
     (100, 1)
     """
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
-    m, n = Xc.shape[-2:]
+    op = as_operand(X, check_finite=check_finite)
+    xp = op.xp
+    m, n = op.shape[-2:]
     k = check_int(k, "k", minimum=1, maximum=min(m, n))
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     normalizer = check_normalizer(xp, normalizer)
     method = check_method(method)
     tol = check_tol(tol, method)
-    check_adaptive_stack(Xc, tol)
-    start = check_start(xp, start, Xc, n, k, check_finite=check_finite)
-
-    def apply(M: Array) -> Array:
-        return Xc @ M
-
-    def apply_adjoint(M: Array) -> Array:
-        return adjoint_product(Xc, M)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
+    apply, apply_adjoint = op.apply, op.adjoint("range_finder")
 
     def draw(width: int, first: bool = True) -> Array:
-        return starting_block(xp, n, width, Xc.dtype, device_of(Xc), rng, start if first else None)
+        return starting_block(xp, n, width, op.dtype, op.device, rng, start if first else None)
 
     if method == "subspace" and tol is None:
-        Q = sketch_range(apply, apply_adjoint, draw(k), n_iter, normalizer)
+        Q = sketch_range(xp, apply, apply_adjoint, draw(k), n_iter, normalizer)
     else:
         if tol is None:
-            Q, Z = krylov_range(
-                apply(draw(k)), apply_adjoint, apply, n_iter + 1, min(m, n), normalizer
-            )
+            Y = apply(draw(k))
+            Q, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
         else:
-            Q, Z = adaptive_range(apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
-        U, S, _ = factor_projection(Q, Z, normalizer)
-        Q = U[..., : k if tol is None else rank_for_tol(S, tol, k)]
-    return xp.astype(Q, out_dtype) if Q.dtype != out_dtype else Q
+            Q, Z = adaptive_range(xp, apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
+        U, S, _ = factor_projection(xp, Q, Z, normalizer)
+        Q = U[..., : k if tol is None else rank_for_tol(xp, S, tol, k)]
+    return cast_to_input_precision(xp, op.out_dtype, Q)[0]

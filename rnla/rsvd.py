@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, conj_transpose, device_of
+from ._array_api import Array, cast_to_input_precision, conj_transpose
 from ._random import RandomState
 from ._validation import (
     check_adaptive_stack,
@@ -14,11 +14,10 @@ from ._validation import (
     check_rank,
     check_start,
     check_tol,
-    prepare_matrix,
 )
+from .operators import as_operand
 from .range_finder import (
     adaptive_range,
-    adjoint_product,
     factor_projection,
     krylov_range,
     rank_for_tol,
@@ -140,8 +139,9 @@ def rsvd(
     >>> rsvd(X, 50, tol=1e-8, rng=0).S.shape  # the rank that meets the tolerance
     (5,)
     """
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
-    m, n = Xc.shape[-2:]
+    op = as_operand(X, check_finite=check_finite)
+    xp = op.xp
+    m, n = op.shape[-2:]
     r = check_rank(r, m, n)
     oversample = check_int(oversample, "oversample", minimum=0)
     n_iter = check_int(n_iter, "n_iter", minimum=0)
@@ -149,36 +149,35 @@ def rsvd(
     k = min(r + oversample, m, n)
     method = check_method(method)
     tol = check_tol(tol, method)
-    check_adaptive_stack(Xc, tol)
-    start = check_start(xp, start, Xc, n, k, check_finite=check_finite)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
 
     # Sketch the range of A = X (tall) or A = X^H (wide) so the test matrix and the
     # first basis live on the shorter side; the products cost the same either way. A
     # start block holds right singular vectors, so it keeps A = X.
     wide = m < n and start is None
-    apply, apply_adjoint = (lambda M: Xc @ M), (lambda M: adjoint_product(Xc, M))
+    apply, apply_adjoint = op.apply, op.adjoint("rsvd")
     if wide:
         apply, apply_adjoint = apply_adjoint, apply
     rows = m if wide else n
 
     def draw(width: int, first: bool = True) -> Array:
         seed_columns = start if first else None
-        return starting_block(xp, rows, width, Xc.dtype, device_of(Xc), rng, seed_columns)
+        return starting_block(xp, rows, width, op.dtype, op.device, rng, seed_columns)
 
     # A ~= Q Q^H A = Q Z^H with Z = A^H Q, factored without a k x n SVD.
     if tol is not None:
-        Q, Z = adaptive_range(apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
+        Q, Z = adaptive_range(xp, apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
     elif method == "krylov":
-        Q, Z = krylov_range(apply(draw(k)), apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
+        Y = apply(draw(k))
+        Q, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
     else:
-        Q = sketch_range(apply, apply_adjoint, draw(k), n_iter, normalizer)
+        Q = sketch_range(xp, apply, apply_adjoint, draw(k), n_iter, normalizer)
         Z = apply_adjoint(Q)
-    U, S, V = factor_projection(Q, Z, normalizer)
-    rank = r if tol is None else rank_for_tol(S, tol, r)
+    U, S, V = factor_projection(xp, Q, Z, normalizer)
+    rank = r if tol is None else rank_for_tol(xp, S, tol, r)
     U, S, V = U[..., :rank], S[..., :rank], V[..., :rank]
     if wide:
         U, V = V, U
-    Vh = conj_transpose(V)
-    if U.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        U, S, Vh = (xp.astype(a, out_dtype) for a in (U, S, Vh))
-    return SVDResult(U, S, Vh)
+    Vh = conj_transpose(xp, V)
+    return SVDResult(*cast_to_input_precision(xp, op.out_dtype, U, S, Vh))

@@ -270,6 +270,28 @@ class FactorInverse:
             self._explicit = (self.eigenvectors * coefficients) @ self.eigenvectors.mT
         return self
 
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> FactorInverse:
+        """The same inverse with its tensors on ``device`` in ``dtype``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = FactorInverse(torch.tensor([2.0]), torch.ones(1, 1), tail=0.5)
+        >>> inv.to("cpu", torch.float64).eigenvectors.dtype
+        torch.float64
+        """
+
+        def move(value: Any) -> Any:
+            return value.to(device=device, dtype=dtype) if isinstance(value, Tensor) else value
+
+        return FactorInverse(
+            move(self.eigenvalues),
+            move(self.eigenvectors),
+            tail=move(self.tail),
+            trace=move(self.trace),
+            damping=move(self.damping),
+        )
+
     def solve(self, M: Tensor, side: str = "left", *, check_values: bool = True) -> Tensor:
         """Apply the damped inverse: ``K^-1 M`` (``side="left"``) or ``M K^-1`` ("right").
 

@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from .inverse import FactorInverse, precondition, split_damping
 from .modules import LayerHelper, helper_for
 
-__all__ = ["Factor", "KFACLayer", "find_layers"]
+__all__ = ["Factor", "KFACLayer", "factor_dtype", "find_layers"]
+
+SKIP_PATTERN_REASON = "skip_layers pattern"
 
 
 class Factor:
@@ -115,6 +117,22 @@ class Factor:
         self.updates += 1
         self.identity_weight *= decay
 
+    def to(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the average and inverse to ``device`` and ``dtype``; forget the batch.
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "fc", 2, torch.float32, torch.device("cpu"))
+        >>> factor.to(torch.device("cpu"), torch.float64)
+        >>> factor.matrix.dtype
+        torch.float64
+        """
+        self.matrix = self.matrix.to(device=device, dtype=dtype)
+        if self.inverse is not None:
+            self.inverse = self.inverse.to(device, dtype)
+        self.reset_batch()
+
     def load_matrix(self, matrix: Tensor) -> None:
         """Replace the average by a copy of ``matrix`` (the average is updated in place)."""
         self.matrix = matrix.to(device=self.matrix.device, dtype=self.matrix.dtype, copy=True)
@@ -200,13 +218,50 @@ class KFACLayer:
         for factor in self.factors:
             factor.reset_batch()
 
+    def follow_module(self) -> None:
+        """Move factors and inverses to the weight's device and factor dtype if it changed.
+
+        Called before statistics are recorded and gradients preconditioned, so a model
+        moved or cast after the preconditioner was built (``model.double()``,
+        ``model.to(device)``) keeps working; the cost is two attribute comparisons.
+        """
+        weight = self.helper.module.weight
+        dtype = factor_dtype(weight.dtype)
+        if dtype == self.dtype and weight.device == self.A.matrix.device:
+            return
+        self.dtype = dtype
+        for factor in self.factors:
+            factor.to(weight.device, dtype)
+        self._damped = None
+
+    def _batched(self, tensor: Tensor) -> Tensor:
+        """An unbatched convolution input or output (``(C, *spatial)``) as a batch of one."""
+        module = self.helper.module
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and tensor.ndim == len(module.kernel_size) + 1
+        ):
+            return tensor.unsqueeze(0)
+        return tensor
+
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
+        x = self._batched(x)
         self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
 
-    def record_output_grad(self, grad_output: Tensor) -> None:
-        """Add the batch ``G`` of one backward pass (from the output's gradient)."""
-        self.G.record(self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype))
+    def record_output_grad(self, grad_output: Tensor, scale: float | Tensor = 1.0) -> None:
+        """Add the batch ``G`` of one backward pass (from the output's gradient).
+
+        ``scale`` multiplies the batch ``G``: ``(accumulation_steps / loss_scale)^2``
+        undoes a loss divided for gradient accumulation or multiplied by a gradient
+        scaler (a power of two for both makes it exact).
+        """
+        grad_output = self._batched(grad_output)
+        batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
+        if not isinstance(scale, Tensor) and scale == 1:
+            self.G.record(batch)
+        else:
+            self.G.record(batch.mul_(scale))
 
     def take_batches(self) -> list[Tensor]:
         """The batch factors since the last update, one per factor; they are reset."""
@@ -298,14 +353,33 @@ class KFACLayer:
             factor.reset_batch()
 
 
+def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a layer's factors: float64 for float64 weights, float32 otherwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> factor_dtype(torch.bfloat16), factor_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float64 if weight_dtype == torch.float64 else torch.float32
+
+
 def find_layers(
     model: nn.Module, skip_layers: str | Iterable[str], statistics_dtype: torch.dtype | None
-) -> list[KFACLayer]:
-    """A :class:`KFACLayer` for each supported module of ``model`` not in ``skip_layers``.
+) -> tuple[list[KFACLayer], dict[str, str]]:
+    """A :class:`KFACLayer` per supported module of ``model``, and the modules left alone.
 
-    ``skip_layers`` holds module names or regular expressions (full match). Warns about
-    unsupported modules (left alone) and patterns that match nothing; the factors are
-    float64 for float64 layers, float32 otherwise.
+    A ``skip_layers`` pattern matches a module when :func:`re.search` finds it in the
+    module's qualified name or it equals the module's class name (``"decoder"`` skips
+    ``module.decoder`` and its children under ``DistributedDataParallel``;
+    ``"Embedding"`` skips every ``nn.Embedding``). Warns about patterns that match
+    nothing. Modules that hold trainable parameters of their own but are not
+    preconditioned are returned with the reason: a skip pattern, an unsupported type,
+    a frozen weight, a Parameter shared with another module (never preconditioned
+    twice), or a layer that ``nn.MultiheadAttention`` applies functionally (its hooks
+    never see the input). The factors are float64 for float64 layers, float32
+    otherwise.
 
     Raises
     ------
@@ -316,29 +390,49 @@ def find_layers(
     Examples
     --------
     >>> import torch
-    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    >>> [layer.name for layer in find_layers(model, "1", None)]
-    ['0']
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4),
+    ...                             torch.nn.Linear(4, 2))
+    >>> layers, skipped = find_layers(model, "2", None)
+    >>> [layer.name for layer in layers], skipped
+    (['0'], {'1': 'unsupported type LayerNorm', '2': "skip_layers pattern '2'"})
     """
     patterns = _compile_patterns(skip_layers)
-    layers, unsupported, matched = [], [], set()
+    owners = _parameter_owners(model)
+    functional = {
+        id(module.out_proj)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+    }
+    layers, skipped, matched = [], {}, set()
     for name, module in model.named_modules():
-        hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        hits = [
+            p.pattern
+            for p in patterns
+            if p.search(name) is not None or p.pattern == type(module).__name__
+        ]
         if hits:
             matched.update(hits)
+            if own:
+                skipped[name] = f"{SKIP_PATTERN_REASON} {hits[0]!r}"
             continue
         helper = helper_for(module)
-        if isinstance(helper, str):
-            unsupported.append(f"{name!r} ({helper})")
-        elif helper is not None:
-            dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+        if isinstance(module, nn.MultiheadAttention) and own:
+            skipped[name] = "nn.MultiheadAttention applies its input projection functionally"
+        elif id(module) in functional and own:
+            skipped[name] = (
+                "applied functionally by its nn.MultiheadAttention: its hooks never see the input"
+            )
+        elif isinstance(helper, str):
+            skipped[name] = helper
+        elif helper is None:
+            if own:
+                skipped[name] = f"unsupported type {type(module).__name__}"
+        elif shared := sorted({other for p in own for other in owners[id(p)] if other != name}):
+            skipped[name] = f"shares a Parameter with {', '.join(map(repr, shared))}"
+        else:
+            dtype = factor_dtype(module.weight.dtype)
             layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
-    if unsupported:
-        warnings.warn(
-            "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
-            + ", ".join(unsupported),
-            stacklevel=3,
-        )
     unmatched = [p.pattern for p in patterns if p.pattern not in matched]
     if unmatched:
         warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
@@ -347,7 +441,16 @@ def find_layers(
             "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
             f"with groups=1, not in skip_layers) in {type(model).__name__}"
         )
-    return layers
+    return layers, skipped
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, list[str]]:
+    """``{id(parameter): names of the distinct modules holding it directly}``."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            owners.setdefault(id(parameter), []).append(name)
+    return owners
 
 
 def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:

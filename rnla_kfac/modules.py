@@ -179,5 +179,5 @@ def helper_for(module: nn.Module) -> LayerHelper | str | None:
     else:
         return None
     if not module.weight.requires_grad:
-        return None
+        return "frozen (weight.requires_grad is False)"
     return helper_type(module)

@@ -203,8 +203,12 @@ def test_grouped_conv_skipped_with_one_warning():
         warnings.simplefilter("always")
         pre = KFACPreconditioner(model)
     assert len(caught) == 1
-    assert "'0' (groups=2 > 1" in str(caught[0].message)
-    assert "'1' (groups=4 > 1" in str(caught[0].message)
+    assert "groups=2 > 1 is not supported: '0'" in str(caught[0].message)
+    assert "groups=4 > 1 is not supported: '1'" in str(caught[0].message)
+    assert pre.skipped_layers == {
+        "0": "groups=2 > 1 is not supported",
+        "1": "groups=4 > 1 is not supported",
+    }
     assert pre.layer_names == ("2",)
 
 

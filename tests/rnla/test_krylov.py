@@ -7,8 +7,10 @@ import pytest
 
 import rnla
 from tests.conftest import hermitian_with_spectrum, matrix_with_spectrum
-from tests.rnla.conftest import (
+from tests.rnla.helpers import (
     FLOAT_DTYPES,
+    ComputeCounter,
+    LazyBackend,
     backend_dtype,
     count_products,
     eig_error,
@@ -171,3 +173,50 @@ def test_unknown_method_is_rejected(xp):
     for fn in (rnla.rsvd, rnla.srevd, rnla.nystrom, rnla.range_finder):
         with pytest.raises(ValueError, match="method: expected one of"):
             fn(X, 2, method="lanczos")
+
+
+@pytest.mark.parametrize("method", ["rsvd", "srevd", "nystrom"])
+def test_krylov_and_start_on_dask_compute_nothing(method):
+    """method="krylov", start= and estimate_error build a dask graph without reading it."""
+    pytest.importorskip("dask.array")
+    lazy = LazyBackend("dask")
+    A = hermitian_with_spectrum(0.7 ** np.arange(60), seed=11)
+    X = lazy.asarray(A)
+    start = lazy.asarray(np.linalg.eigh(A)[1][:, -3:])
+    extra = {} if method == "rsvd" else {"check_symmetric": False}
+    fn = getattr(rnla, method)
+    with ComputeCounter() as counter:
+        result = fn(X, 5, 5, 2, method="krylov", start=start, rng=0, check_finite=False, **extra)
+        estimate = rnla.estimate_error(X, result, rng=0, check_finite=False)
+    assert counter.count == 0
+    expected = fn(A, 5, 5, 2, method="krylov", start=np.linalg.eigh(A)[1][:, -3:], rng=0)
+    values = 1 if method == "rsvd" else 0  # S or the eigenvalues
+    np.testing.assert_allclose(host(result[values]), host(expected[values]), rtol=1e-10)
+    exact = eig_error(A, *expected) if method != "rsvd" else svd_error(A, *expected)
+    assert 0.9 * exact <= float(host(estimate.value)) <= exact * (1 + 1e-10)
+
+
+def test_krylov_under_jax_jit():
+    pytest.importorskip("jax")
+    import jax
+
+    A = matrix_with_spectrum(80, 60, SLOW_SPECTRUM[:60], seed=12).astype(np.float32)
+    compiled = jax.jit(
+        lambda X: rnla.rsvd(X, 5, 5, 2, method="krylov", rng=0, check_finite=False).S
+    )
+    S = host(compiled(LazyBackend("jax").asarray(A)))
+    np.testing.assert_allclose(S, host(rnla.rsvd(A, 5, 5, 2, method="krylov", rng=0).S), rtol=1e-4)
+
+
+def test_sparse_and_operator_inputs():
+    """scipy.sparse and LinearOperator inputs give the dense result (same products)."""
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    A = scipy_sparse.random(120, 90, density=0.1, random_state=13, format="csr")
+    dense = A.toarray()
+    operator = rnla.LinearOperator((120, 90), lambda B: A @ B, lambda B: A.T @ B, like=dense)
+    expected = rnla.rsvd(dense, 6, 5, 2, method="krylov", rng=0)
+    for X in (A, operator):
+        got = rnla.rsvd(X, 6, 5, 2, method="krylov", rng=0)
+        np.testing.assert_allclose(got.S, expected.S, rtol=1e-10)
+        estimate = rnla.estimate_error(X, got, rng=0)
+        assert float(estimate.value) <= svd_error(dense, *got) * (1 + 1e-10)

@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import hermitian_with_spectrum, matrix_with_spectrum
-from tests.rnla.conftest import count_products, eig_error, host, orthonormality_error, svd_error
+from tests.rnla.helpers import count_products, eig_error, host, orthonormality_error, svd_error
 
 SPECTRUM = np.arange(1, 121) ** -0.5
 

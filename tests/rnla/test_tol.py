@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import hermitian_with_spectrum, matrix_with_spectrum
-from tests.rnla.conftest import backend_dtype, eig_error, host, orthonormality_error, svd_error
+from tests.rnla.helpers import backend_dtype, eig_error, host, orthonormality_error, svd_error
 
 
 def _optimal_rank(s: np.ndarray, tol: float) -> int:
