@@ -124,9 +124,10 @@ def estimate_error(
 
     Parameters
     ----------
-    X : array, shape (..., m, n)
-        The matrix (or stack) that ``result`` approximates; square for an
-        :class:`rnla.EighResult`.
+    X : array, sparse matrix or rnla.LinearOperator, shape (..., m, n)
+        The matrix (or stack) that ``result`` approximates, of any kind
+        :func:`rnla.rsvd` takes (an operator needs ``rmatmat`` for an
+        :class:`rnla.SVDResult`); square for an :class:`rnla.EighResult`.
     result : SVDResult or EighResult
         The approximation, e.g. from :func:`rnla.rsvd`, :func:`rnla.srevd` or
         :func:`rnla.nystrom`, with factors whose shapes fit ``X``.
