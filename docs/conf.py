@@ -66,7 +66,7 @@ numpydoc_attributes_as_param_list = True
 # every public name has an example is checked in tests/test_docs.py.
 numpydoc_validation_checks = {"PR01", "PR02", "PR10"}
 numpydoc_validation_exclude = {
-    r"Result$",  # named tuples: fields documented as attributes
+    r"(Result|ErrorEstimate)$",  # named tuples: fields documented as attributes
     r"\.__init__$",
     r"\.[A-Z]\w*\.\w+$",  # methods and properties (their class documents the API)
     r"^rnla_kfac\.experiments\.",  # application code, documented but not validated

@@ -8,6 +8,7 @@ namespace, device and dtype. Every function accepts a single matrix ``(m, n)`` o
 """
 
 from .eig import EighResult, nystrom, srevd
+from .error import ErrorEstimate, estimate_error
 from .operators import LinearOperator, centered
 from .power import PowerIterationResult, power_iteration
 from .range_finder import range_finder
@@ -19,11 +20,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EighResult",
+    "ErrorEstimate",
     "LinearOperator",
     "PowerIterationResult",
     "SVDResult",
     "centered",
     "ea_rank_bound",
+    "estimate_error",
     "nystrom",
     "power_iteration",
     "range_finder",

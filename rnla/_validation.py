@@ -10,6 +10,7 @@ from ._array_api import (
     Array,
     all_finite,
     default_floating_dtype,
+    device_of,
     namespace_of,
     supports_lu,
 )
@@ -171,3 +172,83 @@ def resolve_symmetric(op: Operand, symmetric: bool | None) -> bool:
     if symmetric:
         check_square(op.shape)
     return bool(symmetric)
+
+
+METHODS = ("subspace", "krylov")
+
+
+def check_method(method: Any) -> str:
+    """Validate the ``method`` option of the decompositions."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return method
+
+
+def check_tol(tol: Any, method: str) -> float | None:
+    """Validate a relative spectral tolerance ``0 < tol < 1`` (or ``None``)."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: expected a real number or None, got {tol!r}")
+    if not 0 < tol < 1:
+        raise ValueError(f"tol: must be in (0, 1), got {tol!r}")
+    if method != "subspace":
+        raise ValueError(
+            f"tol: needs method='subspace' (the adaptive range finder), got method={method!r}"
+        )
+    return float(tol)
+
+
+def check_adaptive_stack(shape: tuple[int, ...], tol: float | None) -> None:
+    """Raise ``ValueError`` for a stack with ``tol``: each matrix would get its own rank."""
+    if tol is not None and len(shape) > 2:
+        raise ValueError(
+            f"tol: the rank it selects depends on each matrix, so it needs a single matrix, "
+            f"got a stack of shape {shape}; loop over the stack or pass tol=None"
+        )
+
+
+def check_start(op: Operand, start: Any, k: int, *, check_finite: bool = True) -> Array | None:
+    """Validate a starting block ``(..., n, j)``, ``1 <= j <= k``, for a sketch of ``op``.
+
+    ``n`` is the number of columns of the matrix. Returns the block in the compute dtype
+    of ``op`` (``None`` stays ``None``). Its stack axes must broadcast to those of the
+    matrix without enlarging them.
+    """
+    if start is None:
+        return None
+    xp = op.xp
+    try:
+        start_xp = namespace_of(start)
+    except TypeError as exc:
+        raise TypeError(f"start: {exc}") from None
+    if start_xp is not xp:
+        raise TypeError(
+            f"start: must come from the array library of {op.name}'s products "
+            f"({xp.__name__}), got {type(start).__module__.split('.')[0]} arrays"
+        )
+    if not xp.isdtype(start.dtype, ("real floating", "complex floating")):
+        raise TypeError(f"start: expected a floating dtype, got {start.dtype}")
+    if xp.isdtype(start.dtype, "complex floating") and not xp.isdtype(op.dtype, "complex floating"):
+        raise TypeError(
+            f"start: complex dtype {start.dtype} for a real {op.name} of dtype {op.dtype}"
+        )
+    shape, n = tuple(start.shape), op.shape[-1]
+    if start.ndim < 2 or shape[-2] != n or not 1 <= shape[-1] <= k:
+        raise ValueError(
+            f"start: expected shape (..., {n}, j) with 1 <= j <= {k} (the sketch width), "
+            f"got {shape}"
+        )
+    stack = tuple(op.shape[:-2])
+    fits = len(shape) - 2 <= len(stack) and all(
+        a in (1, b) for a, b in zip(shape[:-2][::-1], stack[::-1])
+    )
+    if not fits:
+        raise ValueError(
+            f"start: stack shape {shape[:-2]} does not broadcast to {op.name}'s stack shape {stack}"
+        )
+    if str(device_of(start)) != str(op.device):
+        raise TypeError(f"start: on device {device_of(start)}, {op.name} on {op.device}")
+    if check_finite:
+        require_finite(xp, start, "start")
+    return start if start.dtype == op.dtype else xp.astype(start, op.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from ._array_api import (
@@ -16,10 +17,19 @@ from ._array_api import (
     take_along_last_axis,
 )
 from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
-from ._random import RandomState, gaussian
-from ._validation import check_int, check_rank, check_square
+from ._random import RandomState
+from ._validation import (
+    check_adaptive_stack,
+    check_int,
+    check_method,
+    check_rank,
+    check_square,
+    check_start,
+    check_tol,
+)
 from ._validation import check_symmetric as require_symmetric
-from .operators import Operand, as_operand
+from .operators import Operand, Product, as_operand
+from .range_finder import adaptive_range, krylov_range, rank_for_tol, starting_block
 
 __all__ = ["EighResult", "srevd", "nystrom"]
 
@@ -33,17 +43,48 @@ class EighResult(NamedTuple):
     """Orthonormal eigenvectors as columns, shape (..., n, r)."""
 
 
-def _symmetric_sketch(op: Operand, k: int, n_products: int, rng: RandomState) -> Array:
-    """Orthonormal basis of ``range(X^n_products Omega)`` for Hermitian ``X``.
+def _symmetric_sketch(xp: ModuleType, apply: Product, omega: Array, n_products: int) -> Array:
+    """Orthonormal basis of ``range(X^n_products omega)`` for Hermitian ``X``.
 
-    ``X^H = X``, so no transposed products are needed; each product is followed by a
-    re-normalization and the result is orthonormal to working precision.
+    ``apply(M) = X M``; ``X^H = X``, so no transposed products are needed. Each product
+    is followed by a re-normalization and the result is orthonormal to working precision.
     """
-    xp = op.xp
-    Y = gaussian(xp, (op.shape[-1], k), op.dtype, op.device, rng)
+    Y = omega
     for i in range(n_products):
-        Y = op.apply(well_conditioned_basis(xp, Y, "cholqr2") if i else Y)
+        Y = apply(well_conditioned_basis(xp, Y, "cholqr2") if i else Y)
     return orthonormal_basis(xp, Y, "cholqr2")
+
+
+def _symmetric_basis(
+    op: Operand,
+    k: int,
+    n_iter: int,
+    method: str,
+    tol: float | None,
+    start: Array | None,
+    rng: RandomState,
+    first_product: bool,
+) -> tuple[Array, Array]:
+    """The orthonormal basis ``Q`` of a symmetric sketch of ``op`` and ``X Q``.
+
+    ``"subspace"``: ``Q`` spans ``X^(2 n_iter + 1) Omega`` (``first_product``) or
+    ``X^(2 n_iter) Omega``. ``"krylov"``: the ``n_iter + 1`` blocks
+    ``[X Omega, X^2 Omega, ...]`` (``first_product``) or ``[Omega, X Omega, ...]``,
+    orthonormalized block by block. With ``tol``: the adaptive range finder.
+    All products go through one callable, ``op.apply``.
+    """
+    xp, apply, n = op.xp, op.apply, op.shape[-1]
+
+    def draw(width: int, first: bool = True) -> Array:
+        return starting_block(xp, n, width, op.dtype, op.device, rng, start if first else None)
+
+    if tol is not None:
+        return adaptive_range(xp, apply, apply, draw, k, n_iter, "cholqr2", tol)
+    if method == "krylov":
+        first_block = apply(draw(k)) if first_product else draw(k)
+        return krylov_range(xp, first_block, apply, None, n_iter + 1, n, "cholqr2")
+    Q = _symmetric_sketch(xp, apply, draw(k), 2 * n_iter + first_product)
+    return Q, apply(Q)
 
 
 def _prepare_symmetric(
@@ -65,6 +106,9 @@ def srevd(
     oversample: int = 10,
     n_iter: int = 4,
     *,
+    method: str = "subspace",
+    tol: float | None = None,
+    start: Array | None = None,
     rng: RandomState = None,
     check_finite: bool = True,
     check_symmetric: bool = True,
@@ -86,7 +130,26 @@ def srevd(
     oversample : int, default 10
         Extra sketch columns (``r + oversample`` is clamped to ``n``).
     n_iter : int, default 4
-        Power iterations; each applies ``X^2`` (two products, each re-normalized).
+        Power iterations; each applies ``X^2`` (two products, each re-normalized). With
+        ``method="krylov"``, the number of Krylov blocks minus one.
+    method : {"subspace", "krylov"}, default "subspace"
+        ``"krylov"``: the sketch spans the ``n_iter + 1`` blocks of the block Krylov
+        space ``[X Omega, X^2 Omega, ..., X^(n_iter+1) Omega]`` (at most ``n``
+        columns), orthonormalized block by block, for ``n_iter + 2`` products: fewer
+        than subspace iteration with the same ``n_iter``, on a wider basis. See
+        :func:`rnla.rsvd` and :doc:`/theory` for when it pays off.
+    tol : float, optional
+        Relative tolerance in ``(0, 1)``: the sketch grows block by block (an adaptive
+        range finder, ``2 n_iter + 2`` products per block) up to ``r + oversample``
+        columns until the error is estimated to be at most ``tol`` times the largest
+        eigenvalue magnitude, and the result keeps the smallest rank ``l <= r`` whose
+        first discarded magnitude is at most ``tol`` times the largest. A single
+        matrix only; ``method="subspace"`` only.
+    start : array, shape (..., n, j), optional
+        ``1 <= j <= r + oversample`` columns that seed the sketch in place of the first
+        Gaussian columns, e.g. the eigenvectors of a previous decomposition of a slowly
+        changing matrix; the other columns are Gaussian. With ``n_iter=0`` it is a single
+        pass (two products).
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
         Source of the Gaussian test matrix.
     check_finite : bool, default True
@@ -105,10 +168,13 @@ def srevd(
     Raises
     ------
     TypeError
-        For non-floating dtypes or non-arrays.
+        For non-floating dtypes or non-arrays, or a ``start`` of another library or
+        device (or complex for a real ``X``).
     ValueError
         For empty, non-finite, non-square or non-Hermitian ``X``, ``r`` outside
-        ``[1, n]`` or negative ``oversample`` / ``n_iter``.
+        ``[1, n]``, negative ``oversample`` / ``n_iter``, an unknown ``method``, ``tol``
+        outside ``(0, 1)``, with a stack or with ``method="krylov"``, or a ``start`` of
+        the wrong shape.
 
     Examples
     --------
@@ -123,14 +189,21 @@ def srevd(
     """
     op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
     xp = op.xp
-    Q = _symmetric_sketch(op, k, 2 * n_iter + 1, rng)
-    C = conj_transpose(xp, Q) @ op.apply(Q)
+    method = check_method(method)
+    tol = check_tol(tol, method)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
+    Q, XQ = _symmetric_basis(op, k, n_iter, method, tol, start, rng, first_product=True)
+    C = conj_transpose(xp, Q) @ XQ
     C = (C + conj_transpose(xp, C)) / 2
     values, vectors = small_eigh(xp, C)
     # Keep the r of largest magnitude (the best rank-r approximation), sorted descending.
-    magnitude_order = xp.argsort(xp.abs(values), axis=-1, stable=True)[..., k - r :]
+    magnitude_order = xp.argsort(xp.abs(values), axis=-1, descending=True, stable=True)
     values = take_along_last_axis(xp, values, magnitude_order, matrices=False)
-    vectors = take_along_last_axis(xp, vectors, magnitude_order[..., None, :], matrices=True)
+    rank = r if tol is None else rank_for_tol(xp, xp.abs(values), tol, r)
+    values = values[..., :rank]
+    kept = magnitude_order[..., None, :rank]
+    vectors = take_along_last_axis(xp, vectors, kept, matrices=True)
     descending = xp.argsort(values, axis=-1, descending=True, stable=True)
     values = take_along_last_axis(xp, values, descending, matrices=False)
     vectors = Q @ take_along_last_axis(xp, vectors, descending[..., None, :], matrices=True)
@@ -143,6 +216,9 @@ def nystrom(
     oversample: int = 10,
     n_iter: int = 4,
     *,
+    method: str = "subspace",
+    tol: float | None = None,
+    start: Array | None = None,
     rng: RandomState = None,
     check_finite: bool = True,
     check_symmetric: bool = True,
@@ -168,7 +244,26 @@ def nystrom(
     oversample : int, default 10
         Extra sketch columns (``r + oversample`` is clamped to ``n``).
     n_iter : int, default 4
-        Power iterations on the test matrix; each applies ``X^2``.
+        Power iterations on the test matrix; each applies ``X^2``. With
+        ``method="krylov"``, the number of Krylov blocks minus one.
+    method : {"subspace", "krylov"}, default "subspace"
+        ``"krylov"``: the sketch spans the ``n_iter + 1`` blocks of the block Krylov
+        space ``[Omega, X Omega, ..., X^n_iter Omega]`` (at most ``n`` columns),
+        orthonormalized block by block, for ``n_iter + 1`` products: fewer than
+        subspace iteration with the same ``n_iter``, on a wider basis. See
+        :func:`rnla.rsvd` and :doc:`/theory` for when it pays off.
+    tol : float, optional
+        Relative tolerance in ``(0, 1)``: the sketch grows block by block (an adaptive
+        range finder, ``2 n_iter + 2`` products per block) up to ``r + oversample``
+        columns until the error is estimated to be at most ``tol`` times the largest
+        eigenvalue, and the result keeps the smallest rank ``l <= r`` whose first
+        discarded eigenvalue is at most ``tol`` times the largest. A single matrix only;
+        ``method="subspace"`` only.
+    start : array, shape (..., n, j), optional
+        ``1 <= j <= r + oversample`` columns that seed the sketch in place of the first
+        Gaussian columns, e.g. the eigenvectors of a previous decomposition of a slowly
+        changing matrix; the other columns are Gaussian. With ``n_iter=0`` it is a single
+        pass (one product).
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
         Source of the Gaussian test matrix.
     check_finite : bool, default True
@@ -185,10 +280,13 @@ def nystrom(
     Raises
     ------
     TypeError
-        For non-floating dtypes or non-arrays.
+        For non-floating dtypes or non-arrays, or a ``start`` of another library or
+        device (or complex for a real ``X``).
     ValueError
         For empty, non-finite, non-square or non-Hermitian ``X``, ``r`` outside
-        ``[1, n]`` or negative ``oversample`` / ``n_iter``.
+        ``[1, n]``, negative ``oversample`` / ``n_iter``, an unknown ``method``, ``tol``
+        outside ``(0, 1)``, with a stack or with ``method="krylov"``, or a ``start`` of
+        the wrong shape.
 
     Examples
     --------
@@ -202,8 +300,12 @@ def nystrom(
     """
     op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
     xp, n = op.xp, op.shape[-1]
-    omega = _symmetric_sketch(op, k, 2 * n_iter, rng)
-    Y = op.apply(omega)
+    method = check_method(method)
+    tol = check_tol(tol, method)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
+    omega, Y = _symmetric_basis(op, k, n_iter, method, tol, start, rng, first_product=False)
+    k = omega.shape[-1]
     eps = xp.finfo(op.dtype).eps
     tiny = xp.finfo(op.dtype).smallest_normal ** 0.5
     norm_Y = xp.sqrt(xp.sum(xp.abs(Y) ** 2, axis=(-2, -1)))
@@ -222,6 +324,8 @@ def nystrom(
     B = solve_upper_right(xp, shifted_Y, conj_transpose(xp, L))
     Q_b, R_b = orthonormal_qr(xp, B, "cholqr2")
     U_r, sigma, _ = small_svd(xp, R_b)
-    values = xp.maximum(sigma[..., :r] ** 2 - shift[..., None], xp.zeros_like(sigma[..., :r]))
-    vectors = Q_b @ U_r[..., :r]
+    values = xp.maximum(sigma**2 - shift[..., None], xp.zeros_like(sigma))
+    rank = r if tol is None else rank_for_tol(xp, values, tol, r)
+    values = values[..., :rank]
+    vectors = Q_b @ U_r[..., :rank]
     return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))

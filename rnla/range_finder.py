@@ -1,16 +1,63 @@
-"""Randomized range finder with power (subspace) iteration."""
+"""Randomized range finders: subspace iteration, block Krylov, adaptive (``tol``), warm starts.
+
+Every routine here sees the matrix ``A`` only through two callables, ``apply(M) = A M``
+and ``apply_adjoint(M) = A^H M``, so it serves any input that can be applied to a block
+of vectors, and every routine works on stacks ``(..., m, n)`` (the blocks carry the
+stack axes).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
-from ._array_api import Array, cast_to_input_precision
-from ._orthonormalize import orthonormal_basis, well_conditioned_basis
+from ._array_api import (
+    Array,
+    cast_to_input_precision,
+    conj_transpose,
+    gram,
+    read_scalar,
+    small_eigvalsh,
+    small_svd,
+)
+from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
 from ._random import RandomState, gaussian
-from ._validation import check_int, check_normalizer
+from ._validation import (
+    check_adaptive_stack,
+    check_int,
+    check_method,
+    check_normalizer,
+    check_start,
+    check_tol,
+)
 from .operators import Product, as_operand
 
 __all__ = ["range_finder"]
+
+
+def starting_block(
+    xp: ModuleType,
+    rows: int,
+    k: int,
+    dtype: Any,
+    device: Any,
+    rng: RandomState,
+    start: Array | None = None,
+) -> Array:
+    """The ``rows x k`` test matrix: the columns of ``start`` first, the rest Gaussian.
+
+    ``start`` (``(..., rows, j)``) carries its stack axes into the result; with
+    ``j >= k`` it is the whole test matrix.
+    """
+    if start is None:
+        return gaussian(xp, (rows, k), dtype, device, rng)
+    j = start.shape[-1]
+    if j >= k:
+        return start
+    fill = gaussian(xp, (rows, k - j), dtype, device, rng)
+    fill = xp.broadcast_to(fill, (*start.shape[:-2], rows, k - j))
+    return xp.concat([start, fill], axis=-1)
 
 
 def sketch_range(
@@ -21,7 +68,7 @@ def sketch_range(
     n_iter: int,
     normalizer: str,
 ) -> Array:
-    """Orthonormal basis of ``range((A A^H)^n_iter A omega)``.
+    """Orthonormal basis of ``range((A A^H)^n_iter A omega)`` (subspace iteration).
 
     ``apply`` and ``apply_adjoint`` compute ``A M`` and ``A^H M``; every product is
     followed by a re-normalization (:func:`well_conditioned_basis`) so low precision
@@ -35,11 +82,150 @@ def sketch_range(
     return orthonormal_basis(xp, Y, normalizer)
 
 
+def _project_out(xp: ModuleType, Y: Array, basis: Array | None) -> Array:
+    """``(I - P P^H) Y`` for orthonormal ``P`` (``None``: nothing to remove)."""
+    if basis is None:
+        return Y
+    return Y - basis @ (conj_transpose(xp, basis) @ Y)
+
+
+def orthonormal_extension(xp: ModuleType, Y: Array, basis: Array | None, normalizer: str) -> Array:
+    """Orthonormal basis of the part of ``range(Y)`` orthogonal to the orthonormal ``basis``.
+
+    Block Gram-Schmidt twice with a re-normalization in between (BCGS2): the first
+    projection leaves a remainder orthogonal to ``basis`` only relative to ``||Y||``, so
+    after it is rescaled to unit size a second projection makes it orthogonal to
+    working precision, even when ``Y`` lies almost entirely in ``range(basis)`` (an
+    exhausted Krylov space, an exactly low-rank matrix).
+    """
+    if basis is None:
+        return orthonormal_basis(xp, Y, normalizer)
+    Y = well_conditioned_basis(xp, _project_out(xp, Y, basis), normalizer)
+    return orthonormal_basis(xp, _project_out(xp, Y, basis), normalizer)
+
+
+def krylov_range(
+    xp: ModuleType,
+    Y: Array,
+    apply_adjoint: Product,
+    apply: Product | None,
+    n_blocks: int,
+    max_columns: int,
+    normalizer: str,
+) -> tuple[Array, Array]:
+    """Orthonormal basis ``Q`` of a block Krylov space and ``Z = A^H Q``.
+
+    The space is ``[Y, (A A^H) Y, ..., (A A^H)^(n_blocks-1) Y]`` (randomized block
+    Krylov iteration, Tropp and Webber 2023) or, with ``apply=None`` for Hermitian
+    ``A`` (then ``apply_adjoint`` is ``A``), ``[Y, A Y, ..., A^(n_blocks-1) Y]``. Each
+    new block is ``A`` (``A A^H``) applied to the previous orthonormal block, made
+    orthonormal against all earlier ones (:func:`orthonormal_extension`); its product
+    ``A^H Q_i`` is kept, so ``Z`` costs no extra product. The space is cut at
+    ``max_columns`` columns (the matrix dimension): ``n_blocks`` products with
+    ``A^H`` and ``n_blocks - 1`` with ``A`` at most.
+    """
+    Q = Z = None
+    columns = 0
+    for i in range(n_blocks):
+        width = min(Y.shape[-1], max_columns - columns)
+        Q_i = orthonormal_extension(xp, Y[..., :width], Q, normalizer)
+        Z_i = apply_adjoint(Q_i)
+        if Q_i.ndim < Z_i.ndim:  # an unstacked first block (Gaussian) of a stacked matrix
+            Q_i = xp.broadcast_to(Q_i, (*Z_i.shape[:-2], *Q_i.shape[-2:]))
+        Q = Q_i if Q is None else xp.concat([Q, Q_i], axis=-1)
+        Z = Z_i if Z is None else xp.concat([Z, Z_i], axis=-1)
+        columns += width
+        if columns >= max_columns:
+            break
+        if i + 1 < n_blocks:
+            Y = Z_i if apply is None else apply(Z_i)
+    return Q, Z
+
+
+def adaptive_block_size(max_columns: int) -> int:
+    """Columns per block of :func:`adaptive_range`: a quarter of the maximum, at least 16."""
+    return min(max_columns, max(16, -(-max_columns // 4)))
+
+
+def adaptive_range(
+    xp: ModuleType,
+    apply: Product,
+    apply_adjoint: Product,
+    draw: Callable[[int, bool], Array],
+    max_columns: int,
+    n_iter: int,
+    normalizer: str,
+    tol: float,
+) -> tuple[Array, Array]:
+    """Blocked adaptive range finder: grow ``Q`` until the residual falls below ``tol``.
+
+    Each block is a subspace iteration (``n_iter`` steps) on the residual
+    ``(I - Q Q^H) A`` of the basis found so far, started from ``draw(width, first)``
+    (``first`` marks the first block, which may hold warm-start columns), followed by
+    ``Z_i = A^H Q_i``: ``2 n_iter + 2`` products per block, as in Martinsson and
+    Voronin's randQB (2016). The singular values of ``Z_i`` estimate the leading
+    singular values of that residual from below, so once at least a quarter of a block's
+    values fall below ``tol`` times the largest singular value seen, the basis holds the
+    rank where the error reaches ``tol`` and growth stops. One host synchronization per
+    block decides it. Returns ``Q`` and ``Z = A^H Q``.
+    """
+    Q = Z = None
+    columns = 0
+    largest = None
+    block = adaptive_block_size(max_columns)
+    while columns < max_columns:
+        omega = draw(min(block, max_columns - columns), Q is None)
+        width = min(omega.shape[-1], max_columns - columns)
+        Y = _project_out(xp, apply(omega[..., :width]), Q)
+        for _ in range(n_iter):
+            W = apply_adjoint(well_conditioned_basis(xp, Y, normalizer))
+            Y = _project_out(xp, apply(well_conditioned_basis(xp, W, normalizer)), Q)
+        Q_i = orthonormal_extension(xp, Y, Q, normalizer)
+        Z_i = apply_adjoint(Q_i)
+        Q = Q_i if Q is None else xp.concat([Q, Q_i], axis=-1)
+        Z = Z_i if Z is None else xp.concat([Z, Z_i], axis=-1)
+        columns += width
+        # Singular values of Z_i from its small Gram matrix: only their size matters here.
+        values = xp.sqrt(xp.clip(small_eigvalsh(xp, gram(xp, Z_i)), min=0))
+        top = xp.max(values)
+        largest = top if largest is None else xp.maximum(largest, top)
+        above = xp.sum(xp.astype(values > tol * largest, xp.int64))
+        if read_scalar(xp, above) <= width - max(1, width // 4):
+            break
+    return Q, Z
+
+
+def factor_projection(
+    xp: ModuleType, Q: Array, Z: Array, normalizer: str
+) -> tuple[Array, Array, Array]:
+    """SVD ``U diag(S) V^H`` of ``Q Z^H`` (orthonormal ``Q``, so ``Z^H = Q^H A``).
+
+    ``Z = Q_b R_b`` by Cholesky QR and the small ``R_b^H`` by an SVD: no k x n SVD. All
+    ``k`` triplets, singular values descending.
+    """
+    Q_b, R_b = orthonormal_qr(xp, Z, normalizer)
+    U_r, S, Vh_r = small_svd(xp, conj_transpose(xp, R_b))
+    return Q @ U_r, S, Q_b @ conj_transpose(xp, Vh_r)
+
+
+def rank_for_tol(xp: ModuleType, values: Array, tol: float, maximum: int) -> int:
+    """Smallest rank whose first discarded value is at most ``tol`` times the largest.
+
+    ``values`` (one matrix, descending magnitudes) are the singular values or the
+    eigenvalue magnitudes of the approximation; the result is in ``[1, maximum]``.
+    """
+    kept = int(read_scalar(xp, xp.sum(xp.astype(values > tol * values[..., :1], xp.int64))))
+    return max(1, min(kept, maximum))
+
+
 def range_finder(
     X: Array,
     k: int,
     n_iter: int = 4,
     *,
+    method: str = "subspace",
+    tol: float | None = None,
+    start: Array | None = None,
     normalizer: str = "auto",
     rng: RandomState = None,
     check_finite: bool = True,
@@ -56,10 +242,27 @@ def range_finder(
         Real or complex matrix or stack of matrices (NumPy, PyTorch, CuPy, any array-API
         library). float16 and bfloat16 are computed in float32.
     k : int
-        Number of basis vectors, ``1 <= k <= min(m, n)``.
+        Number of basis vectors, ``1 <= k <= min(m, n)`` (the maximum with ``tol``).
     n_iter : int, default 4
         Power (subspace) iterations; each applies ``X X^H`` (two products) and
-        re-normalizes after every product.
+        re-normalizes after every product. With ``method="krylov"``, the number of
+        Krylov blocks minus one.
+    method : {"subspace", "krylov"}, default "subspace"
+        ``"krylov"`` builds the block Krylov space
+        ``[X Omega, (X X^H) X Omega, ..., (X X^H)^n_iter X Omega]`` of ``n_iter + 1``
+        blocks (at most ``min(m, n)`` columns) and returns its ``k`` leading left singular
+        directions (``2 n_iter + 2`` products, one more than subspace iteration); see
+        :func:`rnla.rsvd` for when it pays off.
+    tol : float, optional
+        Relative spectral tolerance in ``(0, 1)``: the basis grows block by block (an
+        adaptive range finder) until ``||X - Q Q^H X||_2`` is estimated to be at most
+        ``tol * ||X||_2``, and ``Q`` is cut to the smallest number of columns (at most
+        ``k``) that meets it. A single matrix only (the rank depends on the data);
+        ``method="subspace"`` only.
+    start : array, shape (..., n, j), optional
+        Columns (``1 <= j <= k``) that replace the first columns of ``Omega``, e.g. the
+        right singular vectors of a previous decomposition of a similar matrix; the
+        remaining columns are Gaussian. With ``n_iter=0`` this is a single pass.
     normalizer : {"auto", "cholqr2", "qr", "lu", "none"}, default "auto"
         Re-normalization between products. ``"cholqr2"`` (what ``"auto"`` picks) uses
         one shifted Cholesky-QR pass between products and CholQR2 for the final basis,
@@ -75,15 +278,19 @@ def range_finder(
     Returns
     -------
     Q : array, shape (..., m, k)
-        Orthonormal columns, in the namespace, device and dtype of ``X``.
+        Orthonormal columns, in the namespace, device and dtype of ``X`` (with ``tol``,
+        shape ``(m, l)`` for the selected ``l <= k``).
 
     Raises
     ------
     TypeError
-        For non-floating dtypes or non-arrays.
+        For non-floating dtypes or non-arrays, or a ``start`` of another library,
+        device or a complex ``start`` for real ``X``.
     ValueError
         For empty or non-finite ``X``, ``k`` outside ``[1, min(m, n)]``, negative
-        ``n_iter`` or an unknown ``normalizer``.
+        ``n_iter``, an unknown ``normalizer`` or ``method``, ``tol`` outside ``(0, 1)``,
+        ``tol`` with a stack or with ``method="krylov"``, or a ``start`` of the wrong
+        shape.
 
     Examples
     --------
@@ -95,6 +302,8 @@ def range_finder(
     (100, 10)
     >>> bool(np.allclose(Q @ (Q.T @ X), X))
     True
+    >>> range_finder(X, 10, tol=1e-6, rng=0).shape  # rank(X) = 1
+    (100, 1)
     """
     op = as_operand(X, check_finite=check_finite)
     xp = op.xp
@@ -102,6 +311,23 @@ def range_finder(
     k = check_int(k, "k", minimum=1, maximum=min(m, n))
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     normalizer = check_normalizer(xp, normalizer)
-    omega = gaussian(xp, (n, k), op.dtype, op.device, rng)
-    Q = sketch_range(xp, op.apply, op.adjoint("range_finder"), omega, n_iter, normalizer)
+    method = check_method(method)
+    tol = check_tol(tol, method)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
+    apply, apply_adjoint = op.apply, op.adjoint("range_finder")
+
+    def draw(width: int, first: bool = True) -> Array:
+        return starting_block(xp, n, width, op.dtype, op.device, rng, start if first else None)
+
+    if method == "subspace" and tol is None:
+        Q = sketch_range(xp, apply, apply_adjoint, draw(k), n_iter, normalizer)
+    else:
+        if tol is None:
+            Y = apply(draw(k))
+            Q, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
+        else:
+            Q, Z = adaptive_range(xp, apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
+        U, S, _ = factor_projection(xp, Q, Z, normalizer)
+        Q = U[..., : k if tol is None else rank_for_tol(xp, S, tol, k)]
     return cast_to_input_precision(xp, op.out_dtype, Q)[0]

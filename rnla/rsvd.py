@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, cast_to_input_precision, conj_transpose, small_svd
-from ._orthonormalize import orthonormal_qr
-from ._random import RandomState, gaussian
-from ._validation import check_int, check_normalizer, check_rank
+from ._array_api import Array, cast_to_input_precision, conj_transpose
+from ._random import RandomState
+from ._validation import (
+    check_adaptive_stack,
+    check_int,
+    check_method,
+    check_normalizer,
+    check_rank,
+    check_start,
+    check_tol,
+)
 from .operators import as_operand
-from .range_finder import sketch_range
+from .range_finder import (
+    adaptive_range,
+    factor_projection,
+    krylov_range,
+    rank_for_tol,
+    sketch_range,
+    starting_block,
+)
 
 __all__ = ["SVDResult", "rsvd"]
 
@@ -31,6 +45,9 @@ def rsvd(
     oversample: int = 10,
     n_iter: int = 4,
     *,
+    method: str = "subspace",
+    tol: float | None = None,
+    start: Array | None = None,
     normalizer: str = "auto",
     rng: RandomState = None,
     check_finite: bool = True,
@@ -53,7 +70,32 @@ def rsvd(
     oversample : int, default 10
         Extra sketch columns; ``r + oversample`` is clamped to ``min(m, n)``.
     n_iter : int, default 4
-        Power iterations (each applies ``X X^H`` with re-normalization).
+        Power iterations (each applies ``X X^H`` with re-normalization); with
+        ``method="krylov"``, the number of Krylov blocks minus one.
+    method : {"subspace", "krylov"}, default "subspace"
+        ``"subspace"``: the basis spans the last block ``(X X^H)^n_iter X Omega``.
+        ``"krylov"``: it spans all ``n_iter + 1`` blocks
+        ``[X Omega, (X X^H) X Omega, ..., (X X^H)^n_iter X Omega]`` (randomized block
+        Krylov iteration, capped at ``min(m, n)`` columns), for the same
+        ``2 n_iter + 2`` products but ``n_iter + 1`` times wider orthogonalizations and
+        last product. On slowly decaying spectra it reaches a given accuracy with
+        about half the ``n_iter`` of subspace iteration (see :doc:`/theory`); on fast
+        decays, or when ``(n_iter + 1) k`` approaches ``min(m, n)``, subspace iteration
+        is cheaper.
+    tol : float, optional
+        Relative spectral tolerance in ``(0, 1)``. The sketch then grows block by block
+        (an adaptive range finder, ``2 n_iter + 2`` products per block) up to ``r +
+        oversample`` columns, until the error is estimated to be at most ``tol`` times
+        the largest singular value, and the result keeps the smallest rank ``l <= r``
+        whose first discarded singular value is at most ``tol * S[0]``. ``r`` is then
+        the maximum rank. Single matrices only (each matrix of a stack would get its own
+        rank), ``method="subspace"`` only; one host synchronization per block.
+    start : array, shape (..., n, j), optional
+        ``1 <= j <= r + oversample`` columns that seed the sketch in place of the first
+        Gaussian columns, e.g. ``Vh^H`` of a previous decomposition of a slowly changing
+        matrix; the other columns are Gaussian. With ``n_iter=0`` it is a single pass
+        (two products). The sketch is then taken on the right of ``X`` even when ``X``
+        is wide.
     normalizer : {"auto", "cholqr2", "qr", "lu", "none"}, default "auto"
         Re-normalization between products; see :func:`rnla.range_finder`.
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
@@ -70,10 +112,13 @@ def rsvd(
     Raises
     ------
     TypeError
-        For non-floating dtypes, non-arrays, or an ``rng`` of another library.
+        For non-floating dtypes, non-arrays, or an ``rng`` or ``start`` of another
+        library (or device, or a complex ``start`` for a real ``X``).
     ValueError
         For empty or non-finite ``X``, ``r`` outside ``[1, min(m, n)]``, negative
-        ``oversample`` or ``n_iter``, or an unknown ``normalizer``.
+        ``oversample`` or ``n_iter``, an unknown ``normalizer`` or ``method``, ``tol``
+        outside ``(0, 1)``, with a stack or with ``method="krylov"``, or a ``start`` of
+        the wrong shape.
 
     See Also
     --------
@@ -91,6 +136,8 @@ def rsvd(
     ((300, 5), (5,), (5, 200))
     >>> bool(np.allclose(S, np.linalg.svd(X, compute_uv=False)[:5]))
     True
+    >>> rsvd(X, 50, tol=1e-8, rng=0).S.shape  # the rank that meets the tolerance
+    (5,)
     """
     op = as_operand(X, check_finite=check_finite)
     xp = op.xp
@@ -100,22 +147,36 @@ def rsvd(
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     normalizer = check_normalizer(xp, normalizer)
     k = min(r + oversample, m, n)
+    method = check_method(method)
+    tol = check_tol(tol, method)
+    check_adaptive_stack(op.shape, tol)
+    start = check_start(op, start, k, check_finite=check_finite)
 
     # Sketch the range of A = X (tall) or A = X^H (wide) so the test matrix and the
-    # first basis live on the shorter side; the products cost the same either way.
-    wide = m < n
+    # first basis live on the shorter side; the products cost the same either way. A
+    # start block holds right singular vectors, so it keeps A = X.
+    wide = m < n and start is None
     apply, apply_adjoint = op.apply, op.adjoint("rsvd")
     if wide:
         apply, apply_adjoint = apply_adjoint, apply
-    omega = gaussian(xp, (m if wide else n, k), op.dtype, op.device, rng)
-    Q = sketch_range(xp, apply, apply_adjoint, omega, n_iter, normalizer)
+    rows = m if wide else n
 
-    # A ~= Q Q^H A = Q (A^H Q)^H = Q R_b^H Q_b^H = (Q U_r) S (Q_b V_r)^H.
-    Q_b, R_b = orthonormal_qr(xp, apply_adjoint(Q), normalizer)
-    U_r, S, Vh_r = small_svd(xp, conj_transpose(xp, R_b))
-    U = Q @ U_r[..., :r]
-    V = Q_b @ conj_transpose(xp, Vh_r[..., :r, :])
-    S = S[..., :r]
+    def draw(width: int, first: bool = True) -> Array:
+        seed_columns = start if first else None
+        return starting_block(xp, rows, width, op.dtype, op.device, rng, seed_columns)
+
+    # A ~= Q Q^H A = Q Z^H with Z = A^H Q, factored without a k x n SVD.
+    if tol is not None:
+        Q, Z = adaptive_range(xp, apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
+    elif method == "krylov":
+        Y = apply(draw(k))
+        Q, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
+    else:
+        Q = sketch_range(xp, apply, apply_adjoint, draw(k), n_iter, normalizer)
+        Z = apply_adjoint(Q)
+    U, S, V = factor_projection(xp, Q, Z, normalizer)
+    rank = r if tol is None else rank_for_tol(xp, S, tol, r)
+    U, S, V = U[..., :rank], S[..., :rank], V[..., :rank]
     if wide:
         U, V = V, U
     Vh = conj_transpose(xp, V)

@@ -154,3 +154,24 @@ class LazyBackend:
 
     def __repr__(self) -> str:
         return f"LazyBackend({self.name})"
+
+
+class ComputeCounter:
+    """Counts the dask graph computations started while it is active."""
+
+    def __init__(self):
+        from dask.callbacks import Callback
+
+        self.count = 0
+
+        def start(dsk):
+            self.count += 1
+
+        self._callback = Callback(start=start)
+
+    def __enter__(self):
+        self._callback.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._callback.__exit__(*exc)

@@ -15,7 +15,7 @@ import pytest
 
 import rnla
 from tests.helpers import hermitian_with_spectrum, matrix_with_spectrum
-from tests.rnla.helpers import LazyBackend, eps_of, host, orthonormality_error
+from tests.rnla.helpers import ComputeCounter, LazyBackend, eps_of, host, orthonormality_error
 
 SPECTRUM = 0.7 ** np.arange(40)
 """Singular values of the test matrices: a decay the default sketch resolves."""
@@ -98,34 +98,13 @@ def test_stacks_dask():
     np.testing.assert_allclose(host(S), np.stack([SPECTRUM[:4], 2 * SPECTRUM[:4]]), rtol=1e-12)
 
 
-class _ComputeCounter:
-    """Counts the dask graph computations started while it is active."""
-
-    def __init__(self):
-        from dask.callbacks import Callback
-
-        self.count = 0
-
-        def start(dsk):
-            self.count += 1
-
-        self._callback = Callback(start=start)
-
-    def __enter__(self):
-        self._callback.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._callback.__exit__(*exc)
-
-
 @pytest.mark.parametrize("method", ["rsvd", "range_finder", "srevd", "nystrom"])
 def test_dask_graph_computations(method):
     """No computation without check_finite; exactly one (the finiteness check) with it."""
     pytest.importorskip("dask.array")
     X = LazyBackend("dask").asarray(_matrix(method))
     for check_finite, allowed in ((False, 0), (True, 1)):
-        with _ComputeCounter() as counter:
+        with ComputeCounter() as counter:
             result = _decompose(method, X, check_finite=check_finite)
         assert counter.count == allowed
     assert all(type(a).__module__.startswith("dask") for a in result)
