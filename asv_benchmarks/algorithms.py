@@ -220,14 +220,14 @@ def warm_start(d: int, repeats: int) -> str:
     return title + table(header, rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, to test the script")
     parser.add_argument(
         "--only", choices=["krylov", "estimate", "tol", "warm"], action="append", default=None
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sections = {
         "krylov": lambda: block_krylov(256 if args.quick else cases.KRYLOV_SIZE, args.repeats),
         "estimate": lambda: error_estimates(
