@@ -89,12 +89,12 @@ def check_non_negative(value: Any, name: str) -> float:
     return check_number(value, name, low=0)
 
 
-def check_period(value: Any, name: str) -> int:
-    """An integer ``>= 1`` (steps between two updates).
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer ``>= 1`` (steps between two updates, sample sizes, ranks).
 
     Examples
     --------
-    >>> check_period(10, "factor_update_period")
+    >>> check_positive_int(10, "factor_update_period")
     10
     """
     return check_number(value, name, integer=True, low=1)

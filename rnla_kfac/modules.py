@@ -38,6 +38,8 @@ The gradient matrix of a layer is ``[W.grad.reshape(d_out, -1), b.grad]``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -47,6 +49,7 @@ __all__ = [
     "EmbeddingHelper",
     "LayerHelper",
     "LinearHelper",
+    "conv_patches",
     "helper_for",
 ]
 
@@ -177,6 +180,33 @@ class LinearHelper(LayerHelper):
         return rows, rows.shape[0]
 
 
+def conv_patches(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
+    """Unfolded input patches ``(n, S, C_in * prod(kernel))`` in the weight's layout.
+
+    Any stride, dilation and padding (numbers, ``"same"``/``"valid"`` and every
+    ``padding_mode``); a Conv1d input is unfolded as the ``(1 x k)`` Conv2d on a unit
+    height. ``x`` is batched, ``(n, C_in, *spatial)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = torch.nn.Conv1d(2, 3, 5, padding="same")
+    >>> conv_patches(conv, torch.randn(4, 2, 11)).shape
+    torch.Size([4, 11, 10])
+    """
+    padding: Any = conv.padding
+    if isinstance(padding, str) or conv.padding_mode != "zeros":
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+        padding = (0,) * len(conv.kernel_size)
+    kernel, dilation, stride = conv.kernel_size, conv.dilation, conv.stride
+    if x.ndim == 3:  # Conv1d: the (1 x k) Conv2d on a unit height
+        x = x[:, :, None, :]
+        kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
+        padding = (0, *padding)
+    return F.unfold(x, kernel, dilation, padding, stride).transpose(1, 2)
+
+
 class ConvHelper(LayerHelper):
     """``nn.Conv1d`` and ``nn.Conv2d``: any stride, padding (any mode), dilation, groups.
 
@@ -208,24 +238,13 @@ class ConvHelper(LayerHelper):
         return t[None] if t.ndim == len(self.module.kernel_size) + 1 else t
 
     def input_rows(self, x: Tensor) -> tuple[Tensor, float]:
-        conv = self.module
         x = self._batched(x)
-        padding = conv.padding
-        if isinstance(padding, str) or conv.padding_mode != "zeros":
-            mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-            padding = (0,) * (x.ndim - 2)
-        kernel, dilation, stride = conv.kernel_size, conv.dilation, conv.stride
-        if x.ndim == 3:  # Conv1d: the (1 x k) Conv2d on a unit height
-            x = x[:, :, None, :]
-            kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
-            padding = (0, *padding)
-        patches = F.unfold(x, kernel, dilation, padding, stride)  # (n, C_in k, S)
-        n = x.shape[0]
+        patches = conv_patches(self.module, x)  # (n, S, C_in k)
+        n, locations, width = patches.shape
         if self.blocks is None:
-            return patches.transpose(1, 2).reshape(-1, patches.shape[1]), n
-        per_group = patches.reshape(n, self.blocks, -1, patches.shape[-1])
-        return per_group.permute(1, 0, 3, 2).reshape(self.blocks, -1, per_group.shape[2]), n
+            return patches.reshape(-1, width), n
+        per_group = patches.reshape(n, locations, self.blocks, width // self.blocks)
+        return per_group.permute(2, 0, 1, 3).reshape(self.blocks, n * locations, -1), n
 
     def output_rows(self, grad_output: Tensor) -> tuple[Tensor, float]:
         grad_output = self._batched(grad_output)

@@ -24,8 +24,8 @@ from ._checks import (
     check_decay,
     check_floating_dtype,
     check_non_negative,
-    check_period,
     check_positive,
+    check_positive_int,
     check_rank,
     check_tolerance,
 )
@@ -244,15 +244,15 @@ class KFACPreconditioner:
         self.damping = Schedule(damping, "damping", check_positive)
         self.factor_decay = Schedule(factor_decay, "factor_decay", check_decay)
         self.factor_update_period = Schedule(
-            factor_update_period, "factor_update_period", check_period
+            factor_update_period, "factor_update_period", check_positive_int
         )
         self.inverse_update_period = Schedule(
-            inverse_update_period, "inverse_update_period", check_period
+            inverse_update_period, "inverse_update_period", check_positive_int
         )
         self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
         self.lr: Schedule | dict[str, Schedule] = _learning_rates(lr)
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
-        self.accumulation_steps = check_period(accumulation_steps, "accumulation_steps")
+        self.accumulation_steps = check_positive_int(accumulation_steps, "accumulation_steps")
         if grad_scaler is not None and not callable(grad_scaler):
             if not isinstance(grad_scaler, torch.amp.GradScaler):
                 raise TypeError(

@@ -17,51 +17,22 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from rnla import woodbury_solve
 
-from ._checks import Schedule, ScheduleLike, check_number
+from ._checks import (
+    Schedule,
+    ScheduleLike,
+    check_non_negative,
+    check_number,
+    check_positive,
+    check_positive_int,
+)
+from .modules import conv_patches
 
 __all__ = ["SENG"]
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d)
-
-
-def _positive(value: Any, name: str) -> float:
-    return check_number(value, name, low=0, low_inclusive=False)
-
-
-def _non_negative(value: Any, name: str) -> float:
-    return check_number(value, name, low=0)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    return check_number(value, name, integer=True, low=1)
-
-
-def _conv_patches(conv: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
-    """Unfolded input patches ``(n, L, C_in * prod(kernel))`` in the weight's layout.
-
-    Any stride, dilation and padding (numbers, ``"same"``/``"valid"`` and every
-    ``padding_mode``); a Conv1d input is unfolded as a ``1 x length`` image.
-    """
-    padding: Any = conv.padding
-    if isinstance(padding, str) or conv.padding_mode != "zeros":
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-        padding = (0,) * len(conv.kernel_size)
-    if isinstance(conv, nn.Conv1d):
-        patches = F.unfold(
-            x.unsqueeze(2),
-            (1, conv.kernel_size[0]),
-            dilation=(1, conv.dilation[0]),
-            padding=(0, padding[0]),
-            stride=(1, conv.stride[0]),
-        )
-    else:
-        patches = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)
-    return patches.transpose(1, 2)
 
 
 class _PerSampleGradients:
@@ -164,7 +135,7 @@ class _SENGLayer:
         n = x.shape[0]
         x, grad = x.to(self.dtype), grad.to(self.dtype)
         if isinstance(self.module, _CONV_TYPES):
-            A = _conv_patches(self.module, x)
+            A = conv_patches(self.module, x)
             G = grad.flatten(2).transpose(1, 2)
         else:
             A = x.reshape(n, -1, x.shape[-1])
@@ -372,20 +343,22 @@ class SENG(torch.optim.SGD):
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        lr = _non_negative(lr, "lr")
+        lr = check_non_negative(lr, "lr")
         momentum = check_number(momentum, "momentum", low=0, high=1, high_inclusive=False)
-        weight_decay = _non_negative(weight_decay, "weight_decay")
-        self.damping = Schedule(damping, "damping", _positive)
+        weight_decay = check_non_negative(weight_decay, "weight_decay")
+        self.damping = Schedule(damping, "damping", check_positive)
         self.fim_col_sample_size = (
             None
             if fim_col_sample_size is None
-            else _positive_int(fim_col_sample_size, "fim_col_sample_size")
+            else check_positive_int(fim_col_sample_size, "fim_col_sample_size")
         )
-        self.curvature_update_freq = _positive_int(curvature_update_freq, "curvature_update_freq")
-        self.explicit_gradient_limit = _positive_int(
+        self.curvature_update_freq = check_positive_int(
+            curvature_update_freq, "curvature_update_freq"
+        )
+        self.explicit_gradient_limit = check_positive_int(
             explicit_gradient_limit, "explicit_gradient_limit"
         )
-        self.per_sample_rank = _positive_int(per_sample_rank, "per_sample_rank")
+        self.per_sample_rank = check_positive_int(per_sample_rank, "per_sample_rank")
         self.seed = check_number(seed, "seed", integer=True, low=0)
         super().__init__(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         self._layers = self._find_layers(model)
