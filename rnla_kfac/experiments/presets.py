@@ -300,9 +300,12 @@ PAPER_SENG: dict[str, Any] = {
     "weight_decay": 1e-2,
 }
 
-# SENG on the small CPU problems (demo, digits): 16 steps per epoch, so the curvature
-# is refreshed every 8 steps (the inverse period of SMALL_KFAC's first epochs) instead
-# of every 200; the preset's weight decay, as every other method.
+# SENG on the small CPU problems (demo, digits, mnist1d-cnn): 16 steps per epoch, so
+# the curvature is refreshed every 8 steps (the inverse period of SMALL_KFAC's first
+# epochs) instead of every 200; the paper's damping 2; the preset's weight decay, as
+# every other method. SENG_LR (demo, digits) is NOT tuned yet: it is the lr that
+# mnist1d-cnn's grid ranked second (see there); demo and digits do not run SENG by
+# default.
 SENG_LR = 0.1
 SMALL_SENG: dict[str, Any] = {
     "damping": 2.0,
@@ -372,7 +375,13 @@ PRESETS: dict[str, Preset] = {
     # CNN1D: input K-factors of size 2305 (conv3), 1281 (conv4) and 2561 (fc1), and
     # batch 256, the paper's, gives 16 steps per epoch, the demo's count, so that
     # SMALL_KFAC's schedules apply unchanged to all three K-FAC methods.
-    # TUNING
+    # Tuned on one seed (seed 0), 5 epochs, on a loaded machine (times not used):
+    # SGD (momentum 0.9) lr in {0.03, 0.1, 0.3} -> 0.03 (test accuracy after epochs 1-5:
+    # 50/67/84/91/84% against 53/67/75/81/76% at 0.1; 0.3 diverged to 18-33%); Adam lr
+    # in {1e-3, 3e-3} -> 1e-3 (82.0% after epoch 5 against 61.6%); SENG (damping 2, the
+    # paper's) lr in {0.05, 0.1, 0.2} -> 0.05 (48/74/87/90/93% against 57/81/87/71/88%
+    # and 34/75/86/84/88%). The K-FAC family keeps the demo's lr 0.3 and SMALL_KFAC,
+    # untuned here. Targets: levels the tuned SGD and SENG runs passed within 5 epochs.
     "mnist1d-cnn": Preset(
         name="mnist1d-cnn",
         description=(
@@ -388,7 +397,7 @@ PRESETS: dict[str, Preset] = {
         seeds=2,
         targets=(80.0, 85.0, 90.0),
         methods=("sgd", "adam", "kfac", "rs-kfac", "sre-kfac", "seng"),
-        lr={"sgd": 0.1, "adam": 1e-3, **{m: 0.3 for m in _KFAC_FAMILY}, "seng": 0.1},
+        lr={"sgd": 0.03, "adam": 1e-3, **{m: 0.3 for m in _KFAC_FAMILY}, "seng": 0.05},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}, "seng": 0.9},
         weight_decay=7e-4,
         kfac=SMALL_KFAC,
