@@ -1,12 +1,14 @@
 """rnla: backend-agnostic randomized numerical linear algebra.
 
-One implementation serves NumPy, PyTorch (CPU and CUDA), CuPy and any other library
-implementing the Python array API; results come back in the caller's namespace,
-device and dtype. Every function accepts a single matrix ``(m, n)`` or a stack
+One implementation serves NumPy, PyTorch (CPU and CUDA), CuPy, dask, JAX and any
+other library implementing the Python array API, as well as scipy.sparse matrices and
+linear operators (:class:`LinearOperator`); results come back in the caller's
+namespace, device and dtype. Every function accepts a single matrix ``(m, n)`` or a stack
 ``(..., m, n)``.
 """
 
 from .eig import EighResult, nystrom, srevd
+from .operators import LinearOperator, centered
 from .power import PowerIterationResult, power_iteration
 from .range_finder import range_finder
 from .rank import ea_rank_bound, select_rank
@@ -17,8 +19,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EighResult",
+    "LinearOperator",
     "PowerIterationResult",
     "SVDResult",
+    "centered",
     "ea_rank_bound",
     "nystrom",
     "power_iteration",

@@ -2,8 +2,13 @@
 
 Everything else in :mod:`rnla` is written against the Python array API standard and
 calls into this module for the few operations the standard lacks (LU, triangular
-solves, a Cholesky that reports failure instead of raising) or where a backend has a
-markedly faster routine (SciPy's Householder QR beats NumPy's on skinny matrices).
+solves, a Cholesky that reports failure instead of raising), where a backend has a
+markedly faster routine (SciPy's Householder QR beats NumPy's on skinny matrices), and
+for the rules of lazy and traced backends (dask, JAX), whose values cannot be read
+inside an algorithm.
+
+A public function finds the namespace ``xp`` once (:func:`namespace_of`) and passes it
+to every helper here, which takes it as its first argument.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -18,31 +24,39 @@ import array_api_compat
 import numpy as np
 
 Array = Any
-"""Any array-API compatible array (NumPy, PyTorch, CuPy, array-api-strict, ...)."""
+"""Any array-API compatible array (NumPy, PyTorch, CuPy, dask, JAX, array-api-strict, ...)."""
 
 __all__ = [
     "Array",
+    "adjoint_product",
     "all_finite",
-    "namespace_of",
+    "cast_to_input_precision",
     "check_same_device",
+    "cholesky_lower",
+    "compute_dtype",
+    "conj_transpose",
+    "default_floating_dtype",
+    "device_of",
+    "gram",
+    "householder_qr",
+    "is_cupy",
+    "is_lazy",
     "is_numpy",
     "is_torch",
-    "is_cupy",
-    "to_numpy",
-    "device_of",
-    "compute_dtype",
-    "gram",
-    "conj_transpose",
-    "cholesky_lower",
-    "householder_qr",
+    "lu_basis",
+    "namespace_of",
+    "read_scalar",
+    "scaled_product_sum",
     "small_eigh",
     "small_matmul",
     "small_svd",
     "solve_upper_right",
-    "lu_basis",
-    "scaled_product_sum",
+    "sparse_matrix_namespace",
+    "sparse_matrix_values",
     "supports_lu",
     "synchronize",
+    "take_along_last_axis",
+    "to_numpy",
 ]
 
 
@@ -58,12 +72,18 @@ def namespace_of(*arrays: Array) -> ModuleType:
     for a in candidates:
         if not hasattr(a, "shape") or not hasattr(a, "dtype"):
             raise TypeError(
-                f"expected an array (NumPy, PyTorch, CuPy, ...), got {type(a).__name__}"
+                "expected an array (NumPy, PyTorch, CuPy, dask, JAX, ...), a sparse matrix "
+                f"or a linear operator, got {type(a).__name__}"
             )
     try:
         return array_api_compat.array_namespace(*candidates)
     except TypeError as exc:
         libraries = sorted({type(a).__module__.split(".")[0] for a in candidates})
+        if len(libraries) == 1:
+            raise TypeError(
+                f"{type(candidates[0]).__name__} from {libraries[0]} is not a supported "
+                "array, sparse matrix or linear operator"
+            ) from exc
         raise TypeError(
             f"arrays must come from one array library, got arrays from {libraries}"
         ) from exc
@@ -97,6 +117,35 @@ def is_cupy(xp: ModuleType) -> bool:
     return array_api_compat.is_cupy_namespace(xp)
 
 
+def _is_dask(xp: ModuleType) -> bool:
+    return array_api_compat.is_dask_namespace(xp)
+
+
+def _is_jax(xp: ModuleType) -> bool:
+    return array_api_compat.is_jax_namespace(xp)
+
+
+def is_lazy(xp: ModuleType) -> bool:
+    """Whether values may not be read inside an algorithm: dask and JAX arrays.
+
+    Reading a dask array (``bool()``, ``float()``) computes its whole graph again, and a
+    JAX array traced under ``jax.jit`` has no value at all. On these backends the
+    algorithms run a fixed sequence of steps, with no branch on computed values.
+    """
+    return _is_dask(xp) or _is_jax(xp)
+
+
+def _is_traced(x: Array) -> bool:
+    """Whether ``x`` is a JAX tracer (an array under ``jax.jit``, ``grad`` or ``vmap``)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.core.Tracer)
+
+
+def default_floating_dtype(xp: ModuleType, device: Any) -> Any:
+    """The namespace's default real floating dtype (float64 on NumPy, float32 on PyTorch)."""
+    return xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
+
+
 def to_numpy(x: Array) -> np.ndarray:
     """Copy an array of any supported backend to a NumPy array on the host."""
     xp = namespace_of(x)
@@ -120,6 +169,40 @@ def synchronize(x: Array) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
 
+def read_scalar(xp: ModuleType, x: Array) -> float:
+    """The value of a 0-d array on the host (a PyTorch tensor outside its autograd graph)."""
+    return float(x.detach() if is_torch(xp) else x)
+
+
+def sparse_matrix_namespace(X: Any) -> ModuleType | None:
+    """The namespace of the dense arrays a sparse matrix works with, or ``None``.
+
+    NumPy for ``scipy.sparse`` matrices and arrays and for
+    ``scipy.sparse.linalg.LinearOperator``; CuPy for ``cupyx.scipy.sparse`` matrices.
+    ``None`` for any other object (torch sparse tensors are arrays of their namespace).
+    """
+    if "scipy.sparse" in sys.modules:
+        import scipy.sparse
+        import scipy.sparse.linalg
+
+        if scipy.sparse.issparse(X) or isinstance(X, scipy.sparse.linalg.LinearOperator):
+            import array_api_compat.numpy
+
+            return array_api_compat.numpy
+    cupy_sparse = sys.modules.get("cupyx.scipy.sparse")
+    if cupy_sparse is not None and cupy_sparse.issparse(X):
+        import array_api_compat.cupy
+
+        return array_api_compat.cupy
+    return None
+
+
+def sparse_matrix_values(X: Any) -> Array:
+    """The stored entries of a SciPy or CuPy sparse matrix, as a dense 1 x nnz array."""
+    values = X.data if X.format in ("csr", "csc", "coo", "bsr") else X.tocoo().data
+    return values.reshape(1, -1)
+
+
 def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
     """The dtype factorizations run in: float16/bfloat16 are upcast to float32.
 
@@ -130,35 +213,60 @@ def compute_dtype(xp: ModuleType, dtype: Any) -> Any:
     return dtype
 
 
-def conj_transpose(x: Array) -> Array:
+def cast_to_input_precision(xp: ModuleType, dtype: Any, *arrays: Array) -> tuple[Array, ...]:
+    """``arrays`` cast back to ``dtype`` where they carry more precision than it.
+
+    Results of float16/bfloat16 input are computed in float32 (:func:`compute_dtype`)
+    and returned in the input dtype; results already at the input's precision (real
+    singular values of complex input included) are returned unchanged.
+    """
+    bits = xp.finfo(dtype).bits
+    return tuple(xp.astype(a, dtype) if xp.finfo(a.dtype).bits > bits else a for a in arrays)
+
+
+def conj_transpose(xp: ModuleType, x: Array) -> Array:
     """The conjugate transpose of the last two axes (a view for real input)."""
-    xp = namespace_of(x)
     xt = xp.matrix_transpose(x) if not hasattr(x, "mT") else x.mT
     if xp.isdtype(x.dtype, "complex floating"):
         return xp.conj(xt)
     return xt
 
 
-def gram(Y: Array) -> Array:
+def adjoint_product(xp: ModuleType, X: Array, M: Array) -> Array:
+    """``X^H M`` for a large ``X`` and a block ``M``.
+
+    Computed as ``(M^H X)^H``, which forms no conjugated copy of ``X``. dask multiplies
+    ``X^H M`` directly: its conjugate transpose is a lazy view, conjugated block by
+    block, and dask runs the transposed form far slower (``docs/benchmarks.rst``).
+    """
+    if _is_dask(xp):
+        return conj_transpose(xp, X) @ M
+    return conj_transpose(xp, conj_transpose(xp, M) @ X)
+
+
+def gram(xp: ModuleType, Y: Array) -> Array:
     """The Gram matrix ``Y^H Y`` of a (stack of) tall matrix: the first half of a CholQR pass.
 
-    NumPy computes it on one BLAS thread (``syrk`` for real input). At k ~ 200 columns a
-    second thread gains little on an idle machine (0.45 against 0.5 ms at 1024 x 230,
-    float32), but two-thread calls on operands this small stall when the cores are
-    shared: with another process busy on both cores of the test machine, ``rnla.rsvd``
-    at d=1024 took 132 ms with its Gram matrices, triangular products and k x k
-    factorizations on one thread and 484 ms with them on two.
+    NumPy computes it on one BLAS thread (``syrk`` for real input), for the reason given
+    in :func:`small_matmul`.
     """
-    return small_matmul(conj_transpose(Y), Y)
+    return small_matmul(xp, conj_transpose(xp, Y), Y)
 
 
-def cholesky_lower(G: Array) -> Array | None:
+def cholesky_lower(xp: ModuleType, G: Array) -> Array | None:
     """Lower Cholesky factor of Hermitian positive definite ``G``, or ``None`` on failure.
 
     Failure means the factorization raised, reported a non-positive pivot, or produced
-    non-finite entries (CuPy fills NaNs instead of raising).
+    non-finite entries (CuPy fills NaNs instead of raising). On lazy backends
+    (:func:`is_lazy`) failure cannot be seen without reading values: the factor of a
+    matrix that is not positive definite holds NaNs there, and ``None`` is never
+    returned. Every backend returns the lower triangle (array-api-compat's dask
+    ``linalg.cholesky`` returns the upper one, so dask goes through NumPy per block).
     """
-    xp = namespace_of(G)
+    if _is_dask(xp):
+        return _dask_gufunc(_numpy_cholesky_or_nan, "(i,j)->(i,j)", G, output_dtypes=G.dtype)
+    if _is_jax(xp):
+        return xp.linalg.cholesky(G)
     if is_torch(xp):
         import torch
 
@@ -177,12 +285,49 @@ def cholesky_lower(G: Array) -> Array | None:
                 L = xp.linalg.cholesky(G)
         except (np.linalg.LinAlgError, ValueError, RuntimeError):
             return None
-    if not all_finite(L):
+    if not all_finite(xp, L):
         return None
     return L
 
 
-def all_finite(X: Array, block_entries: int = 1 << 20) -> bool:
+def _nan_on_failure(func: Any) -> Any:
+    """A NumPy k x k routine (one output) that returns NaNs per matrix where it fails.
+
+    dask runs the routine when the graph is computed; a raised ``LinAlgError`` would
+    end the whole computation, where the eager backends' safeguards see a failure.
+    """
+
+    def guarded(A: np.ndarray) -> np.ndarray:
+        try:
+            return func(A)
+        except np.linalg.LinAlgError:
+            if A.ndim == 2:
+                return np.full_like(A, np.nan)
+            return np.stack([guarded(a) for a in A])
+
+    return guarded
+
+
+_numpy_cholesky_or_nan = _nan_on_failure(np.linalg.cholesky)
+_numpy_inverse_or_nan = _nan_on_failure(np.linalg.inv)
+
+
+def _dask_gufunc(
+    func: Any, signature: str, *arrays: Array, output_dtypes: Any, **kwargs: Any
+) -> Any:
+    """Apply a NumPy function to the small core matrices of dask arrays, block by block.
+
+    The core dimensions (the last two axes) are joined into one chunk, which is cheap
+    for the k x k matrices this is used for; stacks stay chunked.
+    """
+    import dask.array as da
+
+    return da.apply_gufunc(
+        func, signature, *arrays, output_dtypes=output_dtypes, allow_rechunk=True, **kwargs
+    )
+
+
+def all_finite(xp: ModuleType, X: Array, block_entries: int = 1 << 20) -> bool:
     """Whether every entry of ``X`` is finite.
 
     One reduction decides the common case: a finite sum proves every entry finite (a
@@ -192,9 +337,21 @@ def all_finite(X: Array, block_entries: int = 1 << 20) -> bool:
     the entries, in blocks of rows: ``xp.all(xp.isfinite(X))`` would allocate a boolean
     array of the size of ``X`` (a d x d temporary), blocks of about ``block_entries``
     entries keep the extra memory at a MiB, and the per-block verdicts are combined
-    with one synchronization.
+    with one synchronization. A dask array is checked by one reduction (one computation
+    of its graph, which works block by block).
+
+    Raises
+    ------
+    TypeError
+        For a JAX array traced under ``jax.jit``: it has no values to check.
     """
-    xp = namespace_of(X)
+    if _is_traced(X):
+        raise TypeError(
+            "the values of a traced JAX array (inside jax.jit) cannot be checked; "
+            "pass check_finite=False"
+        )
+    if _is_dask(xp):
+        return bool(xp.all(xp.isfinite(X)))
     with np.errstate(over="ignore", invalid="ignore"):  # NumPy: a non-finite sum is news
         total = xp.sum(X)
     if bool(xp.all(xp.isfinite(total))):
@@ -208,30 +365,31 @@ def all_finite(X: Array, block_entries: int = 1 << 20) -> bool:
     return bool(xp.all(xp.stack(verdicts)))
 
 
-def solve_upper_right(Y: Array, R: Array) -> Array:
+def solve_upper_right(xp: ModuleType, Y: Array, R: Array) -> Array:
     """``Y R^-1`` for a (stack of) upper triangular ``R``: the second half of a CholQR pass.
 
-    PyTorch uses a triangular solve (TRSM). NumPy inverts the small ``R`` with LAPACK
-    ``trtri`` (k^3/3 flops) and multiplies by BLAS ``trmm`` (the flops of a TRSM), on one
-    BLAS thread and in the memory layout of ``Y`` (C or Fortran order, so neither is
-    copied besides into the result): OpenBLAS's ``trmm`` runs about 1.8x faster than its
-    ``trsm`` (0.9 against 1.6 ms at 1024 x 230, float32), and SciPy's OpenBLAS is not
-    NumPy's, so a second thread of it would spin next to NumPy's product threads. (A
-    two-thread NumPy product with the inverse instead saved 2-4 ms of ``rnla.rsvd``'s
-    50 ms at d=1024 on the idle 2-core test machine, nothing at d=4096, and cost 14-150
-    ms with another process busy on both cores.) Other backends multiply by
-    ``xp.linalg.inv(R)``.
+    PyTorch and JAX use a triangular solve (TRSM). NumPy inverts the small ``R`` with
+    LAPACK ``trtri`` (k^3/3 flops) and multiplies by BLAS ``trmm`` (the flops of a TRSM),
+    on one BLAS thread and in the memory layout of ``Y`` (C or Fortran order, so neither
+    is copied besides into the result): OpenBLAS's ``trmm`` is faster than its ``trsm``,
+    and SciPy's OpenBLAS is not NumPy's, so a second thread of it would spin next to
+    NumPy's product threads. Other backends multiply by the inverse of ``R``.
 
     Raises
     ------
     numpy.linalg.LinAlgError
         If a NumPy ``R`` is exactly singular (as ``numpy.linalg.inv`` does).
     """
-    xp = namespace_of(Y)
     if is_torch(xp):
         import torch
 
         return torch.linalg.solve_triangular(R, Y, upper=True, left=False)
+    if _is_jax(xp):
+        import jax
+
+        return jax.lax.linalg.triangular_solve(R, Y, left_side=False, lower=False)
+    if _is_dask(xp):
+        return Y @ _dask_gufunc(_numpy_inverse_or_nan, "(i,j)->(i,j)", R, output_dtypes=R.dtype)
     if is_numpy(xp) and _lapack_dtype(Y) and _lapack_dtype(R):
         with _single_threaded_blas():
             if Y.ndim == R.ndim == 2:
@@ -262,27 +420,25 @@ def _times_upper_inverse(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
     return trmm(1.0, R_inv, Y.T, side=0, lower=0, trans_a=1).T
 
 
-def small_matmul(A: Array, B: Array) -> Array:
+def small_matmul(xp: ModuleType, A: Array, B: Array) -> Array:
     """``A @ B`` for (stacks of) small matrices, such as k x k triangular factors.
 
-    NumPy multiplies on one BLAS thread, for the reason given in :func:`gram`.
+    NumPy multiplies on one BLAS thread: for operands this small a second thread gains
+    little, and two-thread calls stall when other processes share the cores.
     """
-    xp = namespace_of(A, B)
     if is_numpy(xp):
         with _single_threaded_blas():
             return A @ B
     return A @ B
 
 
-def small_svd(A: Array) -> tuple[Array, Array, Array]:
+def small_svd(xp: ModuleType, A: Array) -> tuple[Array, Array, Array]:
     """Reduced SVD ``A = U diag(S) Vh`` of a (stack of) small matrix, such as a k x k core.
 
-    NumPy input uses LAPACK ``gesdd`` through SciPy on one BLAS thread: at k ~ 200 the
-    multithreaded call spends more time synchronizing its threads than computing
-    (about 4 ms against 7-15 ms for ``numpy.linalg.svd`` on two cores). Other backends
-    call ``xp.linalg.svd``.
+    NumPy input uses LAPACK ``gesdd`` through SciPy on one BLAS thread: at k ~ 200 a
+    multithreaded call spends more time synchronizing its threads than computing. dask
+    factors each core with NumPy; other backends call ``xp.linalg.svd``.
     """
-    xp = namespace_of(A)
     if is_numpy(xp) and _lapack_dtype(A):
         import scipy.linalg
 
@@ -290,23 +446,61 @@ def small_svd(A: Array) -> tuple[Array, Array, Array]:
             return scipy.linalg.svd(
                 A, full_matrices=False, check_finite=False, lapack_driver="gesdd"
             )
+    if _is_dask(xp):
+        m, n = A.shape[-2:]
+        real = np.finfo(A.dtype).dtype
+        return _dask_gufunc(
+            functools.partial(np.linalg.svd, full_matrices=False),
+            "(i,j)->(i,p),(p),(p,j)",
+            A,
+            output_dtypes=(A.dtype, real, A.dtype),
+            output_sizes={"p": min(m, n)},
+        )
     return xp.linalg.svd(A, full_matrices=False)
 
 
-def small_eigh(A: Array) -> tuple[Array, Array]:
+def small_eigh(xp: ModuleType, A: Array) -> tuple[Array, Array]:
     """Eigenvalues (ascending) and eigenvectors of a (stack of) small Hermitian matrix.
 
     NumPy input uses the divide-and-conquer LAPACK driver (``syevd``/``heevd``) through
-    SciPy on one BLAS thread, for the reason given in :func:`small_svd`; other
-    backends call ``xp.linalg.eigh``.
+    SciPy on one BLAS thread, for the reason given in :func:`small_svd`; dask factors
+    each matrix with NumPy; other backends call ``xp.linalg.eigh``.
     """
-    xp = namespace_of(A)
     if is_numpy(xp) and _lapack_dtype(A):
         import scipy.linalg
 
         with _single_threaded_blas():
             return scipy.linalg.eigh(A, driver="evd", check_finite=False)
+    if _is_dask(xp):
+        real = np.finfo(A.dtype).dtype
+        return _dask_gufunc(np.linalg.eigh, "(i,i)->(i),(i,i)", A, output_dtypes=(real, A.dtype))
     return xp.linalg.eigh(A)
+
+
+def small_eigvalsh(xp: ModuleType, A: Array) -> Array:
+    """Eigenvalues (ascending) of a (stack of) small Hermitian matrix."""
+    if _is_dask(xp):
+        real = np.finfo(A.dtype).dtype
+        return _dask_gufunc(np.linalg.eigvalsh, "(i,i)->(i)", A, output_dtypes=real)
+    return xp.linalg.eigvalsh(A)
+
+
+def take_along_last_axis(xp: ModuleType, x: Array, indices: Array, *, matrices: bool) -> Array:
+    """``xp.take_along_axis(x, indices, axis=-1)`` for (stacks of) small vectors or matrices.
+
+    ``matrices`` says whether the last two axes are the core (``x`` of shape
+    ``(..., k, k)``, ``indices`` of shape ``(..., 1, r)``) or only the last one; dask,
+    whose array-api-compat namespace lacks ``take_along_axis``, needs to know.
+    """
+    if _is_dask(xp):
+        return _dask_gufunc(
+            functools.partial(np.take_along_axis, axis=-1),
+            "(i,j),(l,r)->(i,r)" if matrices else "(j),(r)->(r)",
+            x,
+            indices,
+            output_dtypes=x.dtype,
+        )
+    return xp.take_along_axis(x, indices, axis=-1)
 
 
 _LAPACK_DTYPES = frozenset(np.dtype(c) for c in "fdFD")
@@ -331,13 +525,13 @@ def _single_threaded_blas() -> contextlib.AbstractContextManager:
 
     For the d x k and k x k operations between the large products (k ~ 200), which are
     slower with two threads than with one for LAPACK's many small BLAS calls, and much
-    slower when another process competes for the cores (see :func:`gram`). The limit is
-    process-wide while the block runs.
+    slower when another process competes for the cores. The limit is process-wide while
+    the block runs.
     """
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def scaled_product_sum(C: Array, A: Array, B: Array, scale: float | Array) -> Array:
+def scaled_product_sum(xp: ModuleType, C: Array, A: Array, B: Array, scale: float | Array) -> Array:
     """``scale * (C + A @ B)`` written into one new array.
 
     The Woodbury update of a full-size block by a low-rank product: PyTorch fuses sum
@@ -347,7 +541,6 @@ def scaled_product_sum(C: Array, A: Array, B: Array, scale: float | Array) -> Ar
     is a number or an array that broadcasts against the result (one value per matrix
     of a stack).
     """
-    xp = namespace_of(C, A, B)
     if is_torch(xp):
         import torch
 
@@ -374,17 +567,31 @@ def scaled_product_sum(C: Array, A: Array, B: Array, scale: float | Array) -> Ar
     return (C + A @ B) * scale
 
 
-def householder_qr(Y: Array) -> tuple[Array, Array]:
+def householder_qr(xp: ModuleType, Y: Array) -> tuple[Array, Array]:
     """Reduced Householder QR of a (stack of) tall matrix, with the fastest LAPACK path.
 
-    NumPy's ``linalg.qr`` is 2-3x slower than SciPy's on skinny matrices here, so NumPy
-    inputs use ``scipy.linalg.qr`` (which also takes stacks of matrices).
+    NumPy inputs use ``scipy.linalg.qr`` (faster than NumPy's on skinny matrices; it
+    also takes stacks). A dask matrix uses dask's communication-avoiding TSQR
+    (``dask.array.linalg.qr``, on one chunk of columns), a dask stack NumPy's QR per
+    matrix.
     """
-    xp = namespace_of(Y)
     if is_numpy(xp) and _lapack_dtype(Y):
         import scipy.linalg
 
         return scipy.linalg.qr(Y, mode="economic", check_finite=False)
+    if _is_dask(xp):
+        import dask.array as da
+
+        if Y.ndim == 2:
+            return da.linalg.qr(Y.rechunk({1: -1}))
+        m, k = Y.shape[-2:]
+        return _dask_gufunc(
+            np.linalg.qr,
+            "(i,j)->(i,p),(p,j)",
+            Y,
+            output_dtypes=(Y.dtype, Y.dtype),
+            output_sizes={"p": min(m, k)},
+        )
     return xp.linalg.qr(Y)
 
 
@@ -393,13 +600,12 @@ def supports_lu(xp: ModuleType) -> bool:
     return is_numpy(xp) or is_torch(xp)
 
 
-def lu_basis(Y: Array) -> Array:
+def lu_basis(xp: ModuleType, Y: Array) -> Array:
     """Return ``P L`` from a partially pivoted LU factorization ``Y = P L U``.
 
     ``P L`` spans the same column space as ``Y`` and is well conditioned, which is all a
     power iteration needs; it is cheaper than an orthonormal basis.
     """
-    xp = namespace_of(Y)
     if is_numpy(xp):
         import scipy.linalg
 

@@ -21,7 +21,10 @@ torch.Generator or a CuPy generator (a type alias for documentation)."""
 
 
 def _check_seed(rng: Any) -> None:
-    if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, (int, np.integer)):
+    """Reject booleans (``True`` is no seed) and negative integer seeds."""
+    if isinstance(rng, (bool, np.bool_)):
+        raise TypeError(f"rng: expected None, an int seed or a generator, got {rng!r}")
+    if not isinstance(rng, (int, np.integer)):
         return
     if rng < 0:
         raise ValueError(f"rng: an integer seed must be non-negative, got {rng}")

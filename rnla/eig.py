@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._array_api import (
     Array,
+    cast_to_input_precision,
     cholesky_lower,
     conj_transpose,
-    device_of,
-    namespace_of,
     small_eigh,
+    small_eigvalsh,
     small_svd,
     solve_upper_right,
+    take_along_last_axis,
 )
 from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
 from ._random import RandomState, gaussian
-from ._validation import (
-    check_int,
-    check_rank,
-    check_square,
-    prepare_matrix,
-)
-from ._validation import (
-    check_symmetric as require_symmetric,
-)
+from ._validation import check_int, check_rank, check_square
+from ._validation import check_symmetric as require_symmetric
+from .operators import Operand, as_operand
 
 __all__ = ["EighResult", "srevd", "nystrom"]
 
@@ -38,28 +33,30 @@ class EighResult(NamedTuple):
     """Orthonormal eigenvectors as columns, shape (..., n, r)."""
 
 
-def _symmetric_sketch(X: Array, k: int, n_products: int, rng: RandomState) -> Array:
+def _symmetric_sketch(op: Operand, k: int, n_products: int, rng: RandomState) -> Array:
     """Orthonormal basis of ``range(X^n_products Omega)`` for Hermitian ``X``.
 
     ``X^H = X``, so no transposed products are needed; each product is followed by a
     re-normalization and the result is orthonormal to working precision.
     """
-    xp = namespace_of(X)
-    Y = gaussian(xp, (X.shape[-1], k), X.dtype, device_of(X), rng)
+    xp = op.xp
+    Y = gaussian(xp, (op.shape[-1], k), op.dtype, op.device, rng)
     for i in range(n_products):
-        Y = X @ (well_conditioned_basis(Y, "cholqr2") if i else Y)
-    return orthonormal_basis(Y, "cholqr2")
+        Y = op.apply(well_conditioned_basis(xp, Y, "cholqr2") if i else Y)
+    return orthonormal_basis(xp, Y, "cholqr2")
 
 
-def _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric):
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
-    n = check_square(Xc)
+def _prepare_symmetric(
+    X: Any, r: Any, oversample: Any, n_iter: Any, check_finite: bool, check_symmetric: bool
+) -> tuple[Operand, int, int, int]:
+    op = as_operand(X, check_finite=check_finite)
+    n = check_square(op.shape)
     if check_symmetric:
-        require_symmetric(xp, Xc)
+        require_symmetric(op)
     r = check_rank(r, n, n)
     oversample = check_int(oversample, "oversample", minimum=0)
     n_iter = check_int(n_iter, "n_iter", minimum=0)
-    return xp, Xc, out_dtype, r, min(r + oversample, n), n_iter
+    return op, r, min(r + oversample, n), n_iter
 
 
 def srevd(
@@ -124,23 +121,20 @@ def srevd(
     >>> bool(np.allclose(values, np.linalg.eigvalsh(X)[::-1][:4]))
     True
     """
-    xp, Xc, out_dtype, r, k, n_iter = _prepare_symmetric(
-        X, r, oversample, n_iter, check_finite, check_symmetric
-    )
-    Q = _symmetric_sketch(Xc, k, 2 * n_iter + 1, rng)
-    C = conj_transpose(Q) @ (Xc @ Q)
-    C = (C + conj_transpose(C)) / 2
-    values, vectors = small_eigh(C)
+    op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
+    xp = op.xp
+    Q = _symmetric_sketch(op, k, 2 * n_iter + 1, rng)
+    C = conj_transpose(xp, Q) @ op.apply(Q)
+    C = (C + conj_transpose(xp, C)) / 2
+    values, vectors = small_eigh(xp, C)
     # Keep the r of largest magnitude (the best rank-r approximation), sorted descending.
     magnitude_order = xp.argsort(xp.abs(values), axis=-1, stable=True)[..., k - r :]
-    values = xp.take_along_axis(values, magnitude_order, axis=-1)
-    vectors = xp.take_along_axis(vectors, magnitude_order[..., None, :], axis=-1)
+    values = take_along_last_axis(xp, values, magnitude_order, matrices=False)
+    vectors = take_along_last_axis(xp, vectors, magnitude_order[..., None, :], matrices=True)
     descending = xp.argsort(values, axis=-1, descending=True, stable=True)
-    values = xp.take_along_axis(values, descending, axis=-1)
-    vectors = Q @ xp.take_along_axis(vectors, descending[..., None, :], axis=-1)
-    if vectors.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        values, vectors = xp.astype(values, out_dtype), xp.astype(vectors, out_dtype)
-    return EighResult(values, vectors)
+    values = take_along_last_axis(xp, values, descending, matrices=False)
+    vectors = Q @ take_along_last_axis(xp, vectors, descending[..., None, :], matrices=True)
+    return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))
 
 
 def nystrom(
@@ -206,32 +200,28 @@ def nystrom(
     >>> bool(np.all(values >= 0) and np.all(np.diff(values) <= 0))
     True
     """
-    xp, Xc, out_dtype, r, k, n_iter = _prepare_symmetric(
-        X, r, oversample, n_iter, check_finite, check_symmetric
-    )
-    n = Xc.shape[-1]
-    omega = _symmetric_sketch(Xc, k, 2 * n_iter, rng)
-    Y = Xc @ omega
-    eps = xp.finfo(Xc.dtype).eps
-    tiny = xp.finfo(Xc.dtype).smallest_normal ** 0.5
+    op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
+    xp, n = op.xp, op.shape[-1]
+    omega = _symmetric_sketch(op, k, 2 * n_iter, rng)
+    Y = op.apply(omega)
+    eps = xp.finfo(op.dtype).eps
+    tiny = xp.finfo(op.dtype).smallest_normal ** 0.5
     norm_Y = xp.sqrt(xp.sum(xp.abs(Y) ** 2, axis=(-2, -1)))
     shift = (n**0.5) * eps * norm_Y + tiny  # shape (...,)
-    eye = xp.eye(k, dtype=Xc.dtype, device=device_of(Xc))
-    core = conj_transpose(omega) @ Y
-    core = (core + conj_transpose(core)) / 2
-    L = cholesky_lower(core + xp.astype(shift, Xc.dtype)[..., None, None] * eye)
+    eye = xp.eye(k, dtype=op.dtype, device=op.device)
+    core = conj_transpose(xp, omega) @ Y
+    core = (core + conj_transpose(xp, core)) / 2
+    L = cholesky_lower(xp, core + xp.astype(shift, op.dtype)[..., None, None] * eye)
     if L is None:  # indefinite: shift past the most negative eigenvalue of the core
-        core_eigenvalues = xp.linalg.eigvalsh(core)
+        core_eigenvalues = small_eigvalsh(xp, core)
         largest = xp.max(xp.abs(core_eigenvalues), axis=-1)
         shift = shift + 2 * xp.maximum(-core_eigenvalues[..., 0], eps * largest)
-        L = cholesky_lower(core + xp.astype(shift, Xc.dtype)[..., None, None] * eye)
-    shifted_Y = Y + xp.astype(shift, Xc.dtype)[..., None, None] * omega
+        L = cholesky_lower(xp, core + xp.astype(shift, op.dtype)[..., None, None] * eye)
+    shifted_Y = Y + xp.astype(shift, op.dtype)[..., None, None] * omega
     # Y L^-H by a triangular solve: batched torch.linalg.inv hangs with 2 MKL threads.
-    B = solve_upper_right(shifted_Y, conj_transpose(L))
-    Q_b, R_b = orthonormal_qr(B, "cholqr2")
-    U_r, sigma, _ = small_svd(R_b)
+    B = solve_upper_right(xp, shifted_Y, conj_transpose(xp, L))
+    Q_b, R_b = orthonormal_qr(xp, B, "cholqr2")
+    U_r, sigma, _ = small_svd(xp, R_b)
     values = xp.maximum(sigma[..., :r] ** 2 - shift[..., None], xp.zeros_like(sigma[..., :r]))
     vectors = Q_b @ U_r[..., :r]
-    if vectors.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        values, vectors = xp.astype(values, out_dtype), xp.astype(vectors, out_dtype)
-    return EighResult(values, vectors)
+    return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, conj_transpose, device_of
+from ._array_api import Array, cast_to_input_precision, is_lazy
 from ._random import RandomState, gaussian
-from ._validation import check_int, prepare_matrix, resolve_symmetric
+from ._validation import check_int, resolve_symmetric
+from .operators import as_operand
 
 __all__ = ["PowerIterationResult", "power_iteration"]
 
@@ -80,26 +81,33 @@ def power_iteration(
     >>> round(float(power_iteration(np.ones((4, 9)), rng=0).value), 6)  # ||X||_2 = 6
     6.0
     """
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
+    op = as_operand(X, check_finite=check_finite)
+    xp = op.xp
     n_iter = check_int(n_iter, "n_iter", minimum=1)
     if tol is not None and not tol >= 0:
         raise ValueError(f"tol: must be a non-negative number or None, got {tol!r}")
-    symmetric = resolve_symmetric(xp, Xc, symmetric)
+    if tol is not None and is_lazy(xp):
+        raise ValueError(
+            f"tol: stopping early reads values, which {xp.__name__} arrays do not allow "
+            "inside an algorithm; pass tol=None"
+        )
+    symmetric = resolve_symmetric(op, symmetric)
+    apply_adjoint = None if symmetric else op.adjoint("power_iteration of a general matrix")
 
-    n = Xc.shape[-1]
-    v = gaussian(xp, (n, 1), Xc.dtype, device_of(Xc), rng)
-    v = xp.broadcast_to(v, (*Xc.shape[:-2], n, 1))
+    n = op.shape[-1]
+    v = gaussian(xp, (n, 1), op.dtype, op.device, rng)
+    v = xp.broadcast_to(v, (*op.shape[:-2], n, 1))
     v = v / xp.linalg.vector_norm(v, axis=-2, keepdims=True)
     value = None
     performed = 0
     while performed < n_iter:
         performed += 1
-        w = Xc @ v
+        w = op.apply(v)
         if symmetric:
             new_value = xp.real(xp.sum(xp.conj(v) * w, axis=(-2, -1)))
         else:
             new_value = xp.linalg.vector_norm(w, axis=(-2, -1))
-            w = conj_transpose(conj_transpose(w) @ Xc)
+            w = apply_adjoint(w)
         norm = xp.linalg.vector_norm(w, axis=-2, keepdims=True)
         v = xp.where(norm > 0, w / xp.where(norm > 0, norm, 1), v)
         converged = (
@@ -110,7 +118,5 @@ def power_iteration(
         value = new_value
         if converged:
             break
-    vector = v[..., 0]
-    if vector.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        value, vector = xp.astype(value, out_dtype), xp.astype(vector, out_dtype)
+    value, vector = cast_to_input_precision(xp, op.out_dtype, value, v[..., 0])
     return PowerIterationResult(value, vector, performed)

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from types import ModuleType
 
-from ._array_api import Array, conj_transpose, device_of
+from ._array_api import Array, cast_to_input_precision
 from ._orthonormalize import orthonormal_basis, well_conditioned_basis
 from ._random import RandomState, gaussian
-from ._validation import check_int, check_normalizer, prepare_matrix
+from ._validation import check_int, check_normalizer
+from .operators import Product, as_operand
 
 __all__ = ["range_finder"]
 
-Operator = Callable[[Array], Array]
-
-
-def adjoint_product(X: Array, Q: Array) -> Array:
-    """``X^H Q`` computed as ``(Q^H X)^H``: no conjugated copy of the large ``X``."""
-    return conj_transpose(conj_transpose(Q) @ X)
-
 
 def sketch_range(
-    apply: Operator,
-    apply_adjoint: Operator,
+    xp: ModuleType,
+    apply: Product,
+    apply_adjoint: Product,
     omega: Array,
     n_iter: int,
     normalizer: str,
@@ -35,9 +30,9 @@ def sketch_range(
     """
     Y = apply(omega)
     for _ in range(n_iter):
-        Z = apply_adjoint(well_conditioned_basis(Y, normalizer))
-        Y = apply(well_conditioned_basis(Z, normalizer))
-    return orthonormal_basis(Y, normalizer)
+        Z = apply_adjoint(well_conditioned_basis(xp, Y, normalizer))
+        Y = apply(well_conditioned_basis(xp, Z, normalizer))
+    return orthonormal_basis(xp, Y, normalizer)
 
 
 def range_finder(
@@ -101,11 +96,12 @@ def range_finder(
     >>> bool(np.allclose(Q @ (Q.T @ X), X))
     True
     """
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
-    m, n = Xc.shape[-2:]
+    op = as_operand(X, check_finite=check_finite)
+    xp = op.xp
+    m, n = op.shape[-2:]
     k = check_int(k, "k", minimum=1, maximum=min(m, n))
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     normalizer = check_normalizer(xp, normalizer)
-    omega = gaussian(xp, (n, k), Xc.dtype, device_of(Xc), rng)
-    Q = sketch_range(lambda M: Xc @ M, lambda M: adjoint_product(Xc, M), omega, n_iter, normalizer)
-    return xp.astype(Q, out_dtype) if Q.dtype != out_dtype else Q
+    omega = gaussian(xp, (n, k), op.dtype, op.device, rng)
+    Q = sketch_range(xp, op.apply, op.adjoint("range_finder"), omega, n_iter, normalizer)
+    return cast_to_input_precision(xp, op.out_dtype, Q)[0]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, conj_transpose, device_of, small_svd
+from ._array_api import Array, cast_to_input_precision, conj_transpose, small_svd
 from ._orthonormalize import orthonormal_qr
 from ._random import RandomState, gaussian
-from ._validation import check_int, check_normalizer, check_rank, prepare_matrix
-from .range_finder import adjoint_product, sketch_range
+from ._validation import check_int, check_normalizer, check_rank
+from .operators import as_operand
+from .range_finder import sketch_range
 
 __all__ = ["SVDResult", "rsvd"]
 
@@ -91,8 +92,9 @@ def rsvd(
     >>> bool(np.allclose(S, np.linalg.svd(X, compute_uv=False)[:5]))
     True
     """
-    xp, Xc, out_dtype = prepare_matrix(X, check_finite=check_finite)
-    m, n = Xc.shape[-2:]
+    op = as_operand(X, check_finite=check_finite)
+    xp = op.xp
+    m, n = op.shape[-2:]
     r = check_rank(r, m, n)
     oversample = check_int(oversample, "oversample", minimum=0)
     n_iter = check_int(n_iter, "n_iter", minimum=0)
@@ -102,21 +104,19 @@ def rsvd(
     # Sketch the range of A = X (tall) or A = X^H (wide) so the test matrix and the
     # first basis live on the shorter side; the products cost the same either way.
     wide = m < n
-    apply, apply_adjoint = (lambda M: Xc @ M), (lambda M: adjoint_product(Xc, M))
+    apply, apply_adjoint = op.apply, op.adjoint("rsvd")
     if wide:
         apply, apply_adjoint = apply_adjoint, apply
-    omega = gaussian(xp, (m if wide else n, k), Xc.dtype, device_of(Xc), rng)
-    Q = sketch_range(apply, apply_adjoint, omega, n_iter, normalizer)
+    omega = gaussian(xp, (m if wide else n, k), op.dtype, op.device, rng)
+    Q = sketch_range(xp, apply, apply_adjoint, omega, n_iter, normalizer)
 
     # A ~= Q Q^H A = Q (A^H Q)^H = Q R_b^H Q_b^H = (Q U_r) S (Q_b V_r)^H.
-    Q_b, R_b = orthonormal_qr(apply_adjoint(Q), normalizer)
-    U_r, S, Vh_r = small_svd(conj_transpose(R_b))
+    Q_b, R_b = orthonormal_qr(xp, apply_adjoint(Q), normalizer)
+    U_r, S, Vh_r = small_svd(xp, conj_transpose(xp, R_b))
     U = Q @ U_r[..., :r]
-    V = Q_b @ conj_transpose(Vh_r[..., :r, :])
+    V = Q_b @ conj_transpose(xp, Vh_r[..., :r, :])
     S = S[..., :r]
     if wide:
         U, V = V, U
-    Vh = conj_transpose(V)
-    if U.dtype != out_dtype:  # float16 / bfloat16 input, computed in float32
-        U, S, Vh = (xp.astype(a, out_dtype) for a in (U, S, Vh))
-    return SVDResult(U, S, Vh)
+    Vh = conj_transpose(xp, V)
+    return SVDResult(*cast_to_input_precision(xp, op.out_dtype, U, S, Vh))

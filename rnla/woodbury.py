@@ -167,15 +167,15 @@ def woodbury_solve(
     if full_rank:  # K^-1 = U diag(1 / (d + lam)) U^H
         coefficients = xp.astype(1 / d_lam, dtype)
         if side == "left":
-            return U @ ((conj_transpose(U) @ M) * coefficients[..., :, None])
-        return ((M @ U) * coefficients[..., None, :]) @ conj_transpose(U)
+            return U @ ((conj_transpose(xp, U) @ M) * coefficients[..., :, None])
+        return ((M @ U) * coefficients[..., None, :]) @ conj_transpose(xp, U)
     # K^-1 M = (M + U diag((tail - d) / (d + lam)) U^H M) / (tail + lam): one low-rank
     # update of M, fused into a single full-size output.
     tail_lam = tail_ + lam_
     coefficients = xp.astype((tail_[..., None] - d) / d_lam, dtype)
     scale = xp.astype(1 / tail_lam, dtype)[..., None, None]
     if side == "left":
-        projected = (conj_transpose(U) @ M) * coefficients[..., :, None]
-        return scaled_product_sum(M, U, projected, scale)
+        projected = (conj_transpose(xp, U) @ M) * coefficients[..., :, None]
+        return scaled_product_sum(xp, M, U, projected, scale)
     projected = (M @ U) * coefficients[..., None, :]
-    return scaled_product_sum(M, projected, conj_transpose(U), scale)
+    return scaled_product_sum(xp, M, projected, conj_transpose(xp, U), scale)

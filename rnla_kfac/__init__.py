@@ -1,16 +1,17 @@
 """rnla_kfac: K-FAC preconditioners for PyTorch built on :mod:`rnla`.
 
-Each ``nn.Linear`` / ``nn.Conv2d`` layer keeps exponentially averaged Kronecker
-factors ``A`` (inputs) and ``G`` (output gradients) whose damped inverses precondition
-its gradient. They are applied exactly (``method="eigh"``: K-FAC) or through low-rank
-randomized decompositions (``"rsvd"``: RS-KFAC, ``"srevd"``: SRE-KFAC, ``"nystrom"``),
-following Puiu (2022), "Randomized K-FACs".
+Each ``nn.Linear``, ``nn.Conv1d`` / ``nn.Conv2d`` (grouped too) and ``nn.Embedding``
+layer keeps exponentially averaged Kronecker factors ``A`` (inputs) and ``G`` (output
+gradients) whose damped inverses precondition its gradient. They are applied exactly
+(``method="eigh"``: K-FAC) or through low-rank randomized decompositions (``"rsvd"``:
+RS-KFAC, ``"srevd"``: SRE-KFAC, ``"nystrom"``), following Puiu (2022), "Randomized
+K-FACs".
 
 * :class:`KFACPreconditioner`: hooks on a model; ``pre.step()`` between
   ``loss.backward()`` and any torch optimizer's ``step()``.
 * :class:`KFAC`: the thin optimizer (SGD with momentum and weight decay on top).
-* :class:`FactorInverse` and :func:`precondition`: the functional layer, usable
-  without hooks in your own K-FAC or Shampoo-style code.
+* :class:`FactorInverse`, :class:`DiagonalInverse` and :func:`precondition`: the
+  functional layer, usable without hooks in your own K-FAC or Shampoo-style code.
 
 Examples
 --------
@@ -58,9 +59,16 @@ every few steps and apply both inverses with :func:`precondition`:
 True
 """
 
-from .inverse import FactorInverse, precondition
+from .inverse import DiagonalInverse, FactorInverse, precondition
 from .optim import KFAC
 from .preconditioner import KFACPreconditioner
 from .seng import SENG
 
-__all__ = ["KFAC", "SENG", "FactorInverse", "KFACPreconditioner", "precondition"]
+__all__ = [
+    "KFAC",
+    "SENG",
+    "DiagonalInverse",
+    "FactorInverse",
+    "KFACPreconditioner",
+    "precondition",
+]

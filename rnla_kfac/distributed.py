@@ -29,6 +29,7 @@ local phase every rank all-reduces a failure flag, and all of them raise the sam
 from __future__ import annotations
 
 import heapq
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,23 +102,40 @@ def pack_upper_triangles(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
     """Concatenate the upper triangles (diagonal included) of square matrices.
 
     Symmetric factors carry ``d (d + 1) / 2`` independent numbers, so packing nearly
-    halves the bytes of an all-reduce.
+    halves the bytes of an all-reduce. A stack ``(B, d, d)`` contributes the triangle
+    of each block, a vector (a diagonal factor) all its entries.
 
     Examples
     --------
     >>> A = torch.tensor([[1.0, 2.0], [2.0, 3.0]])
-    >>> pack_upper_triangles([A, torch.eye(1)])
-    tensor([1., 2., 3., 1.])
+    >>> pack_upper_triangles([A, torch.eye(1), torch.tensor([5.0, 6.0])])
+    tensor([1., 2., 3., 1., 5., 6.])
     """
     parts = []
     for M in matrices:
+        if M.ndim == 1:
+            parts.append(M)
+            continue
         rows, cols = torch.triu_indices(M.shape[-1], M.shape[-1], device=M.device)
-        parts.append(M[rows, cols])
+        parts.append(M[..., rows, cols].reshape(-1))
     return torch.cat(parts)
 
 
-def unpack_upper_triangles(buffer: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+def _packed_count(shape: Sequence[int]) -> int:
+    """Numbers :func:`pack_upper_triangles` keeps of a tensor of ``shape``."""
+    d = shape[-1]
+    if len(shape) == 1:
+        return d
+    return math.prod(shape[:-2]) * d * (d + 1) // 2
+
+
+def unpack_upper_triangles(
+    buffer: torch.Tensor, sizes: Sequence[int | Sequence[int]]
+) -> list[torch.Tensor]:
     """Inverse of :func:`pack_upper_triangles`: rebuild the symmetric matrices.
+
+    ``sizes`` holds, per tensor, ``d`` for a ``d x d`` matrix or its shape: ``(d,)``
+    (a vector), ``(d, d)`` or ``(B, d, d)`` (a stack).
 
     Examples
     --------
@@ -126,14 +144,21 @@ def unpack_upper_triangles(buffer: torch.Tensor, sizes: Sequence[int]) -> list[t
             [2., 3.]])]
     """
     matrices, offset = [], 0
-    for d in sizes:
-        rows, cols = torch.triu_indices(d, d, device=buffer.device)
-        count = rows.numel()
-        M = torch.zeros(d, d, dtype=buffer.dtype, device=buffer.device)
-        M[rows, cols] = buffer[offset : offset + count]
-        M[cols, rows] = buffer[offset : offset + count]
-        matrices.append(M)
+    for size in sizes:
+        shape = (size, size) if isinstance(size, int) else tuple(size)
+        count = _packed_count(shape)
+        part = buffer[offset : offset + count]
         offset += count
+        if len(shape) == 1:
+            matrices.append(part.clone())
+            continue
+        d = shape[-1]
+        rows, cols = torch.triu_indices(d, d, device=buffer.device)
+        M = torch.zeros(shape, dtype=buffer.dtype, device=buffer.device)
+        part = part.reshape(*shape[:-2], rows.numel())
+        M[..., rows, cols] = part
+        M[..., cols, rows] = part
+        matrices.append(M)
     if offset != buffer.numel():
         raise ValueError(f"buffer: holds {buffer.numel()} numbers, the sizes need {offset}")
     return matrices
@@ -146,7 +171,7 @@ def allreduce_symmetric(
     stats: CommunicationStats | None = None,
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
 ) -> list[torch.Tensor]:
-    """Average symmetric matrices over all ranks, packed and bucketed.
+    """Average symmetric matrices (stacks of them, vectors) over all ranks, packed and bucketed.
 
     Consecutive matrices are packed into buckets of at most ``bucket_bytes`` (a matrix
     larger than that gets a bucket of its own), so many small factors cost few calls.
@@ -165,11 +190,11 @@ def allreduce_symmetric(
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         if stats is not None:
             stats.record("all_reduce", packed)
-        averaged.extend(unpack_upper_triangles(packed / world, [M.shape[-1] for M in bucket]))
+        averaged.extend(unpack_upper_triangles(packed / world, [M.shape for M in bucket]))
         bucket, bucket_size = [], 0
 
     for M in matrices:
-        size = M.shape[-1] * (M.shape[-1] + 1) // 2 * M.element_size()
+        size = _packed_count(M.shape) * M.element_size()
         if bucket and bucket_size + size > bucket_bytes:
             flush()
         bucket.append(M)
@@ -309,6 +334,7 @@ def pack_inverse(inverse: FactorInverse | None, like: torch.Tensor) -> torch.Ten
     """``[eigenvalues, eigenvectors, tail, trace]`` as one flat tensor (empty: failed).
 
     ``like`` gives the dtype and device of the empty payload of a failed decomposition.
+    A stacked inverse packs each field of all its blocks in turn.
 
     Examples
     --------
@@ -321,14 +347,16 @@ def pack_inverse(inverse: FactorInverse | None, like: torch.Tensor) -> torch.Ten
         return like.new_empty(0)
     values = inverse.eigenvalues
     scalars = [
-        torch.as_tensor(x, dtype=values.dtype, device=values.device).reshape(1)
+        torch.as_tensor(x, dtype=values.dtype, device=values.device)
+        .expand(inverse.batch_shape)
+        .reshape(-1)
         for x in (inverse.tail, inverse.trace)
     ]
-    return torch.cat([values, inverse.eigenvectors.reshape(-1), *scalars])
+    return torch.cat([values.reshape(-1), inverse.eigenvectors.reshape(-1), *scalars])
 
 
 def unpack_inverse(payload: torch.Tensor, like: torch.Tensor) -> FactorInverse | None:
-    """Inverse of :func:`pack_inverse` for a factor like ``like`` (its size, dtype, device).
+    """Inverse of :func:`pack_inverse` for a factor like ``like`` (its shape, dtype, device).
 
     Examples
     --------
@@ -337,11 +365,14 @@ def unpack_inverse(payload: torch.Tensor, like: torch.Tensor) -> FactorInverse |
     """
     if payload.numel() == 0:
         return None
-    n = like.shape[0]
+    batch, n = tuple(like.shape[:-2]), like.shape[-1]
+    blocks = math.prod(batch)
     payload = payload.to(device=like.device, dtype=like.dtype)
-    r = (payload.numel() - 2) // (n + 1)
-    eigenvectors = payload[r : r + n * r].reshape(n, r)
-    return FactorInverse(payload[:r], eigenvectors, tail=payload[-2], trace=payload[-1])
+    r = (payload.numel() - 2 * blocks) // (blocks * (n + 1))
+    values = payload[: blocks * r].reshape(*batch, r)
+    eigenvectors = payload[blocks * r : blocks * r * (n + 1)].reshape(*batch, n, r)
+    tail, trace = payload[-2 * blocks :].reshape(2, *batch).unbind()
+    return FactorInverse(values, eigenvectors, tail=tail, trace=trace)
 
 
 Decompose = Callable[[list[Factor]], list[FactorInverse | None]]

@@ -5,7 +5,10 @@ leading eigenpairs ``(U, d)`` of a symmetric PSD factor ``F`` (``n x n``), the m
 ``tail`` of the ``n - r`` discarded eigenvalues (tail compensation, see
 :doc:`/user_guide/rnla`), the exact trace and the damping. Applying it costs two skinny
 products through :func:`rnla.woodbury_solve`; no ``n x n`` inverse is ever formed.
-The small ``(U, d, tail)`` result is what a distributed run broadcasts.
+The small ``(U, d, tail)`` result is what a distributed run broadcasts. Stacks of
+same-sized factors (the blocks of a grouped convolution) are one batched inverse. A
+diagonal factor (``nn.Embedding``'s ``A``) has a :class:`DiagonalInverse`: exact,
+applied entrywise at ``O(n)`` cost, with no decomposition.
 
 :func:`decompose_factors` decomposes many factors at once, stacking same-sized ones
 into one batched :mod:`rnla` call, with the ranks chosen by a
@@ -35,7 +38,13 @@ from ._checks import (
 )
 from .rank_policy import DEFAULT_RTOL, RankPolicy
 
-__all__ = ["FactorInverse", "decompose_factors", "precondition", "split_damping"]
+__all__ = [
+    "DiagonalInverse",
+    "FactorInverse",
+    "decompose_factors",
+    "precondition",
+    "split_damping",
+]
 
 
 def _is_exact(method: str, rank: int | None, oversample: int, n: int) -> bool:
@@ -48,21 +57,24 @@ class FactorInverse:
 
     Represents ``K = U diag(d) U^T + tail (I - U U^T) + damping I`` and applies
     ``K^-1`` through :func:`rnla.woodbury_solve`. With ``r = n`` eigenpairs (the
-    exact path) ``K^-1 = U diag(1 / (d + damping)) U^T``.
+    exact path) ``K^-1 = U diag(1 / (d + damping)) U^T``. A stack of ``B`` same-sized
+    factors (the blocks of a block-diagonal factor) is one inverse with a leading
+    batch dimension on every tensor; :meth:`solve` then applies each block to its
+    matrix of a ``(B, ...)`` stack in one batched product.
 
     Parameters
     ----------
-    eigenvalues : Tensor, shape (r,)
+    eigenvalues : Tensor, shape (r,) or (B, r)
         Leading eigenvalues of the factor, descending, non-negative.
-    eigenvectors : Tensor, shape (n, r)
+    eigenvectors : Tensor, shape (n, r) or (B, n, r)
         Orthonormal eigenvectors, ``r <= n``.
-    tail : float or 0-d Tensor, default 0.0
+    tail : float or Tensor of shape () or (B,), default 0.0
         Eigenvalue assumed on the complement of ``span(U)`` (the mean of the discarded
         eigenvalues with tail compensation, 0 without). Ignored when ``r = n``.
-    trace : float or 0-d Tensor, optional
+    trace : float or Tensor of shape () or (B,), optional
         The factor's exact trace (used by the ``"pi"`` damping split); defaults to
         ``sum(eigenvalues) + tail (n - r)``.
-    damping : float or 0-d Tensor, default 0.0
+    damping : float or Tensor of shape () or (B,), default 0.0
         Non-negative shift added to the whole spectrum.
 
     See Also
@@ -99,18 +111,21 @@ class FactorInverse:
                 "eigenvalues, eigenvectors: expected torch tensors, got "
                 f"{type(eigenvalues).__name__} and {type(eigenvectors).__name__}"
             )
-        if eigenvectors.ndim != 2 or eigenvalues.shape != eigenvectors.shape[1:]:
+        if eigenvectors.ndim not in (2, 3) or eigenvalues.shape != (
+            *eigenvectors.shape[:-2],
+            eigenvectors.shape[-1],
+        ):
             raise ValueError(
-                "eigenvectors, eigenvalues: expected shapes (n, r) and (r,), got "
-                f"{tuple(eigenvectors.shape)} and {tuple(eigenvalues.shape)}"
+                "eigenvectors, eigenvalues: expected shapes (n, r) and (r,), or (B, n, r) "
+                f"and (B, r), got {tuple(eigenvectors.shape)} and {tuple(eigenvalues.shape)}"
             )
-        n, r = eigenvectors.shape
+        n, r = eigenvectors.shape[-2:]
         if r > n or r == 0:
             raise ValueError(f"eigenvectors: expected shape (n, r) with 1 <= r <= n, got {(n, r)}")
         self.eigenvalues = eigenvalues
         self.eigenvectors = eigenvectors
         self.tail = tail
-        self.trace = eigenvalues.sum() + tail * (n - r) if trace is None else trace
+        self.trace = eigenvalues.sum(-1) + tail * (n - r) if trace is None else trace
         self.damping = damping
         self._explicit: Tensor | None = None
 
@@ -215,12 +230,22 @@ class FactorInverse:
     @property
     def size(self) -> int:
         """The factor's dimension ``n``."""
-        return self.eigenvectors.shape[0]
+        return self.eigenvectors.shape[-2]
 
     @property
     def rank(self) -> int:
         """Number of eigenpairs kept, ``r``."""
-        return self.eigenvectors.shape[1]
+        return self.eigenvectors.shape[-1]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """``()`` for one factor, ``(B,)`` for a stack of ``B`` blocks."""
+        return tuple(self.eigenvectors.shape[:-2])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the decomposition."""
+        return self.eigenvectors.dtype
 
     @property
     def exact(self) -> bool:
@@ -229,8 +254,8 @@ class FactorInverse:
 
     @property
     def largest_eigenvalue(self) -> Tensor:
-        """The largest (estimated) eigenvalue, a 0-d tensor."""
-        return self.eigenvalues[0]
+        """The largest (estimated) eigenvalue, a 0-d tensor (one per block of a stack)."""
+        return self.eigenvalues[..., 0]
 
     def with_damping(self, damping: float | Tensor) -> FactorInverse:
         """The same decomposition with another damping (shares the tensors).
@@ -266,9 +291,31 @@ class FactorInverse:
                 f"{self.rank} < size {self.size}"
             )
         if self._explicit is None:
-            coefficients = 1 / (self.eigenvalues + self.damping)
-            self._explicit = (self.eigenvectors * coefficients) @ self.eigenvectors.mT
+            coefficients = 1 / (self.eigenvalues + _per_block(self.damping))
+            self._explicit = (self.eigenvectors * coefficients[..., None, :]) @ self.eigenvectors.mT
         return self
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> FactorInverse:
+        """The same inverse with its tensors on ``device`` in ``dtype``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = FactorInverse(torch.tensor([2.0]), torch.ones(1, 1), tail=0.5)
+        >>> inv.to("cpu", torch.float64).eigenvectors.dtype
+        torch.float64
+        """
+
+        def move(value: Any) -> Any:
+            return value.to(device=device, dtype=dtype) if isinstance(value, Tensor) else value
+
+        return FactorInverse(
+            move(self.eigenvalues),
+            move(self.eigenvectors),
+            tail=move(self.tail),
+            trace=move(self.trace),
+            damping=move(self.damping),
+        )
 
     def solve(self, M: Tensor, side: str = "left", *, check_values: bool = True) -> Tensor:
         """Apply the damped inverse: ``K^-1 M`` (``side="left"``) or ``M K^-1`` ("right").
@@ -276,7 +323,8 @@ class FactorInverse:
         Parameters
         ----------
         M : Tensor, shape (n, k) for "left", (k, n) for "right"
-            Computed in the inverse's dtype; returned in ``M``'s dtype.
+            Computed in the inverse's dtype; returned in ``M``'s dtype. A stacked
+            inverse takes ``(B, n, k)`` / ``(B, k, n)``.
         side : {"left", "right"}, default "left"
         check_values : bool, default True
             Check that the damped matrix is not singular (host syncs on GPUs; see
@@ -345,6 +393,160 @@ class FactorInverse:
         return f"FactorInverse(size={self.size}, rank={self.rank})"
 
 
+def _per_block(value: float | Tensor) -> float | Tensor:
+    """A per-block value ``(B,)`` made to broadcast against ``(B, r)``; scalars as is."""
+    return value[..., None] if isinstance(value, Tensor) and value.ndim else value
+
+
+class DiagonalInverse:
+    """Damped inverse of a diagonal PSD factor ``diag(d)``: exact, ``O(n)`` to apply.
+
+    ``(diag(d) + damping I)^-1`` applied entrywise: no decomposition and no ``n x n``
+    matrix (``nn.Embedding``'s ``A``, the token frequencies). It has the interface of
+    :class:`FactorInverse` that :func:`precondition` and :func:`split_damping` use
+    (its eigenvalues are the diagonal: the largest is ``max(d)``, the trace
+    ``sum(d)``).
+
+    Parameters
+    ----------
+    diagonal : Tensor, shape (n,)
+        The factor's diagonal, non-negative.
+    damping : float or 0-d Tensor, default 0.0
+        Non-negative shift added to the diagonal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac import DiagonalInverse
+    >>> inv = DiagonalInverse(torch.tensor([3.0, 1.0]), damping=1.0)
+    >>> inv.solve(torch.ones(2, 2), side="right")
+    tensor([[0.2500, 0.5000],
+            [0.2500, 0.5000]])
+    """
+
+    _FIELDS = ("diagonal", "damping")
+    __slots__ = (*_FIELDS, "_reciprocal")
+
+    exact = True
+    batch_shape: tuple[int, ...] = ()
+
+    def __init__(self, diagonal: Tensor, *, damping: float | Tensor = 0.0):
+        if not isinstance(diagonal, Tensor):
+            raise TypeError(f"diagonal: expected a torch tensor, got {_describe(diagonal)}")
+        if diagonal.ndim != 1 or diagonal.shape[0] == 0:
+            raise ValueError(
+                f"diagonal: expected a non-empty vector, got shape {tuple(diagonal.shape)}"
+            )
+        self.diagonal = diagonal
+        self.damping = damping
+        self._reciprocal: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        """The factor's dimension ``n``."""
+        return self.diagonal.shape[0]
+
+    @property
+    def rank(self) -> int:
+        """``n``: the inverse is exact."""
+        return self.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the diagonal."""
+        return self.diagonal.dtype
+
+    @property
+    def largest_eigenvalue(self) -> Tensor:
+        """``max(d)``, a 0-d tensor."""
+        return self.diagonal.max()
+
+    @property
+    def trace(self) -> Tensor:
+        """``sum(d)``, a 0-d tensor."""
+        return self.diagonal.sum()
+
+    def with_damping(self, damping: float | Tensor) -> DiagonalInverse:
+        """The same diagonal with another damping (shares the tensor)."""
+        return DiagonalInverse(self.diagonal, damping=damping)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> DiagonalInverse:
+        """The same inverse with its tensors on ``device`` in ``dtype``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> DiagonalInverse(torch.tensor([2.0])).to("cpu", torch.float64).dtype
+        torch.float64
+        """
+        damping = self.damping
+        if isinstance(damping, Tensor):
+            damping = damping.to(device=device, dtype=dtype)
+        return DiagonalInverse(self.diagonal.to(device=device, dtype=dtype), damping=damping)
+
+    def materialize(self) -> DiagonalInverse:
+        """Form ``1 / (d + damping)`` once, so :meth:`solve` is one product. Returns ``self``."""
+        if self._reciprocal is None:
+            self._reciprocal = 1 / (self.diagonal + self.damping)
+        return self
+
+    def solve(self, M: Tensor, side: str = "left", *, check_values: bool = True) -> Tensor:
+        """``(D + damping I)^-1 M`` (``side="left"``, M of shape (..., n, k)) or
+        ``M (D + damping I)^-1`` (``"right"``, shape (..., k, n)), in ``M``'s dtype.
+
+        ``check_values`` checks that no damped diagonal entry is zero (a host sync).
+
+        Examples
+        --------
+        >>> import torch
+        >>> DiagonalInverse(torch.tensor([1.0, 3.0])).solve(torch.ones(2, 1)).flatten()
+        tensor([1.0000, 0.3333])
+        """
+        if not isinstance(M, Tensor):
+            raise TypeError(f"M: expected a torch tensor, got {_describe(M)}")
+        check_choice(side, "side", ("left", "right"))
+        axis = -2 if side == "left" else -1
+        if M.ndim < 2 or M.shape[axis] != self.size:
+            raise ValueError(
+                f"M: expected {self.size} {'rows' if side == 'left' else 'columns'} for "
+                f"side={side!r}, got shape {tuple(M.shape)}"
+            )
+        reciprocal = self._reciprocal
+        if reciprocal is None:
+            reciprocal = 1 / (self.diagonal + self.damping)
+        if check_values and not bool(torch.isfinite(reciprocal).all()):
+            raise ValueError("diagonal + damping: singular (a zero entry), add damping")
+        scale = reciprocal[:, None] if side == "left" else reciprocal
+        return (M * scale).to(M.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The diagonal and the damping (for checkpoints)."""
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], device: torch.device | str | None = None
+    ) -> DiagonalInverse:
+        """Rebuild an inverse from :meth:`state_dict`, optionally moving it to ``device``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = DiagonalInverse(torch.ones(3))
+        >>> DiagonalInverse.from_state_dict(inv.state_dict()).size
+        3
+        """
+        diagonal = state["diagonal"]
+        return cls(diagonal if device is None else diagonal.to(device), damping=state["damping"])
+
+    def __repr__(self) -> str:
+        return f"DiagonalInverse(size={self.size})"
+
+
+Inverse = FactorInverse | DiagonalInverse
+"""What a factor's inverse may be: a decomposition or the exact diagonal."""
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of dtype {value.dtype}"
@@ -371,8 +573,11 @@ def _decompose_stack(
     return decompose(stack, rank, oversample, n_iter, check_symmetric=False, **options)
 
 
-def _robust_decompose(stack: Tensor, *args: Any) -> list[tuple[Tensor, Tensor] | None]:
-    """:func:`_decompose_stack` with a float64 retry, then one matrix at a time."""
+def _robust_decompose(stack: Tensor, *args: Any) -> tuple[Tensor, Tensor] | None:
+    """:func:`_decompose_stack` with a float64 retry, then one matrix at a time.
+
+    Matrices that still fail get NaN eigenvalues; ``None`` when every one failed.
+    """
     for dtype in dict.fromkeys((stack.dtype, torch.float64)):
         try:
             values, vectors = _decompose_stack(stack.to(dtype), *args)
@@ -380,10 +585,16 @@ def _robust_decompose(stack: Tensor, *args: Any) -> list[tuple[Tensor, Tensor] |
             continue
         values, vectors = values.to(stack.dtype), vectors.to(stack.dtype)
         if bool(torch.isfinite(values).all()):
-            return list(zip(values.unbind(), vectors.unbind(), strict=True))
+            return values, vectors
     if stack.shape[0] == 1:
-        return [None]
-    return [r for matrix in stack.unbind() for r in _robust_decompose(matrix[None], *args)]
+        return None
+    pieces = [_robust_decompose(matrix[None], *args) for matrix in stack.unbind()]
+    done = next((piece for piece in pieces if piece is not None), None)
+    if done is None:
+        return None
+    failed = tuple(torch.full_like(part, float("nan")) for part in done)
+    values, vectors = zip(*(failed if piece is None else piece for piece in pieces), strict=True)
+    return torch.cat(values), torch.cat(vectors)
 
 
 def decompose_factors(
@@ -401,19 +612,23 @@ def decompose_factors(
     """Decompose many symmetric PSD factors, batching same-sized ones (undamped).
 
     Factors of equal size, sketch rank, dtype and device are stacked into one
-    :mod:`rnla` call (one ``torch.linalg.eigh`` call on the exact path). A failing
-    stack is retried in float64, then one factor at a time; a factor that still fails
-    gives ``None``. Arguments are assumed valid (see :meth:`FactorInverse.from_factor`).
+    :mod:`rnla` call (one ``torch.linalg.eigh`` call on the exact path); a stack of
+    blocks ``(B, n, n)`` (a block-diagonal factor) joins that call with all its blocks
+    and gives one batched inverse. A failing stack is retried in float64, then one
+    matrix at a time; a factor with a block that still fails gives ``None``. Arguments
+    are assumed valid (see :meth:`FactorInverse.from_factor`).
 
     Parameters
     ----------
-    factors : sequence of Tensor, each (n_i, n_i)
-        Symmetric PSD factors (symmetry and finiteness are not checked).
+    factors : sequence of Tensor, each (n_i, n_i) or (B_i, n_i, n_i)
+        Symmetric PSD factors or stacks of blocks (symmetry and finiteness are not
+        checked).
     method : {"eigh", "rsvd", "srevd", "nystrom"}
     policy : RankPolicy
         The rank rule: each factor's sketch rank (:meth:`RankPolicy.sketch_rank`; the
         exact path is used when ``rank + oversample >= n_i``), the modes kept of a
-        sketch, and the larger sketch of a saturated ``"auto"`` factor, redone until
+        sketch (of a stack: the most any block keeps), and the larger sketch of a
+        saturated ``"auto"`` factor (a stack with any saturated block), redone until
         it is not saturated.
     hints : sequence of int or None, optional
         Per factor, the :meth:`RankPolicy.next_hint` of its previous decomposition
@@ -434,7 +649,7 @@ def decompose_factors(
     Returns
     -------
     list of FactorInverse or None
-        Undamped inverses, in the order of ``factors``.
+        Undamped inverses, in the order of ``factors`` (batched for stacks).
 
     Examples
     --------
@@ -445,54 +660,80 @@ def decompose_factors(
     >>> Fs = [torch.eye(n) + torch.ones(n, n) for n in (40, 40, 12)]
     >>> [inv.rank for inv in decompose_factors(Fs, "nystrom", RankPolicy(5), rng=g)]
     [5, 5, 12]
+    >>> blocks = torch.eye(3).expand(4, 3, 3)
+    >>> decompose_factors([blocks], "eigh", RankPolicy(None))[0].batch_shape
+    (4,)
     """
     results: list[FactorInverse | None] = [None] * len(factors)
     hints = [None] * len(factors) if hints is None else hints
     floors = [0.0] * len(factors) if floors is None else floors
     pending = [
-        (i, F, policy.sketch_rank(F.shape[0], hint))
+        (i, F, policy.sketch_rank(F.shape[-1], hint))
         for i, (F, hint) in enumerate(zip(factors, hints, strict=True))
     ]
     while pending:
         groups: dict[tuple, list[tuple[int, Tensor, int | None]]] = {}
         for item in pending:
             i, F, r = item
-            n = F.shape[0]
+            n = F.shape[-1]
             exact = _is_exact(method, r, oversample, n)
             groups.setdefault((n, None if exact else r, F.dtype, F.device), []).append(item)
         pending = []
         for (n, r, _, _), items in groups.items():
             exact = r is None
-            stack = items[0][1][None] if len(items) == 1 else torch.stack([F for _, F, _ in items])
+            blocks = [F if F.ndim == 3 else F[None] for _, F, _ in items]
+            stack = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
             traces = stack.diagonal(dim1=-2, dim2=-1).sum(-1)
-            pairs = _robust_decompose(stack, method, r, exact, oversample, n_iter, rng)
-            for (i, F, _), trace, pair in zip(items, traces, pairs, strict=True):
-                if pair is None:
+            decomposed = _robust_decompose(stack, method, r, exact, oversample, n_iter, rng)
+            if decomposed is None:
+                continue
+            all_values, all_vectors = decomposed
+            finite = torch.isfinite(all_values).all(-1).tolist()
+            start = 0
+            for (i, F, _), block in zip(items, blocks, strict=True):
+                part = slice(start, start + block.shape[0])
+                start = part.stop
+                if not all(finite[part]):
                     continue
-                values, vectors = pair
+                values, vectors, trace = all_values[part], all_vectors[part], traces[part]
+                if F.ndim == 2:
+                    values, vectors, trace = values[0], vectors[0], trace[0]
                 values = values.clamp_min(0)
                 if exact:
                     results[i] = FactorInverse(values, vectors, trace=trace)
                     continue
-                kept = policy.modes_to_keep(values, n, floors[i])
+                kept = _modes_to_keep(policy, values, n, floors[i])
                 if kept is None:  # saturated: the spectrum reaches further
                     pending.append((i, F, policy.grown_sketch_rank(r, n)))
                     continue
                 if kept < r:
-                    values, vectors = values[:kept], vectors[:, :kept].contiguous()
-                tail = (trace - values.sum()) / (n - values.shape[0]) if tail_compensation else 0.0
-                if isinstance(tail, Tensor):
-                    tail = tail.clamp_min(0)
+                    values, vectors = values[..., :kept], vectors[..., :kept].contiguous()
+                tail = (
+                    ((trace - values.sum(-1)) / (n - kept)).clamp_min(0)
+                    if tail_compensation
+                    else 0.0
+                )
                 results[i] = FactorInverse(values, vectors, tail=tail, trace=trace)
     return results
 
 
+def _modes_to_keep(policy: RankPolicy, values: Tensor, size: int, floor: float) -> int | None:
+    """:meth:`RankPolicy.modes_to_keep` of a factor, or of a stack: the most of any block.
+
+    ``None`` (grow the sketch) when any block is saturated.
+    """
+    kept = [
+        policy.modes_to_keep(block, size, floor) for block in values.reshape(-1, values.shape[-1])
+    ]
+    return None if None in kept else max(kept)
+
+
 def split_damping(
-    A_inverse: FactorInverse, G_inverse: FactorInverse, damping: float, mode: str
+    A_inverse: Inverse, G_inverse: Inverse, damping: float, mode: str
 ) -> tuple[Tensor | float, Tensor | float]:
     """Per-factor shifts ``(lam_A, lam_G)`` of a damping mode (floored to stay invertible).
 
-    See :func:`precondition` for the modes.
+    See :func:`precondition` for the modes. Stacked inverses get one shift per block.
 
     Examples
     --------
@@ -508,12 +749,12 @@ def split_damping(
     elif mode == "absolute":
         lam_A = lam_G = damping**0.5
     else:  # "pi": Martens & Grosse (2015), section 6.3
-        tiny = torch.finfo(A_inverse.eigenvalues.dtype).tiny
+        tiny = torch.finfo(A_inverse.dtype).tiny
         mean_A = torch.as_tensor(A_inverse.trace / A_inverse.size).clamp_min(tiny)
         mean_G = torch.as_tensor(G_inverse.trace / G_inverse.size).clamp_min(tiny)
         pi = (mean_A / mean_G.to(mean_A.device)).sqrt()
         lam_A, lam_G = pi * damping**0.5, damping**0.5 / pi
-    floor = torch.finfo(A_inverse.eigenvalues.dtype).tiny ** 0.5
+    floor = torch.finfo(A_inverse.dtype).tiny ** 0.5
     return tuple(  # type: ignore[return-value]
         lam.clamp_min(floor) if isinstance(lam, Tensor) else max(lam, floor)
         for lam in (lam_A, lam_G)
@@ -522,8 +763,8 @@ def split_damping(
 
 def precondition(
     grad_matrix: Tensor,
-    A_inverse: FactorInverse,
-    G_inverse: FactorInverse,
+    A_inverse: Inverse,
+    G_inverse: Inverse,
     *,
     damping: float | None = None,
     damping_mode: str = "relative",
@@ -533,15 +774,17 @@ def precondition(
 
     With the Kronecker-factored Fisher block ``A (x) G`` (column-stacking ``vec``) of a
     layer whose gradient matrix is ``J`` (``d_out x d_in``, a last bias column
-    included), ``(A (x) G)^-1 vec(J) = vec(G^-1 J A^-1)``.
+    included), ``(A (x) G)^-1 vec(J) = vec(G^-1 J A^-1)``. A block-diagonal layer has a
+    stack of ``B`` gradient matrices and stacked inverses: each block is preconditioned
+    by its own factors, in batched products.
 
     Parameters
     ----------
-    grad_matrix : Tensor, shape (d_out, d_in)
+    grad_matrix : Tensor, shape (d_out, d_in) or (B, d_out, d_in)
         The layer's gradient ``J``.
-    A_inverse : FactorInverse
+    A_inverse : FactorInverse or DiagonalInverse
         Inverse of the input factor ``A`` (size ``d_in``).
-    G_inverse : FactorInverse
+    G_inverse : FactorInverse or DiagonalInverse
         Inverse of the output-gradient factor ``G`` (size ``d_out``).
     damping : float, optional
         If given, replaces both inverses' damping by the split of ``damping_mode``.
@@ -588,12 +831,15 @@ def precondition(
     if not isinstance(grad_matrix, Tensor):
         raise TypeError(f"grad_matrix: expected a torch tensor, got {_describe(grad_matrix)}")
     for name, inverse in (("A_inverse", A_inverse), ("G_inverse", G_inverse)):
-        if not isinstance(inverse, FactorInverse):
-            raise TypeError(f"{name}: expected a FactorInverse, got {_describe(inverse)}")
-    expected = (G_inverse.size, A_inverse.size)
-    if grad_matrix.ndim != 2 or tuple(grad_matrix.shape) != expected:
+        if not isinstance(inverse, FactorInverse | DiagonalInverse):
+            raise TypeError(
+                f"{name}: expected a FactorInverse or DiagonalInverse, got {_describe(inverse)}"
+            )
+    batch = torch.broadcast_shapes(A_inverse.batch_shape, G_inverse.batch_shape)
+    expected = (*batch, G_inverse.size, A_inverse.size)
+    if tuple(grad_matrix.shape) != expected:
         raise ValueError(
-            f"grad_matrix: expected shape (G size, A size) = {expected}, "
+            f"grad_matrix: expected shape (blocks..., G size, A size) = {expected}, "
             f"got {tuple(grad_matrix.shape)}"
         )
     if damping is not None:

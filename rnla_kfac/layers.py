@@ -10,10 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .inverse import FactorInverse, precondition, split_damping
+from .inverse import DiagonalInverse, FactorInverse, Inverse, precondition, split_damping
 from .modules import LayerHelper, helper_for
 
-__all__ = ["Factor", "KFACLayer", "find_layers"]
+__all__ = ["Factor", "KFACLayer", "factor_dtype", "find_layers"]
+
+SKIP_PATTERN_REASON = "skip_layers pattern"
 
 
 class Factor:
@@ -23,6 +25,11 @@ class Factor:
     :meth:`record` and averaged by :meth:`take_batch`; :meth:`fold` adds one to the
     exponential average :attr:`matrix`, which starts at the identity and is updated in
     place. The decomposition step sets :attr:`inverse` and :attr:`rank_hint`.
+
+    A block-diagonal factor (a grouped convolution's) is a stack of ``blocks``
+    same-sized matrices, decomposed together in one batched call. A diagonal factor
+    (``nn.Embedding``'s ``A``) is kept as its diagonal; its exact inverse
+    (:meth:`invert_diagonal`) needs no decomposition.
 
     Parameters
     ----------
@@ -36,15 +43,19 @@ class Factor:
         Dtype of the average.
     device : torch.device
         Device of the average.
+    blocks : int, optional
+        Number of diagonal blocks of a block-diagonal factor, each ``n x n``.
+    diagonal : bool, default False
+        Whether the factor is diagonal (kept as a vector).
 
     Attributes
     ----------
     name : str
         ``"<layer_name>.<key>"``.
-    matrix : Tensor, shape (n, n)
+    matrix : Tensor, shape (n, n), (blocks, n, n) or (n,) for a diagonal factor
         The exponential average.
-    inverse : FactorInverse or None
-        The latest undamped decomposition (None before the first one).
+    inverse : FactorInverse, DiagonalInverse or None
+        The latest undamped inverse (None before the first one).
     rank_hint : int or None
         Sketch rank of the next ``rank="auto"`` decomposition
         (:meth:`rnla_kfac.rank_policy.RankPolicy.next_hint`).
@@ -68,12 +79,26 @@ class Factor:
     """
 
     def __init__(
-        self, key: str, layer_name: str, size: int, dtype: torch.dtype, device: torch.device
+        self,
+        key: str,
+        layer_name: str,
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        blocks: int | None = None,
+        diagonal: bool = False,
     ):
         self.key = key
         self.name = f"{layer_name}.{key}"
-        self.matrix = torch.eye(size, dtype=dtype, device=device)
-        self.inverse: FactorInverse | None = None
+        self.diagonal = diagonal
+        if diagonal:
+            self.matrix = torch.ones(size, dtype=dtype, device=device)
+        else:
+            self.matrix = torch.eye(size, dtype=dtype, device=device)
+            if blocks is not None:
+                self.matrix = self.matrix.repeat(blocks, 1, 1)
+        self.inverse: Inverse | None = None
         self.rank_hint: int | None = None
         self.updates = 0
         self.identity_weight = 1.0
@@ -82,7 +107,12 @@ class Factor:
     @property
     def size(self) -> int:
         """The dimension ``n``."""
-        return self.matrix.shape[0]
+        return self.matrix.shape[-1]
+
+    @property
+    def blocks(self) -> int:
+        """Number of stacked blocks (1 for a single matrix or a diagonal)."""
+        return self.matrix.shape[0] if self.matrix.ndim == 3 else 1
 
     def reset_batch(self) -> None:
         """Forget the batch statistics recorded since the last :meth:`take_batch`."""
@@ -105,9 +135,11 @@ class Factor:
         """Whether a batch factor is free of NaN and Inf, a 0-d bool tensor (no host sync).
 
         A NaN or Inf in a Gram matrix shows on its diagonal: a NaN/Inf input entry
-        makes its column's squared norm NaN/Inf, and ``|F_jk| <= sqrt(F_jj F_kk)``.
+        makes its column's squared norm NaN/Inf, and ``|F_jk| <= sqrt(F_jj F_kk)``. A
+        1-D batch is the diagonal of a diagonal factor.
         """
-        return torch.isfinite(batch.diagonal()).all()
+        diagonal = batch if batch.ndim == 1 else batch.diagonal(dim1=-2, dim2=-1)
+        return torch.isfinite(diagonal).all()
 
     def fold(self, batch: Tensor, decay: float) -> None:
         """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``."""
@@ -115,13 +147,47 @@ class Factor:
         self.updates += 1
         self.identity_weight *= decay
 
+    def to(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the average and inverse to ``device`` and ``dtype``; forget the batch.
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "fc", 2, torch.float32, torch.device("cpu"))
+        >>> factor.to(torch.device("cpu"), torch.float64)
+        >>> factor.matrix.dtype
+        torch.float64
+        """
+        self.matrix = self.matrix.to(device=device, dtype=dtype)
+        if self.inverse is not None:
+            self.inverse = self.inverse.to(device, dtype)
+        self.reset_batch()
+
+    def invert_diagonal(self) -> None:
+        """Set :attr:`inverse` to the exact inverse of a diagonal factor's current average.
+
+        ``O(n)``: a copy of the diagonal (the average keeps changing in place).
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "emb", 3, torch.float32, torch.device("cpu"), diagonal=True)
+        >>> factor.invert_diagonal()
+        >>> factor.inverse
+        DiagonalInverse(size=3)
+        """
+        if not self.diagonal:
+            raise RuntimeError(f"invert_diagonal: factor {self.name!r} is not diagonal")
+        self.inverse = DiagonalInverse(self.matrix.clone())
+
     def load_matrix(self, matrix: Tensor) -> None:
         """Replace the average by a copy of ``matrix`` (the average is updated in place)."""
         self.matrix = matrix.to(device=self.matrix.device, dtype=self.matrix.dtype, copy=True)
 
     def __repr__(self) -> str:
         rank = None if self.inverse is None else self.inverse.rank
-        return f"Factor({self.name!r}, size={self.size}, rank={rank})"
+        kind = ", diagonal" if self.diagonal else f", blocks={self.blocks}" * (self.blocks > 1)
+        return f"Factor({self.name!r}, size={self.size}{kind}, rank={rank})"
 
 
 class KFACLayer:
@@ -148,7 +214,8 @@ class KFACLayer:
     Attributes
     ----------
     A, G : Factor
-        The input and output-gradient factors.
+        The input and output-gradient factors: stacks of one block per group for a
+        block-diagonal layer (``helper.blocks``), ``A`` diagonal for ``nn.Embedding``.
 
     Examples
     --------
@@ -171,8 +238,11 @@ class KFACLayer:
         self.dtype = dtype
         self.statistics_dtype = statistics_dtype
         device = helper.module.weight.device
-        self.A = Factor("A", name, helper.a_size, dtype, device)
-        self.G = Factor("G", name, helper.g_size, dtype, device)
+        blocks = helper.blocks
+        self.A = Factor(
+            "A", name, helper.a_size, dtype, device, blocks=blocks, diagonal=helper.diagonal_input
+        )
+        self.G = Factor("G", name, helper.g_size, dtype, device, blocks=blocks)
         self._damped: tuple | None = None
 
     @property
@@ -200,13 +270,38 @@ class KFACLayer:
         for factor in self.factors:
             factor.reset_batch()
 
+    def follow_module(self) -> None:
+        """Move factors and inverses to the weight's device and factor dtype if it changed.
+
+        Called before statistics are recorded and gradients preconditioned, so a model
+        moved or cast after the preconditioner was built (``model.double()``,
+        ``model.to(device)``) keeps working; the cost is two attribute comparisons.
+        """
+        weight = self.helper.module.weight
+        dtype = factor_dtype(weight.dtype)
+        if dtype == self.dtype and weight.device == self.A.matrix.device:
+            return
+        self.dtype = dtype
+        for factor in self.factors:
+            factor.to(weight.device, dtype)
+        self._damped = None
+
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
         self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
 
-    def record_output_grad(self, grad_output: Tensor) -> None:
-        """Add the batch ``G`` of one backward pass (from the output's gradient)."""
-        self.G.record(self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype))
+    def record_output_grad(self, grad_output: Tensor, scale: float | Tensor = 1.0) -> None:
+        """Add the batch ``G`` of one backward pass (from the output's gradient).
+
+        ``scale`` multiplies the batch ``G``: ``(accumulation_steps / loss_scale)^2``
+        undoes a loss divided for gradient accumulation or multiplied by a gradient
+        scaler (a power of two for both makes it exact).
+        """
+        batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
+        if not isinstance(scale, Tensor) and scale == 1:
+            self.G.record(batch)
+        else:
+            self.G.record(batch.mul_(scale))
 
     def take_batches(self) -> list[Tensor]:
         """The batch factors since the last update, one per factor; they are reset."""
@@ -235,7 +330,7 @@ class KFACLayer:
         A_damped, G_damped = self._damped_inverses(damping, damping_mode)
         return J, precondition(J, A_damped, G_damped, check_values=False)
 
-    def _damped_inverses(self, damping: float, mode: str) -> tuple[FactorInverse, FactorInverse]:
+    def _damped_inverses(self, damping: float, mode: str) -> tuple[Inverse, Inverse]:
         """The damped inverses, cached until the damping or the decompositions change.
 
         Exact inverses are materialized: one product per side instead of two.
@@ -263,7 +358,8 @@ class KFACLayer:
         """Averaged factors, inverses, rank hints, the update count and identity weight.
 
         Per factor key ``k`` (``"A"``, ``"G"``): ``k`` the average and ``k_inverse`` a
-        :meth:`FactorInverse.state_dict` or None; then ``"rank_hints"`` (``{k: hint}``),
+        :meth:`FactorInverse.state_dict` (:meth:`DiagonalInverse.state_dict` for a
+        diagonal factor) or None; then ``"rank_hints"`` (``{k: hint}``),
         ``"updates"`` and ``"identity_weight"``.
         """
         state: dict[str, Any] = {}
@@ -289,23 +385,41 @@ class KFACLayer:
             inverse = state[f"{factor.key}_inverse"]
             device = factor.matrix.device
             factor.load_matrix(state[factor.key])  # a copy: the state dict is not aliased
-            factor.inverse = (
-                None if inverse is None else FactorInverse.from_state_dict(inverse, device)
-            )
+            kind = DiagonalInverse if factor.diagonal else FactorInverse
+            factor.inverse = None if inverse is None else kind.from_state_dict(inverse, device)
             factor.rank_hint = state["rank_hints"][factor.key]
             factor.updates = int(state["updates"])
             factor.identity_weight = float(state["identity_weight"])
             factor.reset_batch()
 
 
+def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a layer's factors: float64 for float64 weights, float32 otherwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> factor_dtype(torch.bfloat16), factor_dtype(torch.float64)
+    (torch.float32, torch.float64)
+    """
+    return torch.float64 if weight_dtype == torch.float64 else torch.float32
+
+
 def find_layers(
     model: nn.Module, skip_layers: str | Iterable[str], statistics_dtype: torch.dtype | None
-) -> list[KFACLayer]:
-    """A :class:`KFACLayer` for each supported module of ``model`` not in ``skip_layers``.
+) -> tuple[list[KFACLayer], dict[str, str]]:
+    """A :class:`KFACLayer` per supported module of ``model``, and the modules left alone.
 
-    ``skip_layers`` holds module names or regular expressions (full match). Warns about
-    unsupported modules (left alone) and patterns that match nothing; the factors are
-    float64 for float64 layers, float32 otherwise.
+    A ``skip_layers`` pattern matches a module when :func:`re.search` finds it in the
+    module's qualified name or it equals the module's class name (``"decoder"`` skips
+    ``module.decoder`` and its children under ``DistributedDataParallel``;
+    ``"Embedding"`` skips every ``nn.Embedding``). Warns about patterns that match
+    nothing. Modules that hold trainable parameters of their own but are not
+    preconditioned are returned with the reason: a skip pattern, an unsupported type,
+    a frozen weight, a Parameter shared with another module (never preconditioned
+    twice), or a layer that ``nn.MultiheadAttention`` applies functionally (its hooks
+    never see the input). The factors are float64 for float64 layers, float32
+    otherwise.
 
     Raises
     ------
@@ -316,38 +430,67 @@ def find_layers(
     Examples
     --------
     >>> import torch
-    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    >>> [layer.name for layer in find_layers(model, "1", None)]
-    ['0']
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4),
+    ...                             torch.nn.Linear(4, 2))
+    >>> layers, skipped = find_layers(model, "2", None)
+    >>> [layer.name for layer in layers], skipped
+    (['0'], {'1': 'unsupported type LayerNorm', '2': "skip_layers pattern '2'"})
     """
     patterns = _compile_patterns(skip_layers)
-    layers, unsupported, matched = [], [], set()
+    owners = _parameter_owners(model)
+    functional = {
+        id(module.out_proj)
+        for module in model.modules()
+        if isinstance(module, nn.MultiheadAttention)
+    }
+    layers, skipped, matched = [], {}, set()
     for name, module in model.named_modules():
-        hits = [p.pattern for p in patterns if name == p.pattern or p.fullmatch(name)]
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        hits = [
+            p.pattern
+            for p in patterns
+            if p.search(name) is not None or p.pattern == type(module).__name__
+        ]
         if hits:
             matched.update(hits)
+            if own:
+                skipped[name] = f"{SKIP_PATTERN_REASON} {hits[0]!r}"
             continue
         helper = helper_for(module)
-        if isinstance(helper, str):
-            unsupported.append(f"{name!r} ({helper})")
-        elif helper is not None:
-            dtype = torch.float64 if module.weight.dtype == torch.float64 else torch.float32
+        if isinstance(module, nn.MultiheadAttention) and own:
+            skipped[name] = "nn.MultiheadAttention applies its input projection functionally"
+        elif id(module) in functional and own:
+            skipped[name] = (
+                "applied functionally by its nn.MultiheadAttention: its hooks never see the input"
+            )
+        elif isinstance(helper, str):
+            skipped[name] = helper
+        elif helper is None:
+            if own:
+                skipped[name] = f"unsupported type {type(module).__name__}"
+        elif shared := sorted({other for p in own for other in owners[id(p)] if other != name}):
+            skipped[name] = f"shares a Parameter with {', '.join(map(repr, shared))}"
+        else:
+            dtype = factor_dtype(module.weight.dtype)
             layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
-    if unsupported:
-        warnings.warn(
-            "KFACPreconditioner: leaving unsupported layers unpreconditioned: "
-            + ", ".join(unsupported),
-            stacklevel=3,
-        )
     unmatched = [p.pattern for p in patterns if p.pattern not in matched]
     if unmatched:
         warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
     if not layers:
         raise ValueError(
-            "model: no supported layer to precondition (trainable nn.Linear or nn.Conv2d "
-            f"with groups=1, not in skip_layers) in {type(model).__name__}"
+            "model: no supported layer to precondition (trainable nn.Linear, nn.Conv1d, "
+            f"nn.Conv2d or nn.Embedding, not in skip_layers) in {type(model).__name__}"
         )
-    return layers
+    return layers, skipped
+
+
+def _parameter_owners(model: nn.Module) -> dict[int, list[str]]:
+    """``{id(parameter): names of the distinct modules holding it directly}``."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for parameter in module.parameters(recurse=False):
+            owners.setdefault(id(parameter), []).append(name)
+    return owners
 
 
 def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:

@@ -12,7 +12,25 @@ Factor conventions (a loss averaged over the batch, the first dimension):
   locations, unfolded patches ``a`` (``n S x C_in k_h k_w``, plus ones for a bias)
   and per-example output gradients ``n g``: ``A = sum a a^T / n`` and
   ``G = sum (n g)(n g)^T / (n S)``. The product ``A (x) G`` equals curvlinops' (its
-  ``A`` is ``S`` times smaller and its ``G`` ``S`` times larger).
+  ``A`` is ``S`` times smaller and its ``G`` ``S`` times larger). Any stride,
+  dilation and padding (integers, ``"same"``/``"valid"``, every ``padding_mode``).
+* ``nn.Conv1d``: exactly the factors of the equivalent ``(1 x k)`` ``Conv2d`` (weight
+  ``w[:, :, None, :]`` on inputs ``x[:, :, None, :]``), so ``S`` is the output length.
+* Grouped convolutions (``groups > 1``, depthwise included, Conv1d and Conv2d): the
+  block-diagonal K-FAC of ``groups`` separate convolutions, group ``j`` mapping input
+  channels ``j C_in/groups ...`` to output channels ``j C_out/groups ...``, each with
+  the factors above. The factors of a layer are stacks ``(groups, n, n)`` of same-sized
+  blocks, decomposed in one batched call and applied with batched products; the
+  gradient matrix is the stack of the groups' ``[W_j, b_j]``.
+* ``nn.Embedding`` (``V`` rows of width ``D``) on ``m`` token indices: the K-FAC of the
+  bias-free ``Linear(V, D)`` with weight ``embedding.weight.T`` on one-hot inputs. Its
+  ``A = diag(counts) / m`` (``counts[v]`` occurrences of token ``v``) is diagonal and
+  kept as its diagonal (``V`` numbers), inverted exactly at ``O(V)`` cost without any
+  decomposition; ``G = g^T g * m`` as for ``Linear``. The gradient matrix is
+  ``embedding.weight.grad.T`` (``D x V``). The row of ``padding_idx`` gets no gradient,
+  so its preconditioned gradient stays zero (``A``'s columns are independent). With
+  ``max_norm`` the rows are renormalized in place before the lookup; the factors and
+  gradient are those of the renormalized weight.
 
 The gradient matrix of a layer is ``[W.grad.reshape(d_out, -1), b.grad]``
 (``d_out x d_in``), so its Fisher block is ``A (x) G`` with column-stacking ``vec``.
@@ -24,13 +42,22 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Conv2dHelper", "LayerHelper", "LinearHelper", "helper_for"]
+__all__ = [
+    "ConvHelper",
+    "EmbeddingHelper",
+    "LayerHelper",
+    "LinearHelper",
+    "helper_for",
+]
 
 
 def _scaled_gram(rows: Tensor, scale: float) -> Tensor:
-    """``scale * rows^T rows`` in one GEMM (the scaling fused, no extra d x d pass)."""
-    out = rows.new_empty(rows.shape[1], rows.shape[1])
-    return torch.addmm(out, rows.T, rows, beta=0, alpha=scale)
+    """``scale * rows^T rows`` (of each matrix of a stack) in one GEMM, scaling fused."""
+    size = rows.shape[-1]
+    if rows.ndim == 2:
+        return torch.addmm(rows.new_empty(size, size), rows.T, rows, beta=0, alpha=scale)
+    out = rows.new_empty(rows.shape[0], size, size)
+    return torch.baddbmm(out, rows.mT, rows, beta=0, alpha=scale)
 
 
 class LayerHelper:
@@ -39,13 +66,24 @@ class LayerHelper:
     Parameters
     ----------
     module : nn.Module
-        The layer; its weight must be 2-D (``Linear``) or 4-D (``Conv2d``).
+        The layer, with a ``weight`` whose first dimension is the output (``Linear``,
+        convolutions) and an optional ``bias``.
 
     Attributes
     ----------
     a_size, g_size : int
-        Sizes of the ``A`` and ``G`` factors (``a_size`` counts the bias column).
+        Sizes of the ``A`` and ``G`` factors (of each block; ``a_size`` counts the bias
+        column).
+    blocks : int or None
+        Number of diagonal blocks of a block-diagonal layer (a grouped convolution's
+        ``groups``): its factors and gradient matrix are stacks of ``blocks`` matrices.
+        ``None`` for a single pair of factors.
+    diagonal_input : bool
+        Whether ``A`` is diagonal and kept as its diagonal (``nn.Embedding``).
     """
+
+    blocks: int | None = None
+    diagonal_input = False
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -55,11 +93,15 @@ class LayerHelper:
         self.a_size = weight[0].numel() + int(self.has_bias)
 
     def input_rows(self, x: Tensor) -> tuple[Tensor, float]:
-        """Input rows ``a`` (without the bias column) and the divisor of ``a^T a``."""
+        """Input rows ``a`` (without the bias column) and the divisor of ``a^T a``.
+
+        Rows are ``(m, a)``, or ``(blocks, m, a)`` for a block-diagonal layer.
+        """
         raise NotImplementedError
 
     def output_rows(self, grad_output: Tensor) -> tuple[Tensor, float]:
-        """Output-gradient rows ``g`` and the multiplier of ``g^T g``."""
+        """Output-gradient rows ``g`` (``(m, g)`` or ``(blocks, m, g)``) and the
+        multiplier of ``g^T g``."""
         raise NotImplementedError
 
     def input_factor(
@@ -72,7 +114,7 @@ class LayerHelper:
         """
         rows, divisor = self.input_rows(x.detach().to(compute_dtype or dtype))
         if self.has_bias:
-            rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+            rows = torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
         return _scaled_gram(rows, 1 / divisor).to(dtype)
 
     def output_factor(
@@ -85,26 +127,34 @@ class LayerHelper:
         rows, multiplier = self.output_rows(grad_output.detach().to(compute_dtype or dtype))
         return _scaled_gram(rows, multiplier).to(dtype)
 
+    @property
+    def _block_shape(self) -> tuple[int, ...]:
+        return () if self.blocks is None else (self.blocks,)
+
     def grad_matrix(self, dtype: torch.dtype) -> Tensor | None:
-        """``[W.grad, b.grad]`` as a ``g_size x a_size`` matrix (None without gradients)."""
+        """``[W.grad, b.grad]`` as a ``g_size x a_size`` matrix (None without gradients).
+
+        A stack ``(blocks, g_size, a_size)`` of the groups' matrices when
+        :attr:`blocks` is set.
+        """
         weight_grad = self.module.weight.grad
         if weight_grad is None:
             return None
-        J = weight_grad.reshape(self.g_size, -1)
+        J = weight_grad.reshape(*self._block_shape, self.g_size, -1)
         if self.has_bias:
             bias_grad = self.module.bias.grad
             if bias_grad is None:
                 bias_grad = torch.zeros_like(self.module.bias)
-            J = torch.cat([J, bias_grad[:, None]], dim=1)
+            J = torch.cat([J, bias_grad.reshape(*self._block_shape, self.g_size, 1)], dim=-1)
         return J.to(dtype)
 
     def set_grad_matrix(self, matrix: Tensor) -> None:
-        """Write a ``g_size x a_size`` matrix back into the parameters' ``.grad``."""
+        """Write a :meth:`grad_matrix`-shaped matrix back into the parameters' ``.grad``."""
         weight = self.module.weight
         n_weight = self.a_size - int(self.has_bias)
-        weight.grad.copy_(matrix[:, :n_weight].reshape(weight.shape))
+        weight.grad.copy_(matrix[..., :n_weight].reshape(weight.shape))
         if self.has_bias and self.module.bias.grad is not None:
-            self.module.bias.grad.copy_(matrix[:, -1])
+            self.module.bias.grad.copy_(matrix[..., -1].reshape(-1))
 
 
 class LinearHelper(LayerHelper):
@@ -127,57 +177,140 @@ class LinearHelper(LayerHelper):
         return rows, rows.shape[0]
 
 
-class Conv2dHelper(LayerHelper):
-    """``nn.Conv2d`` with any stride, padding (any mode), dilation; ``groups == 1``.
+class ConvHelper(LayerHelper):
+    """``nn.Conv1d`` and ``nn.Conv2d``: any stride, padding (any mode), dilation, groups.
+
+    A Conv1d is handled as the ``(1 x k)`` Conv2d on inputs with a unit height; with
+    ``groups > 1`` the factors are stacks of one block per group (see the module
+    docstring). An unbatched input ``(C, *spatial)`` counts as a batch of one.
 
     Examples
     --------
     >>> import torch
     >>> conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=2)
-    >>> Conv2dHelper(conv).input_factor(torch.randn(2, 3, 9, 9), torch.float32).shape
+    >>> ConvHelper(conv).input_factor(torch.randn(2, 3, 9, 9), torch.float32).shape
     torch.Size([28, 28])
+    >>> depthwise = ConvHelper(torch.nn.Conv1d(6, 12, 3, groups=6, padding="same"))
+    >>> depthwise.input_factor(torch.randn(2, 6, 10), torch.float32).shape
+    torch.Size([6, 4, 4])
+    >>> depthwise.output_factor(torch.randn(2, 12, 10), torch.float32).shape
+    torch.Size([6, 2, 2])
     """
+
+    def __init__(self, module: nn.Conv1d | nn.Conv2d):
+        super().__init__(module)
+        groups = module.groups
+        self.blocks = groups if groups > 1 else None
+        self.g_size = module.out_channels // groups
+
+    def _batched(self, t: Tensor) -> Tensor:
+        """``t`` with a batch dimension (an unbatched ``(C, *spatial)`` input gets one)."""
+        return t[None] if t.ndim == len(self.module.kernel_size) + 1 else t
 
     def input_rows(self, x: Tensor) -> tuple[Tensor, float]:
         conv = self.module
+        x = self._batched(x)
         padding = conv.padding
         if isinstance(padding, str) or conv.padding_mode != "zeros":
             mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
             x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-            padding = 0
-        patches = F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride)
+            padding = (0,) * (x.ndim - 2)
+        kernel, dilation, stride = conv.kernel_size, conv.dilation, conv.stride
+        if x.ndim == 3:  # Conv1d: the (1 x k) Conv2d on a unit height
+            x = x[:, :, None, :]
+            kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
+            padding = (0, *padding)
+        patches = F.unfold(x, kernel, dilation, padding, stride)  # (n, C_in k, S)
         n = x.shape[0]
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1]), n
+        if self.blocks is None:
+            return patches.transpose(1, 2).reshape(-1, patches.shape[1]), n
+        per_group = patches.reshape(n, self.blocks, -1, patches.shape[-1])
+        return per_group.permute(1, 0, 3, 2).reshape(self.blocks, -1, per_group.shape[2]), n
 
     def output_rows(self, grad_output: Tensor) -> tuple[Tensor, float]:
+        grad_output = self._batched(grad_output)
         n, channels = grad_output.shape[:2]
         locations = grad_output[0, 0].numel()
-        rows = grad_output.transpose(1, -1).reshape(-1, channels)
+        rows = grad_output.movedim(1, -1).reshape(-1, channels)
+        if self.blocks is not None:
+            rows = rows.reshape(rows.shape[0], self.blocks, self.g_size).transpose(0, 1)
         # Per-example gradients are n * g; G = sum (n g)(n g)^T / (n S).
         return rows, n / locations
+
+
+class EmbeddingHelper(LayerHelper):
+    """``nn.Embedding``: diagonal ``A`` (token frequencies), ``G`` as for ``Linear``.
+
+    :meth:`input_factor` returns the diagonal of ``A`` (a vector of size
+    ``num_embeddings``); the gradient matrix is ``weight.grad.T`` (``D x V``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> helper = EmbeddingHelper(torch.nn.Embedding(4, 3))
+    >>> helper.input_factor(torch.tensor([[0, 1], [1, 3]]), torch.float32)
+    tensor([0.2500, 0.5000, 0.0000, 0.2500])
+    >>> helper.a_size, helper.g_size
+    (4, 3)
+    """
+
+    diagonal_input = True
+
+    def __init__(self, module: nn.Embedding):
+        self.module = module
+        self.has_bias = False
+        self.a_size, self.g_size = module.weight.shape
+
+    def input_factor(
+        self, x: Tensor, dtype: torch.dtype, compute_dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """The diagonal of the batch ``A``: each token's count over the number of tokens."""
+        indices = x.detach().reshape(-1)
+        counts = torch.bincount(indices, minlength=self.a_size).to(dtype)
+        return counts.div_(max(indices.numel(), 1))
+
+    def output_rows(self, grad_output: Tensor) -> tuple[Tensor, float]:
+        rows = grad_output.reshape(-1, grad_output.shape[-1])
+        return rows, rows.shape[0]
+
+    def grad_matrix(self, dtype: torch.dtype) -> Tensor | None:
+        weight_grad = self.module.weight.grad
+        return None if weight_grad is None else weight_grad.T.to(dtype)
+
+    def set_grad_matrix(self, matrix: Tensor) -> None:
+        self.module.weight.grad.copy_(matrix.T)
 
 
 def helper_for(module: nn.Module) -> LayerHelper | str | None:
     """The helper of a supported module, a reason string if skipped, or None.
 
+    Supported: ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (any groups) and
+    ``nn.Embedding`` (not ``sparse=True``, whose gradients are sparse tensors, nor
+    ``scale_grad_by_freq=True``, whose gradient is not the one K-FAC models). ``None``
+    for other modules and frozen layers.
+
     Examples
     --------
     >>> import torch
-    >>> type(helper_for(torch.nn.Linear(2, 2))).__name__
-    'LinearHelper'
-    >>> helper_for(torch.nn.Conv2d(4, 4, 3, groups=2))
-    'groups=2 > 1 is not supported'
+    >>> type(helper_for(torch.nn.Conv2d(4, 4, 3, groups=2))).__name__
+    'ConvHelper'
+    >>> helper_for(torch.nn.Embedding(10, 3, sparse=True))
+    'sparse=True (sparse gradients) is not supported'
     >>> helper_for(torch.nn.ReLU()) is None
     True
     """
     if isinstance(module, nn.Linear):
         helper_type: type[LayerHelper] = LinearHelper
-    elif isinstance(module, nn.Conv2d):
-        if module.groups > 1:
-            return f"groups={module.groups} > 1 is not supported"
-        helper_type = Conv2dHelper
+    elif isinstance(module, nn.Conv1d | nn.Conv2d):
+        helper_type = ConvHelper
+    elif isinstance(module, nn.Embedding):
+        if module.sparse:
+            return "sparse=True (sparse gradients) is not supported"
+        if module.scale_grad_by_freq:
+            return "scale_grad_by_freq=True is not supported"
+        helper_type = EmbeddingHelper
     else:
         return None
     if not module.weight.requires_grad:
-        return None
+        return "frozen (weight.requires_grad is False)"
     return helper_type(module)

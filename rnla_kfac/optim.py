@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,12 +29,18 @@ class KFAC(torch.optim.SGD):
     Parameters
     ----------
     model : nn.Module
-        The model; all its parameters are optimized, those of supported layers with
-        preconditioned gradients.
+        The model; the gradients of its supported layers are preconditioned.
     lr : float or callable
-        Learning rate (also passed to the preconditioner for ``kl_clip``).
+        Learning rate, the default of parameter groups without one. ``kl_clip`` uses
+        each layer's learning rate: that of the group holding its weight (0 for a
+        weight in no group).
     momentum : float or callable, default 0.0
     weight_decay : float or callable, default 0.0
+    params : iterable of Parameters or of dicts, optional
+        What to optimize, as for any ``torch.optim`` optimizer: parameters, or
+        parameter groups ``{"params": ..., "lr": ..., ...}`` with their own options.
+        Default: all of ``model.parameters()``. A callable ``lr``, ``momentum`` or
+        ``weight_decay`` sets the value of every group.
     **preconditioner_kwargs
         Keyword arguments of :class:`KFACPreconditioner` (``method``, ``rank``,
         ``damping``, ``kl_clip``, ...).
@@ -59,6 +66,13 @@ class KFAC(torch.optim.SGD):
     ...     _ = opt.next_epoch()
     >>> opt.epoch, opt.preconditioner.steps
     (2, 2)
+
+    Parameter groups with their own learning rates:
+
+    >>> opt = KFAC(model, lr=0.1, kl_clip=1e-3, params=[
+    ...     {"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.01}])
+    >>> [group["lr"] for group in opt.param_groups]
+    [0.1, 0.01]
     """
 
     def __init__(
@@ -67,6 +81,8 @@ class KFAC(torch.optim.SGD):
         lr: ScheduleLike,
         momentum: ScheduleLike = 0.0,
         weight_decay: ScheduleLike = 0.0,
+        *,
+        params: Iterable[Any] | None = None,
         **preconditioner_kwargs: Any,
     ):
         if not isinstance(model, nn.Module):
@@ -78,14 +94,29 @@ class KFAC(torch.optim.SGD):
             if callable(value)
         }
         initial = {name: 0.0 if name in self._schedules else v for name, v in values.items()}
-        super().__init__(model.parameters(), **initial)
+        super().__init__(model.parameters() if params is None else params, **initial)
         self.epoch = 0
         self.preconditioner = KFACPreconditioner(
-            model, lr=self._current_lr, **preconditioner_kwargs
+            model, lr=self._layer_learning_rates(model), **preconditioner_kwargs
         )
 
-    def _current_lr(self, step: int) -> float:
-        return self.param_groups[0]["lr"]
+    def _layer_learning_rates(self, model: nn.Module) -> dict[str, Callable[[int], float]]:
+        """``{module name: lr(step)}``, read live from the group holding the weight."""
+        group_of = {
+            id(parameter): index
+            for index, group in enumerate(self.param_groups)
+            for parameter in group["params"]
+        }
+        rates = {}
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                index = group_of.get(id(weight))
+                rates[name] = _no_lr if index is None else partial(self._group_lr, index)
+        return rates
+
+    def _group_lr(self, index: int, step: int) -> float:
+        return self.param_groups[index]["lr"]
 
     def next_epoch(self) -> int:
         """Advance and return the epoch counter.
@@ -178,3 +209,8 @@ class KFAC(torch.optim.SGD):
         super().load_state_dict(state_dict)
         self.preconditioner.load_state_dict(extra["preconditioner"])
         self.epoch = int(extra["epoch"])
+
+
+def _no_lr(step: int) -> float:
+    """The learning rate of a layer whose weight is in no parameter group."""
+    return 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ from ._checks import (
     check_count,
     check_decay,
     check_floating_dtype,
+    check_non_negative,
     check_period,
     check_positive,
     check_rank,
@@ -30,16 +31,21 @@ from ._checks import (
 )
 from .distributed import choose_strategy, decomposition_cost
 from .inverse import FactorInverse, decompose_factors
-from .layers import Factor, KFACLayer, find_layers
+from .layers import SKIP_PATTERN_REASON, Factor, KFACLayer, find_layers
 from .rank_policy import DEFAULT_RTOL, RankPolicy
 
 __all__ = ["KFACPreconditioner"]
 
 LIKELIHOODS = ("categorical", "gaussian")
 
+GradScalerLike = torch.amp.GradScaler | Callable[[], float | Tensor]
+
+# Distinguishes one backward pass from the next (all hooks of a pass share its id).
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
+
 
 class KFACPreconditioner:
-    """K-FAC, RS-KFAC, SRE-KFAC (and Nystrom) preconditioner for ``nn.Linear``/``nn.Conv2d``.
+    """K-FAC, RS-KFAC, SRE-KFAC (and Nystrom) preconditioner for a model's supported layers.
 
     Call :meth:`step` after ``loss.backward()`` and before ``optimizer.step()`` of any
     torch optimizer: it replaces each supported layer's gradient ``J`` (weight and
@@ -56,9 +62,19 @@ class KFACPreconditioner:
     * Every step the gradients are preconditioned with :func:`rnla.woodbury_solve` on
       both sides; no ``d x d`` inverse is formed.
 
-    Statistics come from forward passes run with gradients enabled (run evaluation
-    under ``torch.no_grad()``); several forward/backward passes in one step (gradient
-    accumulation) are averaged.
+    Statistics come from forward passes of modules in training mode with gradients
+    enabled: an evaluation pass in ``model.eval()`` (or under ``torch.no_grad()``)
+    records nothing. For gradient accumulation over ``k`` micro-batches with
+    ``(loss / k).backward()``, pass ``accumulation_steps=k``: the micro-batches'
+    factors are averaged and ``G`` is corrected for the ``1 / k``, so the factors and
+    preconditioned gradient equal those of one batch of all micro-batches. With a
+    gradient scaler (mixed precision), pass it as ``grad_scaler``: ``G`` is unscaled
+    and steps the scaler skips update no factors.
+
+    Modules that are not preconditioned are listed in :attr:`skipped_layers` with the
+    reason, and in one warning at construction (but for those ``skip_layers`` names);
+    layers whose hooks never see their input (a weight used functionally) are found
+    on the first factor-update step, added there and warned about once.
 
     **Data-parallel training.** When :mod:`torch.distributed` is initialized with
     more than one process (e.g. under ``torchrun`` with ``DistributedDataParallel``)
@@ -81,7 +97,8 @@ class KFACPreconditioner:
     model : nn.Module
         The model; supported layers are found among its modules. Its device and dtype
         are followed: factors live on each layer's device, in float32 (float64 for
-        float64 layers), also for float16/bfloat16 models.
+        float64 layers), also for float16/bfloat16 models; after ``model.to(...)`` or
+        ``model.double()`` the factors and inverses follow on the next step.
     method : {"rsvd", "eigh", "srevd", "nystrom"}, default "rsvd"
         ``"eigh"``: K-FAC (exact eigendecomposition); ``"rsvd"``: RS-KFAC (right
         singular vectors of a randomized SVD); ``"srevd"``: SRE-KFAC; ``"nystrom"``.
@@ -114,12 +131,29 @@ class KFACPreconditioner:
         model's predictive distribution, run by :meth:`mc_backward`.
     kl_clip : float or None, default None
         If given, scales all preconditioned gradients ``P`` by
-        ``min(1, sqrt(kl_clip / (lr^2 sum <P, J>)))`` (Ba et al. 2017).
-    lr : float, default 1.0
+        ``min(1, sqrt(kl_clip / sum_layers lr^2 <P, J>))`` (Ba et al. 2017).
+    lr : float or mapping, default 1.0
         Learning rate of the outer optimizer, used only by ``kl_clip``
-        (:class:`rnla_kfac.KFAC` passes its own).
+        (:class:`rnla_kfac.KFAC` passes its own). A mapping from layer names to
+        learning rates (numbers ``>= 0`` or callables of the step) gives each layer
+        its own (parameter groups); it must cover every preconditioned layer.
     skip_layers : str or sequence of str, default ()
-        Module names or regular expressions (full match) of layers to leave alone.
+        Layers to leave alone: a pattern matches a module when :func:`re.search`
+        finds it in the module's qualified name (``"decoder"`` matches
+        ``module.decoder.0``) or it equals the module's class name (``"Embedding"``).
+    accumulation_steps : int, default 1
+        Number of micro-batches per step, each back-propagating ``loss /
+        accumulation_steps``; ``G`` is multiplied by ``accumulation_steps^2`` to undo
+        the division. A warning names the step when the number of backward passes
+        seen on a factor-update step differs. (With ``fisher="mc"`` the sampled
+        losses are batch means: nothing to undo.)
+    grad_scaler : torch.amp.GradScaler or callable, optional
+        The gradient scaler of a mixed-precision loop, or a callable returning the
+        current loss scale (a float or 0-d tensor). ``G`` recorded during a scaled
+        backward is divided by ``scale^2``. Call :meth:`step` after
+        ``scaler.unscale_(optimizer)`` (so the preconditioner sees unscaled gradients)
+        and before ``scaler.step(optimizer)``; a step in which the scaler found an
+        Inf or NaN updates no factor (one host sync on factor-update steps).
     tail_compensation : bool, default True
         Model the discarded eigenvalues by their mean instead of zero (see
         :doc:`/user_guide/rnla`).
@@ -141,11 +175,13 @@ class KFACPreconditioner:
     Raises
     ------
     TypeError
-        For a ``model`` that is not an ``nn.Module`` or arguments of the wrong type.
+        For a ``model`` that is not an ``nn.Module``, a ``grad_scaler`` that is neither
+        a ``GradScaler`` nor callable, or other arguments of the wrong type.
     ValueError
         For an unknown ``method``, ``damping_mode`` or ``fisher``, ``damping <= 0``,
-        ``factor_decay`` outside ``[0, 1)``, non-positive periods or ``rank``, or a model
-        without supported layers.
+        ``factor_decay`` outside ``[0, 1)``, non-positive periods, ``rank`` or
+        ``accumulation_steps``, an ``lr`` mapping missing a layer, or a model without
+        supported layers.
 
     Examples
     --------
@@ -191,6 +227,8 @@ class KFACPreconditioner:
         statistics_dtype: torch.dtype | str | None = None,
         seed: int = 0,
         process_group: dist.ProcessGroup | None = None,
+        accumulation_steps: int = 1,
+        grad_scaler: GradScalerLike | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -212,15 +250,36 @@ class KFACPreconditioner:
             inverse_update_period, "inverse_update_period", check_period
         )
         self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
-        self.lr = Schedule(lr, "lr", check_positive)
+        self.lr: Schedule | dict[str, Schedule] = _learning_rates(lr)
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
-        self._layers = find_layers(model, skip_layers, self.statistics_dtype)
+        self.accumulation_steps = check_period(accumulation_steps, "accumulation_steps")
+        if grad_scaler is not None and not callable(grad_scaler):
+            if not isinstance(grad_scaler, torch.amp.GradScaler):
+                raise TypeError(
+                    "grad_scaler: expected a torch.amp.GradScaler or a callable returning the "
+                    f"loss scale, got {type(grad_scaler).__name__}"
+                )
+        self.grad_scaler = grad_scaler
+        self._layers, self._skipped = find_layers(model, skip_layers, self.statistics_dtype)
+        if isinstance(self.lr, dict):
+            missing = [layer.name for layer in self._layers if layer.name not in self.lr]
+            if missing:
+                raise ValueError(f"lr: the mapping has no learning rate for layers {missing}")
+        unexpected = {
+            name: reason
+            for name, reason in self._skipped.items()
+            if not reason.startswith(SKIP_PATTERN_REASON)
+        }
+        if unexpected:
+            warnings.warn(_skipped_message(unexpected), stacklevel=2)
         first_weight = self._layers[0].helper.module.weight
         self._generator = torch.Generator(device=first_weight.device).manual_seed(self.seed)
-        self._handles = [
-            layer.helper.module.register_forward_hook(partial(self._forward_hook, layer))
+        self._handles = {
+            layer.name: layer.helper.module.register_forward_hook(
+                partial(self._forward_hook, layer), with_kwargs=True
+            )
             for layer in self._layers
-        ]
+        }
         self._strategy = choose_strategy(process_group)
         self.communication = self._strategy.communication
         """Bytes and calls per collective type (all zero in a single process)."""
@@ -228,13 +287,29 @@ class KFACPreconditioner:
         self._removed = False
         self._mc_active = False
         self._collecting_at: int | None = None  # step whose collection flag is cached
+        self._statistics_checked = False  # layers without statistics found yet?
+        self._backward_passes = 0  # recorded in the current step
+        self._backward_task: int | None = None
+        self._g_scale: float | Tensor = 1.0  # (accumulation_steps / loss scale)^2
+        self._scaler_iteration: object | None = None
 
     # ------------------------------------------------------------------ hooks
 
-    def _forward_hook(self, layer: KFACLayer, module: nn.Module, inputs: tuple, output: Any):
-        if not self._collecting() or not torch.is_grad_enabled():
+    def _forward_hook(
+        self, layer: KFACLayer, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
+        if not module.training or not torch.is_grad_enabled() or not self._collecting():
             return
-        layer.record_input(inputs[0])
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(x, Tensor):
+            return
+        self._discard_skipped_iteration()
+        layer.follow_module()
+        if torch.is_autocast_enabled(x.device.type):  # the Grams in the factor dtype
+            with torch.autocast(x.device.type, enabled=False):
+                layer.record_input(x)
+        else:
+            layer.record_input(x)
         if isinstance(output, Tensor) and output.requires_grad:
             # A tensor hook on the output (not a module backward hook) stays correct when
             # an in-place activation modifies the output afterwards.
@@ -243,7 +318,66 @@ class KFACPreconditioner:
     def _output_grad_hook(self, layer: KFACLayer, grad: Tensor) -> None:
         if self.fisher == "mc" and not self._mc_active:
             return
-        layer.record_output_grad(grad)
+        task = _graph_task_id() if _graph_task_id is not None else None
+        if task is None or task != self._backward_task:  # the first hook of a backward pass
+            self._backward_task = task
+            self._backward_passes += 1
+            self._discard_skipped_iteration()
+            # mc_backward's own loss is an unscaled batch mean: nothing to undo.
+            self._g_scale = 1.0 if self._mc_active else self._gradient_correction()
+        layer.record_output_grad(grad, self._g_scale)
+
+    def _loss_scale(self) -> float | Tensor:
+        """The grad scaler's current loss scale (a tensor: no host sync), 1 without one."""
+        scaler = self.grad_scaler
+        if scaler is None:
+            return 1.0
+        if isinstance(scaler, torch.amp.GradScaler):
+            if not scaler.is_enabled():
+                return 1.0
+            scale = scaler._get_scale_async()  # None before the first scaler.scale()
+            return scaler.get_scale() if scale is None else scale
+        return scaler()
+
+    def _gradient_correction(self) -> float | Tensor:
+        """``(accumulation_steps / loss scale)^2``: what makes a recorded ``G`` unscaled."""
+        scale = self._loss_scale()
+        if isinstance(scale, Tensor):
+            return (self.accumulation_steps / scale.detach().float()).square()
+        return (self.accumulation_steps / scale) ** 2
+
+    def _discard_skipped_iteration(self) -> None:
+        """Forget statistics of an iteration the grad scaler skipped without :meth:`step`.
+
+        ``scaler.step(KFAC optimizer)`` does not call the optimizer's step when it
+        found an Inf or NaN, so the preconditioner never sees that iteration end. A
+        ``GradScaler`` starts new per-iteration state in every ``update()``: statistics
+        recorded under another iteration's state are stale.
+        """
+        iteration = getattr(self.grad_scaler, "_per_optimizer_states", None)
+        if iteration is None or iteration is self._scaler_iteration:
+            return
+        if self._scaler_iteration is not None:
+            for layer in self._layers:
+                layer.reset_batch()
+            self._backward_passes = 0
+        self._scaler_iteration = iteration
+
+    def _scaler_found_inf(self) -> bool | None:
+        """Whether the grad scaler found an Inf/NaN this iteration (None: not known yet).
+
+        Known once ``scaler.unscale_(optimizer)`` ran (``scaler.step`` runs it too);
+        read from the scaler's per-optimizer inf checks, one host sync.
+        """
+        states = getattr(self.grad_scaler, "_per_optimizer_states", None)
+        if not states:
+            return None
+        found = [
+            flag for state in states.values() for flag in state["found_inf_per_device"].values()
+        ]
+        if not found:
+            return None
+        return bool(sum(flag.to(found[0].device) for flag in found).item())
 
     def _factor_step_due(self, step: int) -> bool:
         return step % self.factor_update_period(step) == 0
@@ -271,6 +405,24 @@ class KFACPreconditioner:
         """Qualified names of the preconditioned modules."""
         return tuple(layer.name for layer in self._layers)
 
+    @property
+    def skipped_layers(self) -> dict[str, str]:
+        """``{module name: reason}`` for modules with trainable parameters left alone.
+
+        Reasons: a ``skip_layers`` pattern, an unsupported type, a frozen weight, a
+        Parameter shared with another module, a layer ``nn.MultiheadAttention`` applies
+        functionally, and (from the first factor-update step on) no statistics recorded
+        while other layers got theirs. Their gradients are left as they are.
+
+        Examples
+        --------
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+        >>> KFACPreconditioner(model).skipped_layers
+        {'1': 'unsupported type LayerNorm'}
+        """
+        return dict(self._skipped)
+
     def step(self) -> None:
         """Update factors and inverses when due, then precondition the gradients.
 
@@ -295,7 +447,13 @@ class KFACPreconditioner:
             raise RuntimeError("step: this preconditioner was removed (remove() was called)")
         step = self._steps
         if self._factor_step_due(step):
-            self._update_factors(step)
+            if self.grad_scaler is not None and self._scaler_found_inf():
+                for layer in self._layers:  # the scaler skips this step: so do the factors
+                    layer.reset_batch()
+            else:
+                self._update_factors(step)
+        self._backward_passes = 0
+        self._scaler_iteration = None
         if step % self.inverse_update_period(step) == 0:
             self._compute_inverses(step)
         self._precondition_gradients(step)
@@ -344,6 +502,10 @@ class KFACPreconditioner:
             raise TypeError(f"output: expected a tensor, got {type(output).__name__}")
         if not self._collecting() or not output.requires_grad:
             return
+        if self._generator.device != output.device:  # the model moved since construction
+            self._generator = torch.Generator(device=output.device).manual_seed(
+                self._sketch_seed(self._steps)
+            )
         logits = output.detach().float()
         if likelihood == "categorical":
             probs = logits.movedim(1, -1).softmax(-1).reshape(-1, logits.shape[1])
@@ -364,6 +526,9 @@ class KFACPreconditioner:
 
     def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
         """The averaged factors ``{layer name: (A, G)}`` (for inspection and plots).
+
+        Stacks ``(groups, n, n)`` for grouped convolutions; an embedding's ``A`` is its
+        diagonal (see :mod:`rnla_kfac.modules`).
 
         Examples
         --------
@@ -413,7 +578,7 @@ class KFACPreconditioner:
         >>> len(model._forward_hooks)
         0
         """
-        for handle in self._handles:
+        for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
         self._removed = True
@@ -488,11 +653,24 @@ class KFACPreconditioner:
     def _update_factors(self, step: int) -> None:
         """Fold the collected batch factors into the averages (factor-update steps)."""
         decay = self.factor_decay(step)
+        passes = self._backward_passes
+        counted = self.fisher == "empirical" and _graph_task_id is not None
+        if counted and passes and passes != self.accumulation_steps:
+            warnings.warn(
+                f"step {step}: {passes} backward passes were recorded on this factor-update "
+                f"step, but accumulation_steps={self.accumulation_steps}; G is corrected "
+                f"for a loss divided by {self.accumulation_steps}",
+                stacklevel=3,
+            )
         collected = []
         for layer in self._layers:
             if layer.has_batch:
                 collected.append(layer)
-            else:
+        if collected and not self._statistics_checked:
+            self._statistics_checked = True
+            self._drop_layers_without_statistics()
+        for layer in self._layers:
+            if not layer.has_batch:
                 layer.reset_batch()
         if not collected:
             hint = " (with fisher='mc', call mc_backward(output) each step)" * (self.fisher == "mc")
@@ -511,6 +689,8 @@ class KFACPreconditioner:
         device = batches[0].device
         flags = [layer.batches_finite(b).to(device) for layer, b in zip(collected, per_layer)]
         finite = torch.stack(flags).tolist()  # one host sync
+        if self.grad_scaler is not None and not all(finite):
+            return  # an overflow of the scaled backward: the scaler skips this step too
         skipped = []
         for layer, layer_batches, ok in zip(collected, per_layer, finite, strict=True):
             if ok:
@@ -523,6 +703,32 @@ class KFACPreconditioner:
                 f"{skipped}; their factor update was skipped",
                 stacklevel=3,
             )
+
+    def _drop_layers_without_statistics(self) -> None:
+        """Stop preconditioning layers whose hooks saw nothing while others recorded.
+
+        Called on the first factor-update step with statistics: a layer whose forward
+        hook never fired has its weight used functionally (or was not called), so it
+        would never get factors of its own. Its hook is removed and it is reported
+        in :attr:`skipped_layers`, with one warning.
+        """
+        silent = [
+            layer
+            for layer in self._layers
+            if layer.updates == 0 and all(factor.count == 0 for factor in layer.factors)
+        ]
+        if not silent:
+            return
+        reasons = {
+            layer.name: "no statistics on the first factor-update step (its hooks never saw "
+            "an input: a weight used functionally, or a module not called)"
+            for layer in silent
+        }
+        for name in reasons:
+            self._handles.pop(name).remove()
+        self._layers = [layer for layer in self._layers if layer.name not in reasons]
+        self._skipped.update(reasons)
+        warnings.warn(_skipped_message(reasons), stacklevel=4)
 
     def _sketch_seed(self, step: int) -> int:
         """Seed of the step's sketches: the same on every process and after a resume."""
@@ -547,15 +753,26 @@ class KFACPreconditioner:
         )
 
     def _compute_inverses(self, step: int) -> None:
-        """Decompose every averaged factor (inverse-update steps), keeping old ones on failure."""
-        factors = [factor for layer in self._layers if layer.updates for factor in layer.factors]
+        """Decompose every averaged factor (inverse-update steps), keeping old ones on failure.
+
+        Diagonal factors are inverted exactly here, on every process (no decomposition).
+        """
+        for layer in self._layers:
+            layer.follow_module()
+        updated = [factor for layer in self._layers if layer.updates for factor in layer.factors]
+        for factor in updated:
+            if factor.diagonal:
+                factor.invert_diagonal()
+        factors = [factor for factor in updated if not factor.diagonal]
         if not factors:
             return
         policy, oversample = self._rank_policy(step), self.oversample(step)
 
         def cost(factor: Factor) -> float:
             rank = policy.sketch_rank(factor.size, factor.rank_hint)
-            return decomposition_cost(factor.size, self.method, rank or 0, oversample)
+            return factor.blocks * decomposition_cost(
+                factor.size, self.method, rank or 0, oversample
+            )
 
         results = self._strategy.decompose(
             factors,
@@ -583,6 +800,7 @@ class KFACPreconditioner:
         damping = self.damping(step)
         results = []
         for layer in self._layers:
+            layer.follow_module()
             pair = layer.precondition(damping, self.damping_mode)
             if pair is not None:
                 results.append((layer, *pair))
@@ -591,11 +809,38 @@ class KFACPreconditioner:
         scale = None
         if self.kl_clip is not None:
             device = results[0][1].device
-            vg = sum(_inner(J, P).to(device) for _, J, P in results) * self.lr(step) ** 2
+            if isinstance(self.lr, dict):
+                vg = sum(
+                    _inner(J, P).to(device) * self.lr[layer.name](step) ** 2
+                    for layer, J, P in results
+                )
+            else:
+                vg = sum(_inner(J, P).to(device) for _, J, P in results) * self.lr(step) ** 2
             tiny = torch.finfo(vg.dtype).tiny
             scale = (self.kl_clip(step) / vg.clamp_min(tiny)).sqrt().clamp(max=1.0)
         for layer, _, P in results:  # P is a new tensor: scaled in place
             layer.helper.set_grad_matrix(P if scale is None else P.mul_(scale.to(P.device)))
+
+
+def _learning_rates(lr: Any) -> Schedule | dict[str, Schedule]:
+    """``lr`` as one schedule, or a schedule per layer name for a mapping."""
+    if not isinstance(lr, Mapping):
+        return Schedule(lr, "lr", check_positive)
+    return {
+        name: Schedule(value, f"lr[{name!r}]", check_non_negative) for name, value in lr.items()
+    }
+
+
+def _skipped_message(skipped: dict[str, str]) -> str:
+    """One warning for modules left alone, their names grouped by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(repr(name))
+    groups = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in by_reason.items())
+    return (
+        f"KFACPreconditioner: {len(skipped)} module(s) keep their plain gradient "
+        f"(see skipped_layers): {groups}"
+    )
 
 
 def _inner(J: Tensor, P: Tensor) -> Tensor:

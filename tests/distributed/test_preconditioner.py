@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from .launcher import launch
-from .worker import DECOMPOSITION_METHODS, PRECONDITIONER
+from .worker import DECOMPOSITION_METHODS, PRECONDITIONER, TOKEN_MODEL_METHODS
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,22 @@ def test_factors_and_gradients_match_single_process(equivalence_runs, world, met
     reference = equivalence_runs[1][0][method]["steps"]
     for rank_result in equivalence_runs[world]:
         for want, got in zip(reference, rank_result[method]["steps"], strict=True):
+            for name, (A, G) in want["factors"].items():
+                torch.testing.assert_close(got["factors"][name][0], A, rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(got["factors"][name][1], G, rtol=1e-5, atol=1e-6)
+            for g_want, g_got in zip(want["grads"], got["grads"], strict=True):
+                torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("method", TOKEN_MODEL_METHODS)
+def test_embedding_and_grouped_convolutions_match_single_process(equivalence_runs, world, method):
+    """Diagonal A all-reduced as a vector, stacked factors and inverses shared by owner."""
+    key = f"tokens-{method}"
+    reference = equivalence_runs[1][0][key]["steps"]
+    for rank_result in equivalence_runs[world]:
+        assert rank_result[key]["bytes"]["broadcast"] > 0
+        for want, got in zip(reference, rank_result[key]["steps"], strict=True):
             for name, (A, G) in want["factors"].items():
                 torch.testing.assert_close(got["factors"][name][0], A, rtol=1e-5, atol=1e-6)
                 torch.testing.assert_close(got["factors"][name][1], G, rtol=1e-5, atol=1e-6)

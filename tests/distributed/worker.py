@@ -97,7 +97,11 @@ PRECONDITIONER = dict(
 
 @scenario
 def equivalence(out: Path, rank: int, world: int) -> dict:
-    """Same global batches on 1, 2 or 3 processes: factors, gradients, bytes."""
+    """Same global batches on 1, 2 or 3 processes: factors, gradients, bytes.
+
+    Every method on the MLP, then ``"tokens-<method>"``: :class:`TokenModel`
+    (an Embedding and grouped convolutions) with eigh and rsvd.
+    """
     from rnla_kfac import KFACPreconditioner
 
     records = {}
@@ -122,7 +126,56 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
             )
             optimizer.step()
         records[method] = {"steps": steps, "bytes": dict(pre.communication.bytes)}
+    for method in TOKEN_MODEL_METHODS:
+        records[f"tokens-{method}"] = token_model_run(method, rank, world)
     return records
+
+
+TOKEN_MODEL_METHODS = ("eigh", "rsvd")
+
+
+class TokenModel(torch.nn.Module):
+    """Embedding -> depthwise Conv1d -> grouped Conv1d -> Linear, a class per token."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = torch.nn.Embedding(12, 8)
+        self.depthwise = torch.nn.Conv1d(8, 8, 3, groups=8, padding=1)
+        self.grouped = torch.nn.Conv1d(8, 8, 3, groups=2, padding=1)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.depthwise(self.embedding(tokens).transpose(1, 2)))
+        return self.head(torch.tanh(self.grouped(h)).transpose(1, 2)).transpose(1, 2)
+
+
+def token_model_run(method: str, rank: int, world: int) -> dict:
+    """Diagonal and block-diagonal factors: factors and gradients of 4 steps."""
+    from rnla_kfac import KFACPreconditioner
+
+    model = TokenModel()
+    pre = KFACPreconditioner(model, method=method, **dict(PRECONDITIONER, rank=2, oversample=1))
+    ddp = wrap(model, world)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = []
+    for step in range(4):
+        g = torch.Generator().manual_seed(2000 + step)
+        tokens = torch.randint(0, 12, (GLOBAL_BATCH, 6), generator=g)
+        labels = torch.randint(0, 5, (GLOBAL_BATCH, 6), generator=g)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(
+            ddp(shard(tokens, rank, world)), shard(labels, rank, world)
+        ).backward()
+        pre.step()
+        steps.append(
+            {
+                "factors": {k: (A.clone(), G.clone()) for k, (A, G) in pre.factors().items()},
+                "grads": [p.grad.clone() for p in model.parameters()],
+            }
+        )
+        optimizer.step()
+    return {"steps": steps, "bytes": dict(pre.communication.bytes)}
 
 
 def train(model, optimizer, ddp, rank, world, steps) -> list[float]:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-from rnla_kfac.modules import Conv2dHelper, LinearHelper, helper_for
+from rnla_kfac.modules import ConvHelper, LinearHelper, helper_for
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -64,7 +64,7 @@ def explicit_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 )
 def test_conv_factors_follow_kfc(n, channels, size, kernel, stride, padding, dilation, bias):
     conv = nn.Conv2d(channels, 2, kernel, stride, padding, dilation, bias=bias).double()
-    helper = Conv2dHelper(conv)
+    helper = ConvHelper(conv)
     x = torch.randn(n, channels, size, size, dtype=torch.float64)
     patches = explicit_patches(x, conv)  # (n, S, D)
     S = patches.shape[1]

@@ -195,16 +195,23 @@ def test_skip_layers_by_name_and_regex(mlp):
         KFACPreconditioner(mlp(), skip_layers="fc")
 
 
-def test_grouped_conv_skipped_with_one_warning():
+def test_unsupported_embeddings_skipped_with_one_warning():
     model = nn.Sequential(
-        nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, groups=4), nn.Conv2d(4, 2, 1)
+        nn.Embedding(5, 4, sparse=True),
+        nn.Embedding(5, 4, scale_grad_by_freq=True),
+        nn.Linear(4, 2),
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pre = KFACPreconditioner(model)
     assert len(caught) == 1
-    assert "'0' (groups=2 > 1" in str(caught[0].message)
-    assert "'1' (groups=4 > 1" in str(caught[0].message)
+    message = str(caught[0].message)
+    assert "sparse=True (sparse gradients) is not supported: '0'" in message
+    assert "scale_grad_by_freq=True is not supported: '1'" in message
+    assert pre.skipped_layers == {
+        "0": "sparse=True (sparse gradients) is not supported",
+        "1": "scale_grad_by_freq=True is not supported",
+    }
     assert pre.layer_names == ("2",)
 
 

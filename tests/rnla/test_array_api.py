@@ -7,12 +7,14 @@ where BLAS and LAPACK are called once per matrix.
 
 from __future__ import annotations
 
+import array_api_compat.numpy
 import numpy as np
 import pytest
 import scipy.linalg
 
 from rnla._array_api import (
     all_finite,
+    cholesky_lower,
     gram,
     small_eigh,
     small_matmul,
@@ -20,7 +22,7 @@ from rnla._array_api import (
     solve_upper_right,
 )
 from tests.conftest import Backend
-from tests.rnla.conftest import FLOAT_DTYPES, conj_t, eps_of, host
+from tests.rnla.helpers import FLOAT_DTYPES, conj_t, eps_of, host
 
 
 @pytest.fixture(params=["C", "F"])
@@ -65,7 +67,7 @@ def test_solve_upper_right(xp, dtype, layout, y_shape, r_shape):
     Yb, Rb = _on(xp, Y, layout), _on(xp, R, layout)
     if xp.name == "numpy":  # each matrix of the stack is in the layout asked for
         assert Yb[(0,) * (Yb.ndim - 2)].flags.f_contiguous == (layout == "F")
-    out = solve_upper_right(Yb, Rb)
+    out = solve_upper_right(xp.xp, Yb, Rb)
     batch = np.broadcast_shapes(y_shape[:-2], r_shape[:-2])
     Y64 = np.broadcast_to(Y.astype(np.complex128), batch + y_shape[-2:])
     R64 = np.broadcast_to(R.astype(np.complex128), batch + r_shape[-2:])
@@ -83,7 +85,7 @@ def test_solve_upper_right(xp, dtype, layout, y_shape, r_shape):
 def test_small_svd(xp, dtype, layout, shape):
     """Singular values of numpy.linalg.svd in float64, orthonormal factors, reconstruction."""
     A = _random(shape, dtype, 2)
-    U, S, Vh = small_svd(_on(xp, A, layout))
+    U, S, Vh = small_svd(xp.xp, _on(xp, A, layout))
     k = min(shape[-2:])
     assert U.shape == (*shape[:-1], k) and S.shape == (*shape[:-2], k)
     assert Vh.shape == (*shape[:-2], k, shape[-1])
@@ -103,7 +105,7 @@ def test_small_eigh(xp, dtype, layout, shape):
     """Ascending eigenvalues of numpy.linalg.eigvalsh in float64 and orthonormal eigenvectors."""
     A = _random(shape, dtype, 3)
     A = (A + conj_t(A)) / 2
-    values, vectors = small_eigh(_on(xp, A, layout))
+    values, vectors = small_eigh(xp.xp, _on(xp, A, layout))
     values, vectors = host(values), host(vectors)
     n = shape[-1]
     tol = 100 * eps_of(dtype)
@@ -122,7 +124,7 @@ def test_small_eigh(xp, dtype, layout, shape):
 def test_gram(xp, dtype, layout, shape):
     """``Y^H Y`` equals the dense conjugate-transposed product and is Hermitian."""
     Y = _random(shape, dtype, 6)
-    G = host(gram(_on(xp, Y, layout)))
+    G = host(gram(xp.xp, _on(xp, Y, layout)))
     Y64 = Y.astype(np.complex128)
     expected = conj_t(Y64) @ Y64
     assert G.shape == expected.shape
@@ -139,7 +141,7 @@ def test_gram(xp, dtype, layout, shape):
 def test_small_matmul(xp, dtype, a_shape, b_shape):
     """``A @ B`` equals NumPy's product in float64 / complex128, stacks broadcast."""
     A, B = _random(a_shape, dtype, 7), _random(b_shape, dtype, 8)
-    out = host(small_matmul(xp.asarray(A), xp.asarray(B)))
+    out = host(small_matmul(xp.xp, xp.asarray(A), xp.asarray(B)))
     expected = A.astype(np.complex128) @ B.astype(np.complex128)
     assert out.shape == expected.shape
     assert np.max(np.abs(out - expected)) <= 10 * eps_of(dtype) * np.linalg.norm(
@@ -152,7 +154,7 @@ def test_solve_upper_right_singular_numpy():
     R = np.triu(np.ones((4, 4)))
     R[2, 2] = 0.0
     with pytest.raises(np.linalg.LinAlgError):
-        solve_upper_right(np.ones((6, 4)), R)
+        solve_upper_right(array_api_compat.numpy, np.ones((6, 4)), R)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -160,14 +162,47 @@ def test_solve_upper_right_singular_numpy():
 def test_all_finite(xp, dtype, block_entries):
     """Finite arrays pass, also when their sum overflows; one NaN or Inf anywhere fails."""
     finite = _random((3, 20, 6), dtype, seed=21)
-    assert all_finite(xp.asarray(finite), block_entries)
+    assert all_finite(xp.xp, xp.asarray(finite), block_entries)
     huge = np.full((3, 20, 6), np.finfo(dtype).max / 2, dtype=dtype)  # sum overflows
-    assert all_finite(xp.asarray(huge), block_entries)
+    assert all_finite(xp.xp, xp.asarray(huge), block_entries)
     for bad in (np.nan, np.inf, -np.inf):
         for index in ((0, 0, 0), (2, 19, 5), (1, 7, 3)):
             X = finite.copy()
             X[index] = bad
-            assert not all_finite(xp.asarray(X), block_entries)
+            assert not all_finite(xp.xp, xp.asarray(X), block_entries)
     opposite = finite.copy()
     opposite[0, 0, 0], opposite[2, 5, 1] = np.inf, -np.inf  # the sum is NaN
-    assert not all_finite(xp.asarray(opposite), block_entries)
+    assert not all_finite(xp.xp, xp.asarray(opposite), block_entries)
+
+
+def _hpd(dtype: str, seed: int, k: int = 7) -> np.ndarray:
+    A = _random((k, k), dtype, seed)
+    return (A @ conj_t(A) + k * np.eye(k)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_cholesky_lower_is_lower(xp, dtype):
+    """The factor is lower triangular with L L^H = G, on every backend."""
+    G = _hpd(dtype, seed=31)
+    L = host(cholesky_lower(xp.xp, xp.asarray(G)))
+    assert np.all(np.triu(L, 1) == 0)
+    np.testing.assert_allclose(L @ conj_t(L), G, atol=100 * eps_of(dtype) * np.abs(G).max())
+
+
+def test_cholesky_lower_is_lower_lazy(lazy_xp):
+    """dask (whose array-api-compat Cholesky returns the upper factor) and JAX: lower."""
+    G = _hpd(lazy_xp.dtype, seed=32)
+    L = host(cholesky_lower(lazy_xp.xp, lazy_xp.asarray(G)))
+    assert np.all(np.triu(L, 1) == 0)
+    np.testing.assert_allclose(L @ L.T, G, rtol=100 * eps_of(lazy_xp.dtype))
+
+
+def test_cholesky_failure():
+    """Not positive definite: None on eager backends, NaNs (no exception) on dask."""
+    G = -np.eye(4)
+    assert cholesky_lower(array_api_compat.numpy, G) is None
+    pytest.importorskip("dask.array")
+    import array_api_compat.dask.array as dask_xp
+    import dask.array as da
+
+    assert np.all(np.isnan(np.asarray(cholesky_lower(dask_xp, da.from_array(G)))))

@@ -8,7 +8,7 @@ import scipy.linalg
 
 import rnla
 from tests.conftest import hermitian_with_spectrum, kfactor_like
-from tests.rnla.conftest import (
+from tests.rnla.helpers import (
     FLOAT_DTYPES,
     backend_dtype,
     count_products,

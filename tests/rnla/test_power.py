@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import hermitian_with_spectrum, matrix_with_spectrum
-from tests.rnla.conftest import FLOAT_DTYPES, backend_dtype, eps_of, host
+from tests.rnla.helpers import FLOAT_DTYPES, backend_dtype, eps_of, host
 
 
 def _alignment(v, u: np.ndarray) -> float:

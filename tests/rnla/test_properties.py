@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnla
-from tests.rnla.conftest import (
+from tests.rnla.helpers import (
     FLOAT_DTYPES,
     NORMALIZERS,
     backend_dtype,

@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import decaying_matrix, matrix_with_spectrum
-from tests.rnla.conftest import (
+from tests.rnla.helpers import (
     FLOAT_DTYPES,
     NORMALIZERS,
     backend_dtype,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnla
-from tests.rnla.conftest import host
+from tests.rnla.helpers import host
 
 
 def test_select_rank_examples(xp):

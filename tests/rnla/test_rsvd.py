@@ -8,7 +8,7 @@ import scipy.linalg
 
 import rnla
 from tests.conftest import decaying_matrix, matrix_with_spectrum
-from tests.rnla.conftest import (
+from tests.rnla.helpers import (
     FLOAT_DTYPES,
     NORMALIZERS,
     backend_dtype,

@@ -7,7 +7,7 @@ import pytest
 
 import rnla
 from tests.conftest import kfactor_like
-from tests.rnla.conftest import FLOAT_DTYPES, backend_dtype, conj_t, eps_of, host
+from tests.rnla.helpers import FLOAT_DTYPES, backend_dtype, conj_t, eps_of, host
 
 
 def _orthonormal(
@@ -186,9 +186,9 @@ def test_check_values_false_skips_only_the_value_checks(xp):
 def test_tail_compensation_beats_zero_tail_on_kfactor():
     """Early in averaging, the mean-tail model is a much better inverse than tail=0.
 
-    DESIGN.md: while the identity start still dominates the spectrum, discarding the tail
-    as zero is badly wrong; replacing it by its mean fixes that (exact eigenvectors of
-    rank r, lam = 0.1 lam_max). Measured here: 0.076 -> 0.0033 relative error.
+    While the identity start still dominates the spectrum, discarding the tail as zero is
+    badly wrong; replacing it by its mean fixes that (exact eigenvectors of rank r,
+    lam = 0.1 lam_max; see "Tail compensation" in the rnla user guide).
     """
     d_full = 200
     X = kfactor_like(d_full, steps=10, seed=13)

@@ -1,0 +1,332 @@
+"""What rnla accepts besides dense arrays: sparse matrices and linear operators.
+
+Every public function reads its matrix argument through :func:`as_operand`, which
+returns the two products the algorithms need, ``X @ B`` and ``X^H @ B`` for dense
+blocks ``B`` (the ``apply`` / ``apply_adjoint`` seam). Dense arrays of any array-API
+library (torch sparse tensors included) are multiplied directly; scipy.sparse
+matrices and arrays, CuPy sparse matrices, ``scipy.sparse.linalg.LinearOperator`` and
+:class:`LinearOperator` are multiplied by their own products, so no matrix is ever
+densified. :func:`centered` wraps any of them as the column-centred operator of PCA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from ._array_api import (
+    Array,
+    adjoint_product,
+    compute_dtype,
+    conj_transpose,
+    device_of,
+    namespace_of,
+    sparse_matrix_namespace,
+    sparse_matrix_values,
+)
+from ._validation import check_dtype, check_shape, require_finite
+
+__all__ = ["LinearOperator", "centered"]
+
+Product = Callable[[Array], Array]
+
+
+class LinearOperator:
+    """A matrix-free linear operator ``X`` on any array backend.
+
+    The rnla functions use ``X`` only through its products with dense blocks, so a
+    matrix that is never formed (a sum, a product, a kernel, a centred sparse matrix)
+    can be decomposed at the cost of those products.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(m, n)``, or ``(..., m, n)`` for a stack of operators.
+    matmat : callable
+        ``matmat(B)`` returns ``X @ B`` for an array ``B`` of shape ``(..., n, k)``.
+    rmatmat : callable, optional
+        ``rmatmat(B)`` returns ``X^H @ B`` for ``B`` of shape ``(..., m, k)``. Needed by
+        :func:`rnla.rsvd`, :func:`rnla.range_finder`, :func:`rnla.power_iteration` of
+        non-Hermitian operators and :func:`centered`; the symmetric methods
+        (:func:`rnla.srevd`, :func:`rnla.nystrom`) need only ``matmat``.
+    like : array
+        Prototype array: ``B`` is given, and results must be returned, in its
+        namespace, device and dtype (a floating dtype).
+
+    Raises
+    ------
+    TypeError
+        If ``like`` is not an array of a floating dtype, or ``matmat`` / ``rmatmat`` is
+        not callable.
+    ValueError
+        If ``shape`` has fewer than two entries or a zero entry.
+
+    Notes
+    -----
+    Operators are not checked for NaN or infinite entries (``check_finite`` applies to
+    arrays and sparse matrices only), nor for symmetry when ``rmatmat`` is missing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import rnla
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.standard_normal((300, 4)), rng.standard_normal((4, 200))
+    >>> X = rnla.LinearOperator(
+    ...     (300, 200), lambda M: A @ (B @ M), lambda M: B.T @ (A.T @ M), like=A
+    ... )
+    >>> S = rnla.rsvd(X, 4, rng=0).S
+    >>> bool(np.allclose(S, np.linalg.svd(A @ B, compute_uv=False)[:4]))
+    True
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        matmat: Product,
+        rmatmat: Product | None = None,
+        *,
+        like: Array,
+    ) -> None:
+        try:
+            xp = namespace_of(like)
+        except TypeError as exc:
+            raise TypeError(f"like: {exc}") from None
+        check_dtype(xp, like.dtype, "like", promote=False, device=None)
+        shape = tuple(int(s) for s in shape)
+        check_shape(shape, "shape")
+        if not callable(matmat):
+            raise TypeError(f"matmat: expected a callable, got {type(matmat).__name__}")
+        if rmatmat is not None and not callable(rmatmat):
+            raise TypeError(f"rmatmat: expected a callable or None, got {type(rmatmat).__name__}")
+        self.shape = shape
+        self.dtype = like.dtype
+        self.device = device_of(like)
+        self.xp = xp
+        self._matmat = matmat
+        self._rmatmat = rmatmat
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions of :attr:`shape`."""
+        return len(self.shape)
+
+    def matmat(self, B: Array) -> Array:
+        """``X @ B``."""
+        return self._matmat(B)
+
+    def rmatmat(self, B: Array) -> Array:
+        """``X^H @ B``.
+
+        Raises
+        ------
+        TypeError
+            If the operator was built without ``rmatmat``.
+        """
+        if self._rmatmat is None:
+            raise TypeError("this LinearOperator has no rmatmat (X^H @ B)")
+        return self._rmatmat(B)
+
+    def __repr__(self) -> str:
+        return f"<rnla.LinearOperator shape={self.shape} dtype={self.dtype} device={self.device}>"
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A validated matrix argument: its products and the dtypes of the computation."""
+
+    xp: ModuleType
+    """Namespace of the dense arrays the products take and return."""
+    shape: tuple[int, ...]
+    dtype: Any
+    """Dtype the computation runs in (float16/bfloat16 upcast to float32)."""
+    out_dtype: Any
+    """Dtype of the results (the input's; integers promoted to the default float)."""
+    device: Any
+    apply: Product
+    """``B -> X @ B``."""
+    apply_adjoint: Product | None
+    """``B -> X^H @ B``, or ``None`` for an operator without one."""
+    name: str = "X"
+
+    def adjoint(self, method: str) -> Product:
+        """``apply_adjoint``, or a ``TypeError`` saying that ``method`` needs it."""
+        if self.apply_adjoint is None:
+            raise TypeError(
+                f"{self.name}: {method} needs the adjoint product X^H @ B; "
+                "build the LinearOperator with rmatmat="
+            )
+        return self.apply_adjoint
+
+
+def as_operand(X: Any, *, name: str = "X", check_finite: bool = True) -> Operand:
+    """Validate a matrix argument of any accepted kind and return its :class:`Operand`.
+
+    ``check_finite`` checks the entries of arrays and the stored entries of sparse
+    matrices; operators have no entries to check.
+
+    Raises
+    ------
+    TypeError
+        For unsupported objects or dtypes, or arrays from several libraries.
+    ValueError
+        For fewer than two dimensions, empty matrices or (``check_finite``) NaN or
+        infinite entries.
+    """
+    if isinstance(X, LinearOperator):
+        return _custom_operand(X, name)
+    xp = sparse_matrix_namespace(X)
+    if xp is not None:
+        return _sparse_operand(xp, X, name, check_finite)
+    try:
+        xp = namespace_of(X)
+    except TypeError as exc:
+        raise TypeError(f"{name}: {exc}") from None
+    device = device_of(X)
+    dtype = check_dtype(xp, X.dtype, name, promote=True, device=device)
+    check_shape(tuple(X.shape), name)
+    if check_finite and dtype == X.dtype:
+        require_finite(xp, X, name)
+    work_dtype = compute_dtype(xp, dtype)
+    Xc = X if work_dtype == X.dtype else xp.astype(X, work_dtype)
+    return Operand(
+        xp,
+        tuple(X.shape),
+        work_dtype,
+        dtype,
+        device,
+        lambda M: Xc @ M,
+        lambda M: adjoint_product(xp, Xc, M),
+        name,
+    )
+
+
+def _custom_operand(X: LinearOperator, name: str) -> Operand:
+    xp, dtype = X.xp, X.dtype
+    work_dtype = compute_dtype(xp, dtype)
+    apply, apply_adjoint = X.matmat, (X.rmatmat if X._rmatmat is not None else None)
+    if work_dtype != dtype:  # half precision: the operator works in its own dtype
+
+        def in_dtype(product: Product) -> Product:
+            return lambda M: xp.astype(product(xp.astype(M, dtype)), work_dtype)
+
+        apply = in_dtype(apply)
+        apply_adjoint = in_dtype(apply_adjoint) if apply_adjoint is not None else None
+    return Operand(xp, X.shape, work_dtype, dtype, X.device, apply, apply_adjoint, name)
+
+
+def _sparse_operand(xp: ModuleType, X: Any, name: str, check_finite: bool) -> Operand:
+    """scipy.sparse / CuPy sparse matrices and ``scipy.sparse.linalg.LinearOperator``."""
+    shape = tuple(X.shape)
+    if len(shape) != 2:
+        raise ValueError(f"{name}: sparse matrices and operators must be 2-D, got shape {shape}")
+    check_shape(shape, name)
+    dtype = check_dtype(xp, X.dtype, name, promote=True, device=None)
+    work_dtype = compute_dtype(xp, dtype)
+    if not hasattr(X, "tocsr"):  # a scipy.sparse.linalg.LinearOperator
+        return Operand(
+            xp,
+            shape,
+            work_dtype,
+            dtype,
+            "cpu",
+            _in_dtype(xp, X.matmat, work_dtype),
+            _in_dtype(xp, _scipy_rmatmat(X, name), work_dtype),
+            name,
+        )
+    if check_finite and dtype == X.dtype:
+        require_finite(xp, sparse_matrix_values(X), name)
+    if X.format not in ("csr", "csc"):
+        X = X.tocsr()
+    if X.dtype != work_dtype:
+        X = X.astype(work_dtype)
+    XH = X.T.conj() if xp.isdtype(work_dtype, "complex floating") else X.T
+    device = device_of(X.data)
+    return Operand(xp, shape, work_dtype, dtype, device, X.__matmul__, XH.__matmul__, name)
+
+
+def _in_dtype(xp: ModuleType, product: Product, dtype: Any) -> Product:
+    """``product`` with its results cast to ``dtype`` (operators may return another)."""
+
+    def cast_product(M: Array) -> Array:
+        out = product(M)
+        return out if out.dtype == dtype else xp.astype(out, dtype)
+
+    return cast_product
+
+
+def _scipy_rmatmat(X: Any, name: str) -> Product:
+    def rmatmat(M: Array) -> Array:
+        try:
+            return X.rmatmat(M)
+        except (NotImplementedError, TypeError) as exc:
+            # SciPy raises either when neither rmatvec nor rmatmat was given.
+            raise TypeError(
+                f"{name}: this method needs the adjoint product X^H @ B, which the scipy "
+                f"LinearOperator could not compute ({type(exc).__name__}: {exc}); "
+                "give it rmatvec or rmatmat"
+            ) from exc
+
+    return rmatmat
+
+
+def centered(X: Any) -> LinearOperator:
+    """The column-centred operator ``X - 1 mu^T``, with ``mu`` the column means of ``X``.
+
+    ``rnla.rsvd(centered(X), r)`` is the PCA of the rows of ``X``: its ``Vh`` holds the
+    principal axes and ``S**2 / (m - 1)`` the explained variances. The centred matrix is
+    never formed, so a sparse ``X`` stays sparse; each product costs one product with
+    ``X`` plus a rank-one correction. The means take one product with ``X^H``.
+
+    Parameters
+    ----------
+    X : array, sparse matrix or linear operator, shape (..., m, n)
+        Any matrix argument rnla accepts, with an adjoint product.
+
+    Returns
+    -------
+    LinearOperator
+        The centred operator, in the namespace and device of ``X``; dtype the one its
+        computations run in (float32 for float16 input).
+
+    Raises
+    ------
+    TypeError
+        For unsupported inputs, or an operator without ``rmatmat``.
+    ValueError
+        For fewer than two dimensions or an empty matrix.
+
+    Notes
+    -----
+    The entries of ``X`` are not checked for NaN or infinity (a non-finite entry makes
+    the means, and so the results, non-finite).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse
+    >>> import rnla
+    >>> scales = scipy.sparse.diags(0.7 ** np.arange(40))  # decaying column scales
+    >>> X = scipy.sparse.random(500, 40, density=0.1, format="csr", random_state=0) @ scales
+    >>> S = rnla.rsvd(rnla.centered(X), 3, rng=0).S
+    >>> dense = X.toarray() - X.toarray().mean(axis=0)
+    >>> bool(np.allclose(S, np.linalg.svd(dense, compute_uv=False)[:3]))
+    True
+    """
+    op = as_operand(X, check_finite=False)
+    adjoint = op.adjoint("centered")
+    xp = op.xp
+    m = op.shape[-2]
+    ones = xp.ones((m, 1), dtype=op.dtype, device=op.device)
+    conj_mean = adjoint(ones) / m  # (..., n, 1): X^H 1 / m, the conjugated column means
+    mean_row = conj_transpose(xp, conj_mean)  # (..., 1, n): mu^T
+
+    def matmat(B: Array) -> Array:
+        return op.apply(B) - mean_row @ B
+
+    def rmatmat(B: Array) -> Array:
+        return adjoint(B) - conj_mean @ xp.sum(B, axis=-2, keepdims=True)
+
+    return LinearOperator(op.shape, matmat, rmatmat, like=conj_mean)
