@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=list(MODELS), help="override the preset's model")
     p.add_argument("--data-dir", help="local directory with cifar-10-batches-py (CIFAR-10)")
     p.add_argument("--n-samples", type=int, help="MNIST-1D samples, train + test")
-    p.add_argument("--width", type=int, help="hidden width of the MLP (cnn1d: its wide FC layer)")
+    p.add_argument(
+        "--width", type=int, help="hidden width of the MLP (cnn1d, vgg16_bn: the wide FC layer)"
+    )
     p.add_argument("--depth", type=int, help="number of hidden layers of the MLP")
     p.add_argument("--epochs", type=int, help="epochs per run")
     p.add_argument("--seeds", type=int, help="number of seeds (runs per method)")

@@ -77,9 +77,9 @@ def wide_mlp(
 class VGG16BN(nn.Module):
     """VGG16 with batch norm for 32x32 images, as in the paper (Puiu 2022).
 
-    The classifier is ``Linear(512, 512) -> ReLU -> Dropout(0.5) -> Linear(512, n)``:
-    the CIFAR VGG16_bn with the extra 512-to-512 fully connected layer and dropout
-    that the paper adds before the final layer.
+    The classifier is ``Linear(512, width) -> ReLU -> Dropout(0.5) -> Linear(width, n)``:
+    with ``width = 512``, the CIFAR VGG16_bn with the extra 512-to-512 fully connected
+    layer and dropout that the paper adds before the final layer.
 
     Parameters
     ----------
@@ -87,15 +87,19 @@ class VGG16BN(nn.Module):
         Number of outputs.
     in_channels : int
         Input channels.
+    width : int
+        Outputs of the extra fully connected layer (the paper's 512).
 
     Examples
     --------
     >>> import torch
     >>> VGG16BN(10)(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2, 10])
+    >>> VGG16BN(10, width=64).classifier[-1].in_features
+    64
     """
 
-    def __init__(self, n_classes: int = 10, in_channels: int = 3):
+    def __init__(self, n_classes: int = 10, in_channels: int = 3, width: int = 512):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -112,10 +116,10 @@ class VGG16BN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels, 512),
+            nn.Linear(channels, width),
             nn.ReLU(inplace=True),
             nn.Dropout(0.5),
-            nn.Linear(512, n_classes),
+            nn.Linear(width, n_classes),
         )
 
     def forward(self, x):
@@ -215,7 +219,7 @@ def build_model(
         Number of outputs.
     width, depth : int
         Hidden width and number of hidden layers of the MLP; ``width`` is also the
-        wide fully connected layer of the CNN.
+        wide fully connected layer of the CNN and the extra one of VGG16_bn.
 
     Returns
     -------
@@ -237,5 +241,5 @@ def build_model(
     if name == "vgg16_bn":
         if tuple(input_shape) != (3, 32, 32):
             raise ValueError(f"vgg16_bn needs inputs of shape (3, 32, 32), got {input_shape}")
-        return VGG16BN(n_classes)
+        return VGG16BN(n_classes, width=width)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -159,7 +159,8 @@ class Preset:
     model : str
         One of :data:`rnla_kfac.experiments.models.MODELS`.
     width, depth : int
-        Hidden width and number of hidden layers of the MLP.
+        Hidden width and number of hidden layers of the MLP (``width``: also the wide
+        fully connected layer of cnn1d and the extra one of vgg16_bn).
     epochs, batch_size, seeds : int
         Training length, batch size and number of seeds (runs per method).
     targets : tuple of three floats
@@ -411,6 +412,7 @@ PRESETS: dict[str, Preset] = {
         description="CIFAR-10, VGG16_bn + FC 512-512 with dropout, the paper's schedules",
         dataset="cifar10",
         model="vgg16_bn",
+        width=512,
         epochs=50,
         batch_size=256,
         seeds=2,
