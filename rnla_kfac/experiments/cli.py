@@ -26,6 +26,7 @@ examples:
   python -m rnla_kfac.experiments                      # the default study (make demo)
   python -m rnla_kfac.experiments --full               # the long study (10 seeds, longer)
   python -m rnla_kfac.experiments --methods sgd rs-kfac --seeds 1 --epochs 2
+  python -m rnla_kfac.experiments --preset mnist1d-cnn   # Table 1 with a CNN, on a CPU
   python -m rnla_kfac.experiments --preset cifar10-paper --data-dir ~/data --device cuda
   torchrun --nproc_per_node=2 -m rnla_kfac.experiments --methods kfac rs-kfac --seeds 1
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reproduce the Randomized K-FACs study (Puiu 2022): train the same model "
             "from the same initialization with SGD, Adam, K-FAC (eigh), RS-KFAC (rsvd), "
-            "SRE-KFAC (srevd) and Nystrom-KFAC over several seeds; print a Table-1-style "
+            "SRE-KFAC (srevd), Nystrom-KFAC and SENG over several seeds; print a Table-1-style "
             "table and write Figure 1 (K-factor spectra) and Figure 2 (test curves)."
         ),
         epilog=EPILOG,
@@ -84,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=list(MODELS), help="override the preset's model")
     p.add_argument("--data-dir", help="local directory with cifar-10-batches-py (CIFAR-10)")
     p.add_argument("--n-samples", type=int, help="MNIST-1D samples, train + test")
-    p.add_argument("--width", type=int, help="hidden width of the MLP")
+    p.add_argument(
+        "--width", type=int, help="hidden width of the MLP (cnn1d, vgg16_bn: the wide FC layer)"
+    )
     p.add_argument("--depth", type=int, help="number of hidden layers of the MLP")
     p.add_argument("--epochs", type=int, help="epochs per run")
     p.add_argument("--seeds", type=int, help="number of seeds (runs per method)")

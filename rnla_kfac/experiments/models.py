@@ -1,8 +1,11 @@
-"""Models for the experiments: a wide MLP (CPU defaults) and the paper's VGG16_bn.
+"""Models for the experiments: a wide MLP, a 1-D CNN (CPU presets) and the paper's VGG16_bn.
 
 The wide MLP has hidden layers of ``width`` units, so its K-factors have sizes up to
 ``width + 1``: at the default width 2048 they are large enough for the paper's
-effect (low-rank decompositions beating a full eigendecomposition) to show.
+effect (low-rank decompositions beating a full eigendecomposition) to show. The 1-D
+CNN is the paper's modified VGG16_bn in miniature (convolutions with batch norm, max
+pooling, a wide fully connected layer with dropout): its convolutions have input
+K-factors of size 1281-2305 (``C_in * kernel + 1``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from math import prod
 
 from torch import nn
 
-MODELS = ("mlp", "vgg16_bn")
+MODELS = ("mlp", "cnn1d", "vgg16_bn")
 """Names accepted by :func:`build_model`."""
 
 VGG16_CONFIG: tuple[int | str, ...] = (
@@ -21,6 +24,11 @@ VGG16_CONFIG: tuple[int | str, ...] = (
     512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
 """VGG16 convolution widths, ``"M"`` for 2x2 max pooling."""
+
+CNN1D_CONFIG: tuple[tuple[int, int] | str, ...] = (
+    (64, 9), "M", (256, 5), "M", (256, 9), "M", (512, 5),
+)  # fmt: skip
+"""Convolutions of :class:`CNN1D` as ``(out_channels, kernel)``; ``"M"``: max pooling by 2."""
 
 
 def wide_mlp(
@@ -69,9 +77,9 @@ def wide_mlp(
 class VGG16BN(nn.Module):
     """VGG16 with batch norm for 32x32 images, as in the paper (Puiu 2022).
 
-    The classifier is ``Linear(512, 512) -> ReLU -> Dropout(0.5) -> Linear(512, n)``:
-    the CIFAR VGG16_bn with the extra 512-to-512 fully connected layer and dropout
-    that the paper adds before the final layer.
+    The classifier is ``Linear(512, width) -> ReLU -> Dropout(0.5) -> Linear(width, n)``:
+    with ``width = 512``, the CIFAR VGG16_bn with the extra 512-to-512 fully connected
+    layer and dropout that the paper adds before the final layer.
 
     Parameters
     ----------
@@ -79,15 +87,19 @@ class VGG16BN(nn.Module):
         Number of outputs.
     in_channels : int
         Input channels.
+    width : int
+        Outputs of the extra fully connected layer (the paper's 512).
 
     Examples
     --------
     >>> import torch
     >>> VGG16BN(10)(torch.zeros(2, 3, 32, 32)).shape
     torch.Size([2, 10])
+    >>> VGG16BN(10, width=64).classifier[-1].in_features
+    64
     """
 
-    def __init__(self, n_classes: int = 10, in_channels: int = 3):
+    def __init__(self, n_classes: int = 10, in_channels: int = 3, width: int = 512):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
@@ -104,10 +116,86 @@ class VGG16BN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(512, 512),
+            nn.Linear(channels, width),
             nn.ReLU(inplace=True),
             nn.Dropout(0.5),
-            nn.Linear(512, n_classes),
+            nn.Linear(width, n_classes),
+        )
+
+    def forward(self, x):
+        """Features, then classifier."""
+        return self.classifier(self.features(x))
+
+
+class CNN1D(nn.Module):
+    """A VGG-style 1-D CNN for sequences: the paper's modified VGG16_bn in miniature.
+
+    Convolutions of :data:`CNN1D_CONFIG` ("same" padding, each followed by
+    ``BatchNorm1d`` and ReLU, ``"M"``: max pooling by 2), then the classifier
+    ``Flatten -> Linear(C L, width) -> ReLU -> Dropout(0.5) -> Linear(width, n)``. On
+    MNIST-1D (length 40) the convolutions' input K-factors have sizes 10, 321, 2305
+    and 1281 and the wide layer's 2561 (``C_in * kernel + 1``, with the bias).
+
+    Parameters
+    ----------
+    input_shape : sequence of int
+        ``(length,)`` (one channel) or ``(channels, length)``; the length must survive
+        the poolings (at least 8).
+    n_classes : int
+        Number of outputs.
+    width : int
+        Units of the wide fully connected layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = CNN1D((40,), 10, width=64)
+    >>> model(torch.zeros(2, 40)).shape
+    torch.Size([2, 10])
+    >>> [name for name, m in model.named_modules() if isinstance(m, nn.Conv1d)]
+    ['features.conv1', 'features.conv2', 'features.conv3', 'features.conv4']
+    """
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int = 10, *, width: int = 1024):
+        super().__init__()
+        if len(input_shape) not in (1, 2):
+            raise ValueError(
+                f"cnn1d needs inputs of shape (length,) or (channels, length), got {input_shape}"
+            )
+        channels, length = (1, input_shape[0]) if len(input_shape) == 1 else input_shape
+        poolings = CNN1D_CONFIG.count("M")
+        if length < 2**poolings:
+            raise ValueError(
+                f"cnn1d needs sequences of length at least {2**poolings}, got {length}"
+            )
+        layers: list[tuple[str, nn.Module]] = []
+        if len(input_shape) == 1:
+            layers.append(("unflatten", nn.Unflatten(1, (channels, length))))
+        index = 0
+        for item in CNN1D_CONFIG:
+            if item == "M":
+                layers.append((f"pool{index}", nn.MaxPool1d(2)))
+                length //= 2
+                continue
+            out_channels, kernel = item
+            index += 1
+            layers += [
+                (f"conv{index}", nn.Conv1d(channels, out_channels, kernel, padding="same")),
+                (f"bn{index}", nn.BatchNorm1d(out_channels)),
+                (f"relu{index}", nn.ReLU(inplace=True)),
+            ]
+            channels = out_channels
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    ("fc1", nn.Linear(channels * length, width)),
+                    ("relu", nn.ReLU(inplace=True)),
+                    ("dropout", nn.Dropout(0.5)),
+                    ("fc2", nn.Linear(width, n_classes)),
+                ]
+            )
         )
 
     def forward(self, x):
@@ -122,15 +210,16 @@ def build_model(
 
     Parameters
     ----------
-    name : {"mlp", "vgg16_bn"}
-        ``"mlp"``: :func:`wide_mlp`; ``"vgg16_bn"``:
-        :class:`VGG16BN` (needs ``(3, 32, 32)`` inputs).
+    name : {"mlp", "cnn1d", "vgg16_bn"}
+        ``"mlp"``: :func:`wide_mlp`; ``"cnn1d"``: :class:`CNN1D` (sequences);
+        ``"vgg16_bn"``: :class:`VGG16BN` (needs ``(3, 32, 32)`` inputs).
     input_shape : sequence of int
         Shape of one input sample.
     n_classes : int
         Number of outputs.
     width, depth : int
-        Hidden width and number of hidden layers of the MLP.
+        Hidden width and number of hidden layers of the MLP; ``width`` is also the
+        wide fully connected layer of the CNN and the extra one of VGG16_bn.
 
     Returns
     -------
@@ -143,12 +232,14 @@ def build_model(
     >>> build_model("resnet", (64,), 10)
     Traceback (most recent call last):
     ...
-    ValueError: unknown model 'resnet'; choose one of mlp, vgg16_bn
+    ValueError: unknown model 'resnet'; choose one of mlp, cnn1d, vgg16_bn
     """
     if name == "mlp":
         return wide_mlp(input_shape, n_classes, width=width, depth=depth)
+    if name == "cnn1d":
+        return CNN1D(input_shape, n_classes, width=width)
     if name == "vgg16_bn":
         if tuple(input_shape) != (3, 32, 32):
             raise ValueError(f"vgg16_bn needs inputs of shape (3, 32, 32), got {input_shape}")
-        return VGG16BN(n_classes)
+        return VGG16BN(n_classes, width=width)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

@@ -76,7 +76,9 @@ def make_optimizer(
 
     ``"sgd"``: ``torch.optim.SGD`` with momentum; ``"adam"``: ``torch.optim.Adam``;
     the K-FAC methods: :class:`rnla_kfac.KFAC` (its preconditioner with the method's
-    decomposition). Learning rates are set per epoch by :func:`train_run`.
+    decomposition); ``"seng"``: :class:`rnla_kfac.SENG` with the preset's ``seng``
+    keyword arguments (its ``weight_decay`` there, else the preset's). Learning rates
+    are set before every step by :func:`train_run`.
 
     Examples
     --------
@@ -95,6 +97,15 @@ def make_optimizer(
         )
     if method == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
+    if method == "seng":
+        from rnla_kfac import SENG
+
+        return SENG(
+            model,
+            lr=lr,
+            momentum=momentum,
+            **{"weight_decay": preset.weight_decay, **preset.seng},
+        )
     from rnla_kfac import KFAC
 
     return KFAC(
@@ -238,9 +249,9 @@ def train_run(
     Returns
     -------
     list of dict
-        Per epoch: ``method, seed, epoch, steps, lr, train_loss, test_loss,
-        test_acc, epoch_time, wall_time`` (seconds of training, cumulative for
-        ``wall_time``; ``epoch_time`` is this process's), plus the
+        Per epoch: ``method, seed, epoch, steps, lr`` (of the epoch's last step),
+        ``train_loss, test_loss, test_acc, epoch_time, wall_time`` (seconds of
+        training, cumulative for ``wall_time``; ``epoch_time`` is this process's), plus the
         :func:`communication_fields` of a data-parallel K-FAC run.
 
     Examples
@@ -272,9 +283,6 @@ def train_run(
     )
     for epoch in epochs:
         clock.epoch = epoch
-        lr = at_epoch(preset.lr[method], epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         epoch_time, loss_sum, n_seen = 0.0, torch.zeros((), device=device), 0
         n_batches = -(-len(data.y_train) // preset.batch_size)
         if max_batches is not None:
@@ -287,9 +295,14 @@ def train_run(
             augment=data.augment,
             max_batches=max_batches,
         )
-        for xb, yb in tqdm(
-            loader, total=n_batches, desc="batches", disable=not progress, leave=False
+        for index, (xb, yb) in enumerate(
+            tqdm(loader, total=n_batches, desc="batches", disable=not progress, leave=False)
         ):
+            # Per-step schedules (PolynomialDecay) see the fraction of the epoch done
+            # after this step, (t + 1) / steps_per_epoch as in SENG's code.
+            lr = at_epoch(preset.lr[method], epoch, (index + 1) / n_batches)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             xs, ys = parallel.shard(xb, yb)
             _sync(device)
             start = time.perf_counter()

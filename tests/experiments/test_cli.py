@@ -65,7 +65,10 @@ def test_kfac_method_writes_spectra_figure(tmp_path, capsys):
     [
         (["--methods", "lbfgs"], "invalid choice: lbfgs (choose from sgd, adam, kfac, rs-kfac"),
         (["--dataset", "mnist"], "invalid choice: mnist (choose from mnist1d, digits, cifar10)"),
-        (["--preset", "fast"], "invalid choice: fast (choose from demo, digits, cifar10-paper)"),
+        (
+            ["--preset", "fast"],
+            "invalid choice: fast (choose from demo, digits, mnist1d-cnn, cifar10-paper)",
+        ),
         (["--epochs", "0"], "--epochs must be at least 1, got 0"),
         (["--dataset", "cifar10"], "needs data_dir (--data-dir)"),
     ],
@@ -111,5 +114,5 @@ def test_help_lists_presets_and_methods(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for word in ("demo", "cifar10-paper", "rs-kfac", "nystrom-kfac", "--full", "--data-dir"):
+    for word in ("demo", "mnist1d-cnn", "cifar10-paper", "rs-kfac", "seng", "--full", "--data-dir"):
         assert word in out
