@@ -7,7 +7,7 @@ Run from the repository root::
 Prints one Markdown table per feature: the cases of
 ``asv_benchmarks/benchmarks/algorithms.py``, measured in one run, each timing the
 median of ``--repeats`` runs with the compared variants interleaved (the machine is
-shared and noisy). Targets (issue 15): block Krylov at least 1.5x faster than
+shared and noisy). Targets: block Krylov at least 1.5x faster than
 subspace iteration to 1.02 sigma_{r+1}; ``estimate_error`` in [0.9, 1.0] of the exact
 error; ``tol`` rank within 10% + 5 of the optimal one with error at most 1.2 tol; a
 warm single pass within 5% of the inverse-apply error of a cold ``n_iter=4``, at
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -220,24 +220,60 @@ def warm_start(d: int, repeats: int) -> str:
     return title + table(header, rows)
 
 
+SECTIONS = ("krylov", "estimate", "tol", "warm")
+"""The tables, in the order they are printed."""
+
+
+def run_sections(names: Sequence[str] = SECTIONS, *, repeats: int = 5, quick: bool = False) -> str:
+    """The tables of ``names`` (see :data:`SECTIONS`) as one markdown text.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Sections to run, in order.
+    repeats : int, default 5
+        Interleaved timed repetitions (medians).
+    quick : bool, default False
+        Small sizes (d = 256), to check the script.
+
+    Returns
+    -------
+    str
+        The tables, separated by blank lines.
+
+    Examples
+    --------
+    >>> from asv_benchmarks.algorithms import run_sections
+    >>> run_sections(["tol"], repeats=1, quick=True).startswith("tol")
+    True
+    """
+    sizes = {
+        "krylov": cases.KRYLOV_SIZE,
+        "estimate": cases.ESTIMATE_SIZE,
+        "tol": cases.ESTIMATE_SIZE,
+        "warm": cases.WARM_SIZE,
+    }
+    runs = {
+        "krylov": block_krylov,
+        "estimate": error_estimates,
+        "tol": tolerance,
+        "warm": warm_start,
+    }
+    unknown = [name for name in names if name not in runs]
+    if unknown:
+        raise ValueError(f"names: expected some of {SECTIONS}, got {unknown}")
+    return "\n\n".join(runs[name](256 if quick else sizes[name], repeats) for name in names)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m asv_benchmarks.algorithms [--repeats N] [--quick]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, to test the script")
-    parser.add_argument(
-        "--only", choices=["krylov", "estimate", "tol", "warm"], action="append", default=None
-    )
+    parser.add_argument("--only", choices=SECTIONS, action="append", default=None)
     args = parser.parse_args(argv)
-    sections = {
-        "krylov": lambda: block_krylov(256 if args.quick else cases.KRYLOV_SIZE, args.repeats),
-        "estimate": lambda: error_estimates(
-            256 if args.quick else cases.ESTIMATE_SIZE, args.repeats
-        ),
-        "tol": lambda: tolerance(256 if args.quick else cases.ESTIMATE_SIZE, args.repeats),
-        "warm": lambda: warm_start(256 if args.quick else cases.WARM_SIZE, args.repeats),
-    }
-    for name in args.only or sections:
-        print(sections[name](), end="\n\n", flush=True)
+    for name in args.only or SECTIONS:
+        print(run_sections([name], repeats=args.repeats, quick=args.quick), end="\n\n", flush=True)
 
 
 if __name__ == "__main__":

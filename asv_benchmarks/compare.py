@@ -14,7 +14,10 @@ peak memory, then checks the performance targets of the project
 methods down (:func:`asv_benchmarks.profiling.profile_method`): the products with the
 matrix (the matmul floor) and each step between them (Gram matrices, triangular solves,
 Choleskys, the core SVD or eigh, the Gaussian test matrix), which shows what keeps a
-method above its floor.
+method above its floor. ``--inputs`` appends the inputs besides dense arrays (a dask
+array against ``dask.array.linalg.svd_compressed``, a SciPy CSR matrix against
+scikit-learn; :mod:`asv_benchmarks.inputs`), ``--algorithms`` the algorithmic options
+(block Krylov, error estimates, ``tol``, warm starts; :mod:`asv_benchmarks.algorithms`).
 
 The pieces: test matrices, backends and timing in :mod:`asv_benchmarks.common` (shared
 with the asv suite), error measures in :mod:`asv_benchmarks.accuracy`, the methods in
@@ -40,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from . import algorithms, inputs
 from .common import BACKENDS, CPU_BACKENDS, MATRICES, available_backends, backend_name
 from .measure import Comparison
 from .report import comparison_report, machine_header, profile_report, run_footer, write_output
@@ -115,6 +119,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="smoke run: d=512 and 1024, float32, 2 repeats, 2 sketches",
     )
     parser.add_argument("--no-ttea", action="store_true", help="skip time to equal accuracy")
+    parser.add_argument(
+        "--inputs",
+        action="store_true",
+        help="also rnla on a dask array and a SciPy CSR matrix against dask's svd_compressed "
+        "and scikit-learn's randomized_svd (asv_benchmarks.inputs)",
+    )
+    parser.add_argument(
+        "--algorithms",
+        action="store_true",
+        help="also block Krylov, error estimates, tol and warm starts side by side "
+        "(asv_benchmarks.algorithms)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -204,9 +220,22 @@ def main(argv: Sequence[str] | None = None) -> str:
         accuracy_seeds=args.accuracy_seeds,
         n_iter=args.n_iter,
     )
+    text += _extra_sections(args)
     print(text)
     write_output(args.output, text, [asdict(r) for r in results.rows])
     return text
+
+
+def _extra_sections(args: argparse.Namespace) -> str:
+    """The ``--inputs`` and ``--algorithms`` tables, each under its own heading."""
+    sections = []
+    if args.inputs:
+        results = inputs.run_cases(quick=args.quick)
+        sections.append("## Inputs besides dense arrays\n\n" + inputs.markdown_table(results))
+    if args.algorithms:
+        tables = algorithms.run_sections(repeats=args.repeats, quick=args.quick)
+        sections.append("## Algorithmic options\n\n" + tables)
+    return "".join(f"\n\n{section}\n" for section in sections)
 
 
 if __name__ == "__main__":

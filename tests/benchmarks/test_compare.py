@@ -271,3 +271,15 @@ def test_targets_need_speed_and_accuracy_against_a_peer() -> None:
     assert less_accurate[1].startswith("- [FAIL] rsvd numpy kfac-late d=1024: 2.50x faster")
     slower = _verdicts([_row(1024, "rsvd", 2.0, vs_torch=1.9, err=1.00), peer])
     assert slower[1].startswith("- [FAIL] rsvd numpy kfac-late d=1024: 1.90x faster")
+
+
+def test_inputs_and_algorithms_sections_join_the_report() -> None:
+    pytest.importorskip("dask.array")
+    args = compare.parse_args(["--quick", "--inputs", "--algorithms"])
+    args.repeats = 1
+    text = compare._extra_sections(args)
+    inputs_at, algorithms_at = text.index("## Inputs"), text.index("## Algorithmic options")
+    assert inputs_at < algorithms_at
+    for row in ("| dask | rnla.rsvd", "| sparse | sklearn randomized_svd", "Block Krylov", "tol:"):
+        assert row in text
+    assert compare._extra_sections(compare.parse_args(["--quick"])) == ""
