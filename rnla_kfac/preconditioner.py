@@ -38,7 +38,7 @@ __all__ = ["KFACPreconditioner"]
 
 LIKELIHOODS = ("categorical", "gaussian")
 
-DEFAULT_WARM_N_ITER = 1
+DEFAULT_WARM_N_ITER = 2
 """Default power iterations of a warm-started decomposition (``warm_n_iter``)."""
 
 GradScalerLike = torch.amp.GradScaler | Callable[[], float | Tensor]
@@ -130,7 +130,7 @@ class KFACPreconditioner:
         ``"eigh"`` and on the exact path. The previous basis is part of
         :meth:`state_dict` and held by every process, so resumed and distributed
         runs decompose as an uninterrupted single process does.
-    warm_n_iter : int, default 1
+    warm_n_iter : int, default 2
         Power iterations of a warm-started decomposition.
     damping : float, default 0.1
         ``lambda > 0``, split between the factors by ``damping_mode``.
