@@ -1,488 +1,462 @@
-# NOTE to the helper working in /work/wt/warm (from a second helper started on the same
-# task at 06:39 UTC, which believed the first one lost): this file REPLACED yours by
-# accident at 06:43 UTC (your running benchmark, pid 6202, still uses your version; it
-# was untracked, so git cannot restore it). This version is a complete harness of the
-# same benchmark, adapted to your asv_benchmarks/targets.py (WARM_START_TARGETS,
-# check_warm_start_targets; rows carry "speedup" and "error_ratio"); it has not been run
-# yet. The second helper has stopped editing this worktree: keep, rewrite or delete this
-# file as you see fit, and delete this note.
-"""Warm-started decompositions of ``KFACPreconditioner``: time per inverse update and error.
+"""Warm-started against cold-started K-FAC inverse updates on the demo's factors.
 
 Run ``python -m asv_benchmarks.warm_start`` from the repository root (``--help`` for
-options, ``--quick`` for a tiny run). It trains the demo preset's model (MLP
-40-2048-2048-10 on MNIST-1D, batch 1024) with RS-KFAC and the preset's K-FAC settings
-(rank 32, oversample 10, n_iter 4, factor decay 0.6, factor update period 4, inverse
-update period 8 then 16, relative damping 0.01) for ``--steps`` steps, cold starts
-only, and captures the averaged factors at every inverse update. Then, per method
-(``--methods``), it replays the inverse updates as the preconditioner decomposes them
-(:func:`rnla_kfac.inverse.decompose_factors`, all factors of one size in one call, the
-step's sketch seed): cold (``n_iter`` power iterations every time, the behaviour
-before warm starts) and warm (each update starts from that chain's previous
-eigenvectors, with ``warm_n_iter`` in ``--warm-n-iter``). Every update after the first
-is timed for every variant in interleaved repeats (medians), and each low-rank factor's
-inverse-apply error is measured against an eigh oracle (float64): the relative error
-of ``(F + lam I)^-1 M`` for a random ``M`` with 64 columns, with ``lam = damping *
-lambda_max`` (the decomposition's own ``lambda_max`` for the approximation, as the
-preconditioner uses, the exact one for the oracle) and tail compensation.
+options). It trains the demo model (MLP ``40-2048-2048-10`` on MNIST-1D, batch 1024)
+with the demo preset's K-FAC settings (``SMALL_KFAC``: rank 32, oversample 10,
+``n_iter`` 4, relative damping 0.01, ``rho`` 0.6, factors every 4 steps, inverses
+every 8 then 16 steps) for a few dozen steps and captures the averaged factors at
+every inverse update. Then, for each randomized method, it replays the inverse
+updates offline with :func:`rnla_kfac.inverse.decompose_factors` called as the
+preconditioner calls it:
 
-The target (:data:`asv_benchmarks.targets.WARM_START_TARGETS`): at least 2.5x less time
-per inverse update than cold with ``n_iter = 4``, at an inverse-apply error within 5%
-of cold's on every factor (mean over the warm updates). Timings on a shared machine
-are noisy: compare variants within one run only.
+* **cold**: every update from a Gaussian sketch with ``n_iter`` power iterations
+  (the behaviour without warm starts);
+* **warm** (per ``warm_n_iter``): the first update cold, every later one started
+  from the previous warm update's eigenvectors with ``warm_n_iter`` iterations.
+
+One inverse update (all layers' decompositions, one batched call, as the
+preconditioner makes it) and each factor size's part of it are timed cold and warm
+side by side, in interleaved repeats (medians). The inverse-apply error of each
+factor is ``||X - X*||_F / ||X*||_F`` for ``X = K^-1 M`` with ``K`` the damped
+low-rank inverse (relative damping of its own largest eigenvalue and tail
+compensation, as the preconditioner applies it) and ``X* = (F + lam I)^-1 M`` from
+an exact float64 ``eigh`` (``lam`` the damping times the exact largest eigenvalue),
+``M`` Gaussian. The verdicts use :data:`asv_benchmarks.targets.WARM_START_TARGETS`.
+Timings on a shared machine are noisy: compare within one run only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
-import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
-from unittest import mock
 
 import torch
-from torch import Tensor
+from torch.nn import functional as F
 
-from rnla_kfac import KFACPreconditioner
-from rnla_kfac.inverse import FactorInverse, decompose_factors
+from rnla_kfac import KFAC, FactorInverse
+from rnla_kfac.experiments.data import iterate_batches, load_dataset
+from rnla_kfac.experiments.models import build_model
+from rnla_kfac.experiments.presets import get_preset
+from rnla_kfac.experiments.train import EpochClock, kfac_kwargs
+from rnla_kfac.inverse import decompose_factors
+from rnla_kfac.preconditioner import DEFAULT_WARM_N_ITER
 from rnla_kfac.rank_policy import RankPolicy
 
-from .common import markdown_table
-from .targets import WARM_START_TARGETS, check_warm_start_targets
+from .common import elapsed
+from .targets import check_warm_start_targets
 
 __all__ = [
+    "WARM_METHODS",
     "Capture",
+    "WarmStartReport",
     "capture_factors",
-    "evaluate",
+    "compare_starts",
+    "format_report",
+    "inverse_apply_error",
     "main",
-    "report",
-    "variant_name",
 ]
 
-METHODS = ("rsvd", "srevd", "nystrom")
-PROBE_COLUMNS = 64
+WARM_METHODS = ("rsvd", "srevd", "nystrom")
+"""The randomized decompositions compared (the demo runs all of them)."""
 
 
 @dataclass
 class Capture:
-    """The averaged factors of a training run at each of its inverse updates.
+    """The averaged factors at one inverse-update step of the training run.
 
     Attributes
     ----------
-    steps : list of int
-        The inverse-update steps.
-    names : list of str
-        ``"layer.A"`` / ``"layer.G"`` of every non-diagonal factor, in the
-        preconditioner's order.
-    factors : list of list of Tensor
-        Per update, the factor matrices (copies), in the order of ``names``.
-    floors : list of list of float
-        Per update, each factor's identity weight.
-    settings : list of dict
-        Per update: ``rank``, ``oversample``, ``n_iter``, ``damping``, ``seed`` (the
-        step's sketch seed).
+    step : int
+        The preconditioner step.
+    factors : dict of str to Tensor
+        ``{"<layer>.A" or "<layer>.G": average}``.
+    floors : dict of str to float
+        The identity weight left in each factor's average.
     """
 
-    steps: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-    factors: list[list[Tensor]] = field(default_factory=list)
-    floors: list[list[float]] = field(default_factory=list)
-    settings: list[dict[str, Any]] = field(default_factory=list)
+    step: int
+    factors: dict[str, torch.Tensor]
+    floors: dict[str, float]
+
+
+@dataclass
+class WarmStartReport:
+    """What :func:`compare_starts` measured: settings, one row per size, verdicts.
+
+    Attributes
+    ----------
+    settings : dict
+        The K-FAC settings and run parameters.
+    rows : list of dict
+        Per method, ``warm_n_iter`` and factor size (``"all"``: the whole inverse
+        update): ``cold_ms`` and ``warm_ms`` (summed over the warm updates of
+        per-update medians), ``speedup``, ``cold_error`` and ``warm_error`` (means over
+        the updates and the factors of that size), ``error_ratio``.
+    verdicts : list of str
+        ``- [PASS] ...`` / ``- [FAIL] ...`` lines.
+    """
+
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
 
 
 def capture_factors(
+    steps: int = 49,
     *,
-    steps: int,
     width: int = 2048,
     n_samples: int = 20_000,
     batch_size: int = 1024,
     seed: int = 0,
-) -> Capture:
-    """Train the demo preset with RS-KFAC (cold starts) and keep the factors of each update.
+    device: str = "cpu",
+) -> tuple[list[Capture], dict[str, Any]]:
+    """Train the demo model with the demo's RS-KFAC settings; the factors at each inverse update.
 
     Parameters
     ----------
-    steps : int
-        Training steps (the preset's epochs of ``ceil(n_train / batch_size)`` steps are
-        cut short after ``steps``).
+    steps : int, default 49
+        Training steps (49: inverse updates at steps 0, 8, 16, 24, 32 and 48).
     width, n_samples, batch_size : int
-        The MLP's hidden width, MNIST-1D samples and batch size (the demo's by default).
-    seed : int, default 0
-        Seed of the initialization and batch order.
+        MLP width, MNIST-1D samples and batch size (the demo's by default).
+    seed : int
+        Seed of the model and the batch order.
+    device : str
+        Torch device.
 
     Returns
     -------
-    Capture
+    captures : list of Capture
+    settings : dict
+        The preset's K-FAC keyword arguments used (numbers at step 0).
 
     Examples
     --------
-    >>> from asv_benchmarks.warm_start import capture_factors
-    >>> capture = capture_factors(steps=9, width=48, n_samples=2000, batch_size=256)
-    >>> capture.steps, capture.names[:2]
-    ([0, 8], ['fc1.A', 'fc1.G'])
+    >>> captures, settings = capture_factors(3, width=48, n_samples=200, batch_size=32)
+    >>> [c.step for c in captures], sorted(captures[0].factors)[:2]
+    ([0], ['fc1.A', 'fc1.G'])
     """
-    from rnla_kfac.experiments.data import load_dataset
-    from rnla_kfac.experiments.presets import SMALL_KFAC, get_preset
-    from rnla_kfac.experiments.train import train_run
-
     preset = get_preset("demo")
-    per_epoch = -(-int(n_samples * 0.8) // batch_size)
-    preset = preset.replace(
-        n_samples=n_samples,
-        width=width,
-        batch_size=batch_size,
-        epochs=-(-steps // per_epoch),
-        kfac={**SMALL_KFAC, "warm_start": False},
+    data = load_dataset(preset.dataset, n_samples=n_samples).to(device)
+    torch.manual_seed(seed)
+    model = build_model(
+        preset.model, data.input_shape, data.n_classes, width=width, depth=preset.depth
+    ).to(device)
+    clock = EpochClock()
+    options = kfac_kwargs(preset, "rs-kfac", clock)
+    optimizer = KFAC(
+        model,
+        lr=preset.lr["rs-kfac"],
+        momentum=preset.momentum["rs-kfac"],
+        weight_decay=preset.weight_decay,
+        **options,
     )
-    data = load_dataset("mnist1d", n_samples=n_samples, seed=seed + 42)
-    capture = Capture()
-    original = KFACPreconditioner._compute_inverses
-    done = {"steps": 0}
-
-    def capturing(self: KFACPreconditioner, step: int) -> None:
-        if step < steps:
-            for layer in self._layers:
-                layer.follow_module()
-            chosen = [
-                (f"{layer.name}.{factor.key}", factor)
-                for layer in self._layers
-                if layer.updates
-                for factor in layer.factors
-                if not factor.diagonal
-            ]
-            if not capture.names:
-                capture.names = [name for name, _ in chosen]
-            capture.steps.append(step)
-            capture.factors.append([factor.matrix.clone() for _, factor in chosen])
-            capture.floors.append([factor.identity_weight for _, factor in chosen])
-            capture.settings.append(
-                {
-                    "rank": self.rank(step),
-                    "oversample": self.oversample(step),
-                    "n_iter": self.n_iter(step),
-                    "damping": self.damping(step),
-                    "seed": self._sketch_seed(step),
-                }
-            )
-        done["steps"] = step
-        original(self, step)
-
-    with mock.patch.object(KFACPreconditioner, "_compute_inverses", capturing):
-        max_batches = min(per_epoch, steps)
-        train_run("rs-kfac", seed, data, preset, max_batches=max_batches, progress=False)
-    return capture
-
-
-def variant_name(warm_n_iter: int | None, n_iter: int) -> str:
-    """``"cold n_iter=4"`` (``warm_n_iter`` None) or ``"warm n_iter=0"``."""
-    return f"cold n_iter={n_iter}" if warm_n_iter is None else f"warm n_iter={warm_n_iter}"
-
-
-def _chain(
-    capture: Capture, method: str, warm_n_iter: int | None
-) -> tuple[list[list[FactorInverse | None]], list[dict[int, float]]]:
-    """All inverse updates of ``capture`` in turn; per update the inverses and seconds per size.
-
-    ``warm_n_iter=None``: every update cold; otherwise each starts from the previous
-    update's low-rank eigenvectors (the preconditioner's rule for a fixed rank).
-    """
-    results: list[list[FactorInverse | None]] = []
-    times: list[dict[int, float]] = []
-    previous: list[FactorInverse | None] = [None] * len(capture.names)
-    for factors, floors, setting in zip(
-        capture.factors, capture.floors, capture.settings, strict=True
-    ):
-        policy = RankPolicy(setting["rank"])
-        inverses: list[FactorInverse | None] = [None] * len(factors)
-        seconds: dict[int, float] = {}
-        for size in dict.fromkeys(F.shape[-1] for F in factors):
-            chosen = [i for i, F in enumerate(factors) if F.shape[-1] == size]
-            starts = None
-            if warm_n_iter is not None:
-                starts = [
-                    None if previous[i] is None or previous[i].exact else previous[i].eigenvectors
-                    for i in chosen
-                ]
-            begin = time.perf_counter()
-            done = decompose_factors(
-                [factors[i] for i in chosen],
-                method,
-                policy,
-                floors=[floors[i] for i in chosen],
-                oversample=setting["oversample"],
-                n_iter=setting["n_iter"],
-                rng=setting["seed"],
-                starts=starts,
-                warm_n_iter=warm_n_iter,
-            )
-            if factors[0].is_cuda:
-                torch.cuda.synchronize()
-            seconds[size] = time.perf_counter() - begin
-            for i, inverse in zip(chosen, done, strict=True):
-                inverses[i] = inverse
-        results.append(inverses)
-        times.append(seconds)
-        previous = inverses
-    return results, times
-
-
-def _oracles(capture: Capture, seed: int) -> list[list[tuple[Tensor, Tensor] | None]]:
-    """Per update and factor: ``(M, (F + lam I)^-1 M)`` in float64 (None: exact path)."""
+    pre = optimizer.preconditioner
     generator = torch.Generator().manual_seed(seed)
-    oracles = []
-    for factors, setting in zip(capture.factors[1:], capture.settings[1:], strict=True):
-        row: list[tuple[Tensor, Tensor] | None] = []
-        for F in factors:
-            n = F.shape[-1]
-            if setting["rank"] + setting["oversample"] >= n:
-                row.append(None)
-                continue
-            M = torch.randn(n, PROBE_COLUMNS, generator=generator, dtype=torch.float64)
-            values, vectors = torch.linalg.eigh(F.double().cpu())
-            lam = setting["damping"] * values[-1]
-            exact = vectors @ ((vectors.T @ M) / (values + lam)[:, None])
-            row.append((M, exact))
-        oracles.append(row)
-    return oracles
+    captures: list[Capture] = []
+    step = 0
+    while step < steps:
+        for x, y in iterate_batches(data.x_train, data.y_train, batch_size, generator=generator):
+            if step >= steps:
+                break
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            inverse_due = step % pre.inverse_update_period(step) == 0
+            optimizer.step()
+            if inverse_due:  # the factors just decomposed (preconditioning leaves them)
+                weights = pre.identity_weights()
+                factors, floors = {}, {}
+                for name, pair in pre.factors().items():
+                    for key, matrix in zip("AG", pair, strict=True):
+                        factors[f"{name}.{key}"] = matrix.clone()
+                        floors[f"{name}.{key}"] = weights[name]
+                captures.append(Capture(step, factors, floors))
+            step += 1
+        clock.epoch += 1
+    settings = {
+        key: value(0) if callable(value) else value
+        for key, value in options.items()
+        if key != "method"
+    }
+    return captures, settings
 
 
-def _error(inverse: FactorInverse, damping: float, M: Tensor, exact: Tensor) -> float:
-    """Relative inverse-apply error of ``inverse`` damped as the preconditioner does."""
+def inverse_apply_error(
+    inverse: FactorInverse,
+    oracle: tuple[torch.Tensor, torch.Tensor],
+    damping: float,
+    M: torch.Tensor,
+) -> float:
+    """Relative error of the damped ``inverse`` applied to ``M`` against an eigh oracle.
+
+    ``oracle`` is ``(eigenvalues, eigenvectors)`` of the factor in float64; the damping
+    is relative, as the preconditioner's: ``damping`` times each one's largest
+    eigenvalue.
+
+    Examples
+    --------
+    >>> F = torch.diag(torch.tensor([4.0, 2.0, 1.0]))
+    >>> values, vectors = torch.linalg.eigh(F.double())
+    >>> inverse = FactorInverse.from_factor(F)
+    >>> inverse_apply_error(inverse, (values, vectors), 0.1, torch.eye(3)) < 1e-6
+    True
+    """
+    values, vectors = oracle
+    lam = damping * float(values.max())
+    M64 = M.double()
+    exact = vectors @ ((vectors.mT @ M64) / (values + lam)[:, None])
     damped = inverse.with_damping(damping * inverse.largest_eigenvalue)
-    approx = damped.solve(M.to(inverse.dtype).to(inverse.eigenvectors.device)).double().cpu()
-    return float(torch.linalg.norm(approx - exact) / torch.linalg.norm(exact))
+    got = damped.solve(M.to(inverse.dtype)).double()
+    return float(torch.linalg.norm(got - exact) / torch.linalg.norm(exact))
 
 
-def evaluate(
+def _decompose(
     capture: Capture,
-    methods: Sequence[str] = METHODS,
-    warm_n_iters: Sequence[int] = (0, 1),
+    names: Sequence[str],
+    method: str,
+    settings: dict[str, Any],
+    starts: dict[str, torch.Tensor] | None,
+    warm_n_iter: int,
+) -> dict[str, FactorInverse | None]:
+    """One inverse update of the factors ``names``, as the preconditioner makes it."""
+    results = decompose_factors(
+        [capture.factors[name] for name in names],
+        method,
+        RankPolicy(settings["rank"]),
+        floors=[capture.floors[name] for name in names],
+        oversample=settings["oversample"],
+        n_iter=settings["n_iter"],
+        tail_compensation=True,
+        rng=capture.step,  # the preconditioner's sketch seed with seed=0
+        starts=None if starts is None else [starts.get(name) for name in names],
+        warm_n_iter=warm_n_iter,
+    )
+    return dict(zip(names, results, strict=True))
+
+
+def compare_starts(
+    captures: Sequence[Capture],
+    settings: dict[str, Any],
     *,
+    methods: Sequence[str] = WARM_METHODS,
+    warm_n_iters: Sequence[int] = (DEFAULT_WARM_N_ITER,),
     repeats: int = 3,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Time and error of cold and warm inverse updates on the captured factors.
+    columns: int = 32,
+) -> WarmStartReport:
+    """Time and judge cold against warm inverse updates on captured factors.
 
     Parameters
     ----------
-    capture : Capture
-        At least two inverse updates.
+    captures : sequence of Capture
+        Consecutive inverse updates (:func:`capture_factors`); at least two.
+    settings : dict
+        K-FAC settings with ``rank``, ``oversample``, ``n_iter``, ``damping``.
     methods : sequence of str
-        Randomized methods to replay.
+        Randomized methods of :data:`WARM_METHODS`.
     warm_n_iters : sequence of int
-        The ``warm_n_iter`` values of the warm variants.
-    repeats : int, default 3
-        Interleaved repeats of every chain (the order of the variants rotates).
-    seed : int, default 0
-        Seed of the random probe matrices ``M``.
+        Power iterations of the warm starts compared.
+    repeats : int
+        Timed repeats of each update (median), interleaved cold / warm.
+    columns : int
+        Columns of the Gaussian ``M`` of the inverse-apply error.
 
     Returns
     -------
-    list of dict
-        One row per method, variant and factor size: ``method``, ``variant``,
-        ``warm_n_iter`` (None: cold), ``size``, ``factors`` (names), ``ms`` (median
-        over the repeats of the mean time per warm update, of that size's call),
-        ``error`` (mean over the warm updates and the size's factors) and
-        ``errors`` (per factor name, mean over the warm updates); then, per method
-        and variant, a row with ``size`` ``"all"``: the whole update's time and the
-        largest per-factor error.
+    WarmStartReport
 
     Examples
     --------
-    >>> from asv_benchmarks.warm_start import capture_factors, evaluate
-    >>> capture = capture_factors(steps=9, width=48, n_samples=2000, batch_size=256)
-    >>> rows = evaluate(capture, ["srevd"], [0], repeats=1)
-    >>> sorted({row["variant"] for row in rows})
-    ['cold n_iter=4', 'warm n_iter=0']
+    >>> captures, settings = capture_factors(9, width=48, n_samples=300, batch_size=32)
+    >>> report = compare_starts(captures, dict(settings, rank=4, oversample=2),
+    ...                         methods=["srevd"], warm_n_iters=[0], repeats=1)
+    >>> [row["size"] for row in report.rows]
+    ['all', 10, 41, 48, 49]
     """
-    if len(capture.steps) < 2:
-        raise ValueError(f"capture: needs at least 2 inverse updates, got {len(capture.steps)}")
-    n_iter = capture.settings[0]["n_iter"]
-    oracles = _oracles(capture, seed)
-    variants: list[int | None] = [None, *warm_n_iters]
-    rows: list[dict[str, Any]] = []
-    sizes = list(dict.fromkeys(F.shape[-1] for F in capture.factors[0]))
+    if len(captures) < 2:
+        raise ValueError(f"captures: need at least two inverse updates, got {len(captures)}")
+    damping, rank, oversample = settings["damping"], settings["rank"], settings["oversample"]
+    first = captures[0].factors
+    names = sorted(first)
+    randomized = [name for name in names if rank + oversample < first[name].shape[-1]]
+    sizes = sorted({first[name].shape[-1] for name in randomized})
+    by_size = {n: [m for m in randomized if first[m].shape[-1] == n] for n in sizes}
+    oracles = [
+        {name: torch.linalg.eigh(capture.factors[name].double()) for name in randomized}
+        for capture in captures
+    ]
+    g = torch.Generator().manual_seed(0)
+    probes = {n: torch.randn(n, columns, generator=g, dtype=torch.float64) for n in sizes}
+    report = WarmStartReport(
+        settings={
+            **settings,
+            "steps": [c.step for c in captures],
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+        }
+    )
+    like = first[names[0]]
     for method in methods:
-        timings: dict[int | None, list[dict[int, float]]] = {v: [] for v in variants}
-        inverses: dict[int | None, list[list[FactorInverse | None]]] = {}
-        for repeat in range(repeats):
-            shift = repeat % len(variants)
-            for variant in variants[shift:] + variants[:shift]:
-                results, times = _chain(capture, method, variant)
-                inverses.setdefault(variant, results)
-                warm_updates = times[1:]
-                timings[variant].append(
-                    {s: statistics.fmean(t[s] for t in warm_updates) for s in sizes}
-                )
-        for variant in variants:
-            errors: dict[str, float] = {}
-            for j, name in enumerate(capture.names):
-                per_update = [
-                    _error(inverses[variant][u + 1][j], setting["damping"], *oracle[j])
-                    for u, (oracle, setting) in enumerate(
-                        zip(oracles, capture.settings[1:], strict=True)
-                    )
-                    if oracle[j] is not None and inverses[variant][u + 1][j] is not None
-                ]
-                if per_update:
-                    errors[name] = statistics.fmean(per_update)
-            base = {
-                "method": method,
-                "variant": variant_name(variant, n_iter),
-                "warm_n_iter": variant,
+        for warm_n_iter in warm_n_iters:
+            times: dict[Any, dict[str, list[float]]] = {
+                key: {"cold": [], "warm": []} for key in ["all", *sizes]
             }
-            for size in sizes:
-                names = [
-                    name
-                    for name, F in zip(capture.names, capture.factors[0], strict=True)
-                    if F.shape[-1] == size
-                ]
-                mine = {name: errors[name] for name in names if name in errors}
-                ms = 1e3 * statistics.median(t[size] for t in timings[variant])
-                rows.append(
+            errors = {n: {"cold": [], "warm": []} for n in sizes}
+            previous = _decompose(captures[0], names, method, settings, None, 0)
+            for t in range(1, len(captures)):
+                capture = captures[t]
+                starts = {
+                    name: inverse.eigenvectors
+                    for name, inverse in previous.items()
+                    if name in randomized and inverse is not None
+                }
+                results = {
+                    "cold": _decompose(capture, names, method, settings, None, 0),
+                    "warm": _decompose(capture, names, method, settings, starts, warm_n_iter),
+                }
+                for n, members in by_size.items():
+                    for name in members:
+                        for kind, result in results.items():
+                            errors[n][kind].append(
+                                inverse_apply_error(
+                                    result[name], oracles[t][name], damping, probes[n]
+                                )
+                            )
+                samples = {key: {"cold": [], "warm": []} for key in times}
+                for _ in range(repeats):
+                    for key in times:
+                        group = names if key == "all" else by_size[key]
+                        for kind, seeds in (("cold", None), ("warm", starts)):
+                            work = partial(
+                                _decompose, capture, group, method, settings, seeds, warm_n_iter
+                            )
+                            samples[key][kind].append(elapsed(work, like))
+                for key, kinds in samples.items():
+                    for kind, values in kinds.items():
+                        times[key][kind].append(statistics.median(values))
+                previous = results["warm"]
+            for key in times:
+                cold_s, warm_s = sum(times[key]["cold"]), sum(times[key]["warm"])
+                members = names if key == "all" else by_size[key]
+                kept = sizes if key == "all" else [key]
+                cold_error = statistics.fmean(e for n in kept for e in errors[n]["cold"])
+                warm_error = statistics.fmean(e for n in kept for e in errors[n]["warm"])
+                report.rows.append(
                     {
-                        **base,
-                        "size": size,
-                        "factors": names,
-                        "ms": ms,
-                        "error": statistics.fmean(mine.values()) if mine else float("nan"),
-                        "errors": mine,
+                        "method": method,
+                        "warm_n_iter": warm_n_iter,
+                        "size": key,
+                        "factors": len(members),
+                        "updates": len(captures) - 1,
+                        "cold_ms": 1e3 * cold_s,
+                        "warm_ms": 1e3 * warm_s,
+                        "speedup": cold_s / warm_s,
+                        "cold_error": cold_error,
+                        "warm_error": warm_error,
+                        "error_ratio": warm_error / cold_error,
                     }
                 )
-            total = 1e3 * statistics.median(sum(t.values()) for t in timings[variant])
-            rows.append(
-                {
-                    **base,
-                    "size": "all",
-                    "factors": list(capture.names),
-                    "ms": total,
-                    "error": max(errors.values()) if errors else float("nan"),
-                    "errors": errors,
-                }
-            )
-    return rows
+    report.verdicts = check_warm_start_targets(report.rows)
+    return report
 
 
-def report(capture: Capture, rows: list[dict[str, Any]]) -> str:
-    """The markdown tables (one row per method, variant and size) and the target verdicts.
+def format_report(report: WarmStartReport) -> str:
+    """The report as a markdown table followed by the verdicts.
 
     Examples
     --------
-    >>> from asv_benchmarks.warm_start import Capture, report
-    >>> capture = Capture(steps=[0, 8], names=["fc2.A"])
-    >>> row = {"method": "rsvd", "variant": "cold n_iter=4", "warm_n_iter": None,
-    ...        "size": "all", "factors": ["fc2.A"], "ms": 10.0, "error": 0.1,
-    ...        "errors": {"fc2.A": 0.1}}
-    >>> print(report(capture, [row]).splitlines()[0])
-    inverse updates at steps [0, 8] (the first is cold in every variant and not counted)
-    """
+    >>> report = WarmStartReport({"n_iter": 4}, [{"method": "rsvd", "warm_n_iter": 0,
+    ...     "size": "all", "factors": 6, "updates": 5, "cold_ms": 10.0, "warm_ms": 2.0,
+    ...     "speedup": 5.0, "cold_error": 0.01, "warm_error": 0.0101,
+    ...     "error_ratio": 1.01}], ["- [PASS] x"])
+    >>> print(format_report(report))  # doctest: +NORMALIZE_WHITESPACE
+    settings: {"n_iter": 4}
+    | method | warm_n_iter | size | factors | cold ms | warm ms | speedup | cold error | warm error | warm/cold error |
+    |---|---|---|---|---|---|---|---|---|---|
+    | rsvd | 0 | all | 6 | 10.0 | 2.0 | 5.00 | 1.000e-02 | 1.010e-02 | 1.010 |
+    <BLANKLINE>
+    - [PASS] x
+    """  # noqa: E501
     lines = [
-        f"inverse updates at steps {capture.steps} (the first is cold in every variant "
-        "and not counted)",
-        "",
+        f"settings: {json.dumps(report.settings, default=str)}",
+        "| method | warm_n_iter | size | factors | cold ms | warm ms | speedup | cold error "
+        "| warm error | warm/cold error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    table = []
-    for r in with_ratios(rows):
-        speedup, ratio = r["speedup"], r["error_ratio"]
-        table.append(
-            [
-                r["method"],
-                r["variant"],
-                r["size"],
-                ", ".join(r["factors"]),
-                r["ms"],
-                f"{speedup:.2f}x",
-                f"{r['error']:.3e}",
-                f"{ratio:.3f}",
-            ]
+    for row in report.rows:
+        lines.append(
+            f"| {row['method']} | {row['warm_n_iter']} | {row['size']} | {row['factors']} "
+            f"| {row['cold_ms']:.1f} | {row['warm_ms']:.1f} | {row['speedup']:.2f} "
+            f"| {row['cold_error']:.3e} | {row['warm_error']:.3e} | {row['error_ratio']:.3f} |"
         )
-    header = [
-        "method",
-        "variant",
-        "size",
-        "factors",
-        "ms / update",
-        "speed-up",
-        "inverse-apply error",
-        "error / cold",
-    ]
-    lines.append(markdown_table(header, table))
-    target = WARM_START_TARGETS
-    lines += [
-        "",
-        f"Target: >= {target['speedup']}x less time per inverse update, error within "
-        f"{target['error_slack']:.0%} of cold",
-        "",
-    ]
-    warm = [r for r in with_ratios(rows) if r["warm_n_iter"] is not None]
-    lines += check_warm_start_targets(warm)
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *report.verdicts])
 
 
-def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with ``speedup`` and ``error_ratio`` against cold (same method and size).
+def main(argv: Sequence[str] | None = None) -> WarmStartReport:
+    """Command-line entry point: capture the factors, compare, print the table.
 
-    Examples
-    --------
-    >>> from asv_benchmarks.warm_start import with_ratios
-    >>> cold = {"method": "rsvd", "warm_n_iter": None, "size": "all", "ms": 9.0, "error": 0.1}
-    >>> warm = {**cold, "warm_n_iter": 0, "ms": 3.0, "error": 0.102}
-    >>> row = with_ratios([cold, warm])[1]
-    >>> round(row["speedup"], 2), round(row["error_ratio"], 2)
-    (3.0, 1.02)
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); see ``--help``.
+
+    Returns
+    -------
+    WarmStartReport
     """
-    cold = {(r["method"], r["size"]): r for r in rows if r["warm_n_iter"] is None}
-    out = []
-    for r in rows:
-        ref = cold.get((r["method"], r["size"]))
-        speedup = ref["ms"] / r["ms"] if ref else float("nan")
-        ratio = r["error"] / ref["error"] if ref and ref["error"] else float("nan")
-        out.append({**r, "speedup": speedup, "error_ratio": ratio})
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: capture the factors, replay cold and warm updates, print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=80, help="training steps (default 80)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--warm-n-iter", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--width", type=int, default=2048)
-    parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog="python -m asv_benchmarks.warm_start", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--steps", type=int, default=49, help="training steps (default 49)")
+    parser.add_argument("--width", type=int, default=2048, help="MLP width (default 2048)")
+    parser.add_argument("--samples", type=int, default=20_000, help="MNIST-1D samples")
+    parser.add_argument("--batch", type=int, default=1024, help="batch size (default 1024)")
+    parser.add_argument("--methods", nargs="+", default=list(WARM_METHODS), choices=WARM_METHODS)
     parser.add_argument(
-        "--quick", action="store_true", help="a tiny problem (width 96, 2000 samples), to test"
+        "--warm-n-iter",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_WARM_N_ITER],
+        help=f"power iterations of the warm starts (default {DEFAULT_WARM_N_ITER})",
     )
+    parser.add_argument("--rank", type=int, default=None, help="override the preset's rank")
+    parser.add_argument("--oversample", type=int, default=None, help="override the oversampling")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.width, args.samples, args.batch = 96, 2000, 256
-        args.steps, args.repeats = min(args.steps, 25), 1
-    if args.threads is not None:
+    if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    capture = capture_factors(
-        steps=args.steps,
-        width=args.width,
-        n_samples=args.samples,
-        batch_size=args.batch,
-        seed=args.seed,
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        captures, settings = capture_factors(
+            args.steps,
+            width=args.width,
+            n_samples=args.samples,
+            batch_size=args.batch,
+            device=args.device,
+        )
+    if args.rank is not None:
+        settings["rank"] = args.rank
+    if args.oversample is not None:
+        settings["oversample"] = args.oversample
+    report = compare_starts(
+        captures,
+        settings,
+        methods=args.methods,
+        warm_n_iters=args.warm_n_iter,
+        repeats=args.repeats,
     )
-    captured = time.perf_counter() - started
-    rows = evaluate(capture, args.methods, args.warm_n_iter, repeats=args.repeats, seed=args.seed)
-    print(
-        f"# python -m asv_benchmarks.warm_start: demo MLP width {args.width}, "
-        f"{args.samples} MNIST-1D samples, batch {args.batch}, {args.steps} steps, "
-        f"{torch.get_num_threads()} threads, {args.repeats} repeats\n"
-    )
-    print(report(capture, rows))
-    print(
-        f"\n- training and capture {captured:.0f} s, replay "
-        f"{time.perf_counter() - started - captured:.0f} s"
-    )
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(asdict(report), out, indent=1, default=str)
+    return report
 
 
 if __name__ == "__main__":

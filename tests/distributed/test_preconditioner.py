@@ -35,6 +35,22 @@ def test_factors_and_gradients_match_single_process(equivalence_runs, world, met
 
 
 @pytest.mark.parametrize("world", [2, 3])
+def test_warm_started_decompositions_match_single_process(equivalence_runs, world):
+    """Warm starts (steps 2 and 4) read the broadcast inverses: the same on any world size."""
+    for key in ("rsvd", "rsvd-cold"):
+        reference = equivalence_runs[1][0][key]["steps"]
+        for rank_result in equivalence_runs[world]:
+            for want, got in zip(reference, rank_result[key]["steps"], strict=True):
+                for g_want, g_got in zip(want["grads"], got["grads"], strict=True):
+                    torch.testing.assert_close(g_got, g_want, rtol=1e-4, atol=1e-6)
+    # The warm path was taken: the same as cold up to the first warm update, then not.
+    warm, cold = (equivalence_runs[world][0][key]["steps"] for key in ("rsvd", "rsvd-cold"))
+    for step, (w, c) in enumerate(zip(warm, cold, strict=True)):
+        same = all(torch.equal(a, b) for a, b in zip(w["grads"], c["grads"], strict=True))
+        assert same == (step < 2), step
+
+
+@pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("method", TOKEN_MODEL_METHODS)
 def test_embedding_and_grouped_convolutions_match_single_process(equivalence_runs, world, method):
     """Diagonal A all-reduced as a vector, stacked factors and inverses shared by owner."""
