@@ -90,6 +90,7 @@ def wrap(model: torch.nn.Module, world: int) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
 
+WARM_METHODS = ("rsvd", "srevd", "nystrom")
 EQUIVALENCE_STEPS = 6  # inverse updates at steps 0 (cold), 2 and 4 (warm)
 
 PRECONDITIONER = dict(
@@ -101,15 +102,16 @@ PRECONDITIONER = dict(
 def equivalence(out: Path, rank: int, world: int) -> dict:
     """Same global batches on 1, 2 or 3 processes: factors, gradients, bytes.
 
-    Every method on the MLP (the randomized ones warm-started from step 2 on, the
-    default; ``"rsvd-cold"`` with ``warm_start=False``), then ``"tokens-<method>"``:
+    Every method on the MLP with cold starts (``warm_start=False``), the randomized
+    ones again as ``"<method>-warm"`` (warm-started from step 2 on, the default), then
+    ``"tokens-<method>"``:
     :class:`TokenModel` (an Embedding and grouped convolutions) with eigh and rsvd.
     """
     from rnla_kfac import KFACPreconditioner
 
     records = {}
-    runs = {method: (method, True) for method in DECOMPOSITION_METHODS}
-    runs["rsvd-cold"] = ("rsvd", False)
+    runs = {method: (method, False) for method in DECOMPOSITION_METHODS}
+    runs.update({f"{method}-warm": (method, True) for method in WARM_METHODS})
     for key, (method, warm_start) in runs.items():
         model = make_model()
         pre = KFACPreconditioner(model, method=method, warm_start=warm_start, **PRECONDITIONER)
