@@ -23,7 +23,7 @@ from .common import CPU_BACKENDS
 from .measure import Results
 from .methods import OURS
 
-__all__ = ["check_targets"]
+__all__ = ["WARM_START_TARGETS", "check_targets", "check_warm_start_targets"]
 
 
 def check_targets(results: Results, sizes: Sequence[int]) -> list[str]:
@@ -149,5 +149,53 @@ def check_targets(results: Results, sizes: Sequence[int]) -> list[str]:
             m["peak_over_X"] < 1.0,
             f"peak memory {m['method']} numpy d={m['d']}: {m['peak_over_X']:.2f} x the input, "
             f"{m['peak_over_d_x_k']:.1f} d x k arrays (< 1 x the input: no d x d temporary)",
+        )
+    return lines
+
+
+WARM_START_TARGETS = {"speedup": 2.5, "error_slack": 0.05}
+"""Warm-started inverse updates (:mod:`asv_benchmarks.warm_start`): at least
+``speedup`` times less time per inverse update than the cold start, with a mean
+inverse-apply error within ``error_slack`` (relative) of the cold start's."""
+
+
+def check_warm_start_targets(rows: Sequence[dict]) -> list[str]:
+    """PASS/FAIL lines of the warm-start target, one per method and ``warm_n_iter``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        :attr:`asv_benchmarks.warm_start.WarmStartReport.rows`: the ``"all"`` row (the
+        whole inverse update) gives the speedup, every row (each factor size) an error
+        ratio.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> rows = [{"method": "rsvd", "warm_n_iter": 0, "size": "all", "speedup": 3.0,
+    ...          "error_ratio": 1.01}, {"method": "rsvd", "warm_n_iter": 0, "size": 2048,
+    ...          "speedup": 3.2, "error_ratio": 1.07}]
+    >>> check_warm_start_targets(rows)  # doctest: +NORMALIZE_WHITESPACE
+    ['- [FAIL] warm start rsvd warm_n_iter=0: 3.00x less time per inverse update
+      (>= 2.5), worst warm/cold error 1.070 at size 2048 (<= 1.05)']
+    """
+    need, slack = WARM_START_TARGETS["speedup"], WARM_START_TARGETS["error_slack"]
+    lines = []
+    cases = dict.fromkeys((row["method"], row["warm_n_iter"]) for row in rows)
+    for method, warm_n_iter in cases:
+        mine = [r for r in rows if r["method"] == method and r["warm_n_iter"] == warm_n_iter]
+        total = next((r for r in mine if r["size"] == "all"), None)
+        if total is None:
+            continue
+        worst = max(mine, key=lambda r: r["error_ratio"])
+        ok = total["speedup"] >= need and worst["error_ratio"] <= 1 + slack
+        lines.append(
+            f"- [{'PASS' if ok else 'FAIL'}] warm start {method} warm_n_iter={warm_n_iter}: "
+            f"{total['speedup']:.2f}x less time per inverse update (>= {need}), worst "
+            f"warm/cold error {worst['error_ratio']:.3f} at size {worst['size']} "
+            f"(<= {1 + slack:g})"
         )
     return lines

@@ -554,17 +554,25 @@ def _describe(value: Any) -> str:
 
 
 def _decompose_stack(
-    stack: Tensor, method: str, rank: int, exact: bool, oversample: int, n_iter: int, rng: Any
+    stack: Tensor,
+    method: str,
+    rank: int,
+    exact: bool,
+    oversample: int,
+    n_iter: int,
+    rng: Any,
+    start: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Eigenpairs (descending) of a stack of symmetric PSD matrices, shape (B, n, n).
 
     The exact routine is ``torch.linalg.eigh``: batched, on every torch device, and
-    the fastest exact solver measured (:doc:`/benchmarks`).
+    the fastest exact solver measured (:doc:`/benchmarks`). ``start`` (``(B, n, j)``)
+    seeds the randomized sketches' test matrix (see :func:`rnla.srevd`).
     """
     if exact:
         values, vectors = torch.linalg.eigh(stack)
         return values.flip(-1), vectors.flip(-1)
-    options = {"rng": rng, "check_finite": False}
+    options = {"rng": rng, "check_finite": False, "start": start}
     if method == "rsvd":
         # For symmetric PSD F, V spans range(F^T Q): one extra power step for free.
         _, values, Vh = rnla.rsvd(stack, rank, oversample, n_iter, **options)
@@ -573,14 +581,17 @@ def _decompose_stack(
     return decompose(stack, rank, oversample, n_iter, check_symmetric=False, **options)
 
 
-def _robust_decompose(stack: Tensor, *args: Any) -> tuple[Tensor, Tensor] | None:
+def _robust_decompose(
+    stack: Tensor, *args: Any, start: Tensor | None = None
+) -> tuple[Tensor, Tensor] | None:
     """:func:`_decompose_stack` with a float64 retry, then one matrix at a time.
 
     Matrices that still fail get NaN eigenvalues; ``None`` when every one failed.
     """
     for dtype in dict.fromkeys((stack.dtype, torch.float64)):
         try:
-            values, vectors = _decompose_stack(stack.to(dtype), *args)
+            seed_block = None if start is None else start.to(dtype)
+            values, vectors = _decompose_stack(stack.to(dtype), *args, seed_block)
         except RuntimeError:  # torch.linalg.LinAlgError and other numerical failures
             continue
         values, vectors = values.to(stack.dtype), vectors.to(stack.dtype)
@@ -588,7 +599,10 @@ def _robust_decompose(stack: Tensor, *args: Any) -> tuple[Tensor, Tensor] | None
             return values, vectors
     if stack.shape[0] == 1:
         return None
-    pieces = [_robust_decompose(matrix[None], *args) for matrix in stack.unbind()]
+    pieces = [
+        _robust_decompose(matrix[None], *args, start=None if start is None else start[i, None])
+        for i, matrix in enumerate(stack.unbind())
+    ]
     done = next((piece for piece in pieces if piece is not None), None)
     if done is None:
         return None
@@ -608,15 +622,25 @@ def decompose_factors(
     n_iter: int = 4,
     tail_compensation: bool = True,
     rng: int | torch.Generator | None = None,
+    starts: Sequence[Tensor | None] | None = None,
+    warm_n_iter: int | None = None,
 ) -> list[FactorInverse | None]:
     """Decompose many symmetric PSD factors, batching same-sized ones (undamped).
 
-    Factors of equal size, sketch rank, dtype and device are stacked into one
-    :mod:`rnla` call (one ``torch.linalg.eigh`` call on the exact path); a stack of
+    Factors of equal size, sketch rank, start width, dtype and device are stacked into
+    one :mod:`rnla` call (one ``torch.linalg.eigh`` call on the exact path); a stack of
     blocks ``(B, n, n)`` (a block-diagonal factor) joins that call with all its blocks
     and gives one batched inverse. A failing stack is retried in float64, then one
     matrix at a time; a factor with a block that still fails gives ``None``. Arguments
     are assumed valid (see :meth:`FactorInverse.from_factor`).
+
+    A factor with a start block (a *warm start*: typically the eigenvectors of its
+    previous decomposition) has its sketch's test matrix begin with those columns, the
+    rest Gaussian, and takes ``warm_n_iter`` power iterations instead of ``n_iter``.
+    The Gaussian columns of every sketch come from ``rng`` alone (an int seed gives
+    each call the same draws), so how the factors are grouped into calls does not
+    change them. A sketch that has to grow (a saturated ``"auto"`` factor) starts
+    cold, and the exact path ignores start blocks.
 
     Parameters
     ----------
@@ -640,11 +664,18 @@ def decompose_factors(
         to its identity start keeps a few modes instead of growing its sketch to the
         full size. Default: 0 for every factor.
     oversample, n_iter : int
-        Sketch parameters of the randomized methods.
+        Sketch parameters of the randomized methods (``n_iter`` for cold starts).
     tail_compensation : bool, default True
         Set each inverse's ``tail`` to the mean discarded eigenvalue.
     rng : int, torch.Generator or None
         Randomness of the sketches.
+    starts : sequence of Tensor or None, optional
+        Per factor, ``None`` (a cold start) or a start block of shape ``(n_i, j)``
+        (``(B_i, n_i, j)`` for a stack), ``j >= 1``, in the factor's dtype and on its
+        device; only its first ``min(rank + oversample, n_i)`` columns are used.
+        Default: every factor cold.
+    warm_n_iter : int, optional
+        Power iterations of warm-started sketches; default ``n_iter``.
 
     Returns
     -------
@@ -663,36 +694,60 @@ def decompose_factors(
     >>> blocks = torch.eye(3).expand(4, 3, 3)
     >>> decompose_factors([blocks], "eigh", RankPolicy(None))[0].batch_shape
     (4,)
+
+    A warm start from the previous eigenvectors, with no power iteration:
+
+    >>> x = torch.randn(200, 60, generator=g)
+    >>> F = x.T @ x / 200
+    >>> (cold,) = decompose_factors([F], "srevd", RankPolicy(8), rng=1)
+    >>> (warm,) = decompose_factors([F + 0.01 * torch.eye(60)], "srevd", RankPolicy(8),
+    ...                             rng=2, starts=[cold.eigenvectors], warm_n_iter=0)
+    >>> warm.rank
+    8
     """
     results: list[FactorInverse | None] = [None] * len(factors)
     hints = [None] * len(factors) if hints is None else hints
     floors = [0.0] * len(factors) if floors is None else floors
+    starts = [None] * len(factors) if starts is None else starts
+    warm_n_iter = n_iter if warm_n_iter is None else warm_n_iter
     pending = [
-        (i, F, policy.sketch_rank(F.shape[-1], hint))
-        for i, (F, hint) in enumerate(zip(factors, hints, strict=True))
+        (i, F, policy.sketch_rank(F.shape[-1], hint), start)
+        for i, (F, hint, start) in enumerate(zip(factors, hints, starts, strict=True))
     ]
     while pending:
-        groups: dict[tuple, list[tuple[int, Tensor, int | None]]] = {}
-        for item in pending:
-            i, F, r = item
+        groups: dict[tuple, list[tuple[int, Tensor, int | None, Tensor | None]]] = {}
+        for i, F, r, start in pending:
             n = F.shape[-1]
             exact = _is_exact(method, r, oversample, n)
-            groups.setdefault((n, None if exact else r, F.dtype, F.device), []).append(item)
+            if exact or start is None:
+                start = None
+            else:  # at most the sketch width, contiguous: the same bits after a resume
+                start = start[..., : min(r + oversample, n)].contiguous()
+            width = 0 if start is None else start.shape[-1]
+            key = (n, None if exact else r, width, F.dtype, F.device)
+            groups.setdefault(key, []).append((i, F, r, start))
         pending = []
-        for (n, r, _, _), items in groups.items():
+        for (n, r, width, _, _), items in groups.items():
             exact = r is None
-            blocks = [F if F.ndim == 3 else F[None] for _, F, _ in items]
+            blocks = [F if F.ndim == 3 else F[None] for _, F, _, _ in items]
             stack = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+            start = None
+            if width:
+                seeds = [s if s.ndim == 3 else s[None] for _, _, _, s in items]
+                start = seeds[0] if len(seeds) == 1 else torch.cat(seeds)
             traces = stack.diagonal(dim1=-2, dim2=-1).sum(-1)
-            decomposed = _robust_decompose(stack, method, r, exact, oversample, n_iter, rng)
+            iterations = warm_n_iter if width else n_iter
+            decomposed = _robust_decompose(
+                stack, method, r, exact, oversample, iterations, rng, start=start
+            )
             if decomposed is None:
                 continue
             all_values, all_vectors = decomposed
             finite = torch.isfinite(all_values).all(-1).tolist()
-            start = 0
-            for (i, F, _), block in zip(items, blocks, strict=True):
-                part = slice(start, start + block.shape[0])
-                start = part.stop
+            offset = 0
+            for (i, F, _, _), block in zip(items, blocks, strict=True):
+                part = slice(offset, offset + block.shape[0])
+                offset = part.stop
                 if not all(finite[part]):
                     continue
                 values, vectors, trace = all_values[part], all_vectors[part], traces[part]
@@ -703,8 +758,8 @@ def decompose_factors(
                     results[i] = FactorInverse(values, vectors, trace=trace)
                     continue
                 kept = _modes_to_keep(policy, values, n, floors[i])
-                if kept is None:  # saturated: the spectrum reaches further
-                    pending.append((i, F, policy.grown_sketch_rank(r, n)))
+                if kept is None:  # saturated: the spectrum reaches further (a cold retry)
+                    pending.append((i, F, policy.grown_sketch_rank(r, n), None))
                     continue
                 if kept < r:
                     values, vectors = values[..., :kept], vectors[..., :kept].contiguous()

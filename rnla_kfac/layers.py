@@ -24,7 +24,10 @@ class Factor:
     Batch factors of the forward or backward passes of a step are summed by
     :meth:`record` and averaged by :meth:`take_batch`; :meth:`fold` adds one to the
     exponential average :attr:`matrix`, which starts at the identity and is updated in
-    place. The decomposition step sets :attr:`inverse` and :attr:`rank_hint`.
+    place. The decomposition step sets :attr:`inverse`, :attr:`rank_hint` and
+    :attr:`sketch_rank`; the eigenvectors of a low-rank :attr:`inverse` seed the next
+    decomposition's sketch (a warm start, see
+    :class:`~rnla_kfac.KFACPreconditioner`).
 
     A block-diagonal factor (a grouped convolution's) is a stack of ``blocks``
     same-sized matrices, decomposed together in one batched call. A diagonal factor
@@ -59,6 +62,10 @@ class Factor:
     rank_hint : int or None
         Sketch rank of the next ``rank="auto"`` decomposition
         (:meth:`rnla_kfac.rank_policy.RankPolicy.next_hint`).
+    sketch_rank : int or None
+        Sketch rank asked of the randomized decomposition that gave :attr:`inverse`
+        (None for an exact one, or before the first): a warm start of the next
+        decomposition needs a sketch rank not larger than this.
     updates : int
         Batch factors folded so far.
     identity_weight : float
@@ -100,6 +107,7 @@ class Factor:
                 self.matrix = self.matrix.repeat(blocks, 1, 1)
         self.inverse: Inverse | None = None
         self.rank_hint: int | None = None
+        self.sketch_rank: int | None = None
         self.updates = 0
         self.identity_weight = 1.0
         self.reset_batch()
@@ -355,12 +363,14 @@ class KFACLayer:
         return self._damped[4], self._damped[5]
 
     def state_dict(self) -> dict[str, Any]:
-        """Averaged factors, inverses, rank hints, the update count and identity weight.
+        """Averaged factors, inverses, rank hints, sketch ranks, updates and identity weight.
 
         Per factor key ``k`` (``"A"``, ``"G"``): ``k`` the average and ``k_inverse`` a
         :meth:`FactorInverse.state_dict` (:meth:`DiagonalInverse.state_dict` for a
         diagonal factor) or None; then ``"rank_hints"`` (``{k: hint}``),
-        ``"updates"`` and ``"identity_weight"``.
+        ``"sketch_ranks"`` (``{k: sketch rank}``), ``"updates"`` and
+        ``"identity_weight"``. The inverses' eigenvectors and the sketch ranks are all
+        a warm start reads, so a resumed run decomposes as the uninterrupted one.
         """
         state: dict[str, Any] = {}
         for factor in self.factors:
@@ -368,12 +378,17 @@ class KFACLayer:
             state[factor.key] = factor.matrix
             state[f"{factor.key}_inverse"] = inverse
         state["rank_hints"] = {factor.key: factor.rank_hint for factor in self.factors}
+        state["sketch_ranks"] = {factor.key: factor.sketch_rank for factor in self.factors}
         state["updates"] = self.updates
         state["identity_weight"] = self.identity_weight
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; raises ``ValueError`` naming this layer on mismatch."""
+        """Restore :meth:`state_dict`; raises ``ValueError`` naming this layer on mismatch.
+
+        A state without ``"sketch_ranks"`` (written before warm starts) leaves them
+        None: the next decompositions start cold.
+        """
         for factor in self.factors:
             theirs, mine = tuple(state[factor.key].shape), tuple(factor.matrix.shape)
             if theirs != mine:
@@ -388,6 +403,7 @@ class KFACLayer:
             kind = DiagonalInverse if factor.diagonal else FactorInverse
             factor.inverse = None if inverse is None else kind.from_state_dict(inverse, device)
             factor.rank_hint = state["rank_hints"][factor.key]
+            factor.sketch_rank = state.get("sketch_ranks", {}).get(factor.key)
             factor.updates = int(state["updates"])
             factor.identity_weight = float(state["identity_weight"])
             factor.reset_batch()

@@ -30,13 +30,16 @@ from ._checks import (
     check_tolerance,
 )
 from .distributed import choose_strategy, decomposition_cost
-from .inverse import FactorInverse, decompose_factors
+from .inverse import FactorInverse, _is_exact, decompose_factors
 from .layers import SKIP_PATTERN_REASON, Factor, KFACLayer, find_layers
 from .rank_policy import DEFAULT_RTOL, RankPolicy
 
 __all__ = ["KFACPreconditioner"]
 
 LIKELIHOODS = ("categorical", "gaussian")
+
+DEFAULT_WARM_N_ITER = 2
+"""Default power iterations of a warm-started decomposition (``warm_n_iter``)."""
 
 GradScalerLike = torch.amp.GradScaler | Callable[[], float | Tensor]
 
@@ -111,7 +114,24 @@ class KFACPreconditioner:
         ``"eigh"``.
     oversample : int, default 10
     n_iter : int, default 4
-        Sketch oversampling and power iterations of the randomized methods.
+        Sketch oversampling and power iterations of the randomized methods (of a
+        cold start, see ``warm_start``).
+    warm_start : bool, default True
+        Start each randomized decomposition from the factor's previous one: the
+        sketch's test matrix begins with the previous eigenvectors (the rest of its
+        ``rank + oversample`` columns Gaussian) and takes ``warm_n_iter`` power
+        iterations. The factors change slowly between inverse updates, so the
+        previous basis already holds most of the dominant subspace. A decomposition
+        starts cold (Gaussian, ``n_iter``) when there is no previous low-rank
+        decomposition of the factor (the first one, an exact or failed one), or when
+        its sketch rank is larger than the previous one's (a growing ``rank``
+        schedule, a growing ``"auto"`` hint), and a saturated ``"auto"`` sketch is
+        redone cold. ``False``: every decomposition starts cold. Ignored by
+        ``"eigh"`` and on the exact path. The previous basis is part of
+        :meth:`state_dict` and held by every process, so resumed and distributed
+        runs decompose as an uninterrupted single process does.
+    warm_n_iter : int, default 2
+        Power iterations of a warm-started decomposition.
     damping : float, default 0.1
         ``lambda > 0``, split between the factors by ``damping_mode``.
     damping_mode : {"relative", "absolute", "pi"}, default "relative"
@@ -213,6 +233,8 @@ class KFACPreconditioner:
         rank: int | str | ScheduleLike = 220,
         oversample: ScheduleLike = 10,
         n_iter: ScheduleLike = 4,
+        warm_start: bool = True,
+        warm_n_iter: ScheduleLike = DEFAULT_WARM_N_ITER,
         damping: ScheduleLike = 0.1,
         damping_mode: str = "relative",
         factor_decay: ScheduleLike = 0.95,
@@ -241,6 +263,8 @@ class KFACPreconditioner:
         self.rank = Schedule(rank, "rank", check_rank)
         self.oversample = Schedule(oversample, "oversample", check_count)
         self.n_iter = Schedule(n_iter, "n_iter", check_count)
+        self.warm_start = check_bool(warm_start, "warm_start")
+        self.warm_n_iter = Schedule(warm_n_iter, "warm_n_iter", check_count)
         self.damping = Schedule(damping, "damping", check_positive)
         self.factor_decay = Schedule(factor_decay, "factor_decay", check_decay)
         self.factor_update_period = Schedule(
@@ -740,17 +764,50 @@ class KFACPreconditioner:
 
     def _decompose(self, factors: list[Factor], step: int) -> list[FactorInverse | None]:
         """Decompose ``factors`` in this process (undamped; None where one failed)."""
+        policy, oversample = self._rank_policy(step), self.oversample(step)
         return decompose_factors(
             [factor.matrix for factor in factors],
             self.method,
-            self._rank_policy(step),
+            policy,
             hints=[factor.rank_hint for factor in factors],
             floors=[factor.identity_weight for factor in factors],
-            oversample=self.oversample(step),
+            oversample=oversample,
             n_iter=self.n_iter(step),
             tail_compensation=self.tail_compensation,
             rng=self._sketch_seed(step),
+            starts=[self._warm_start_block(factor, policy, oversample) for factor in factors],
+            warm_n_iter=self.warm_n_iter(step),
         )
+
+    def _warm_start_block(
+        self, factor: Factor, policy: RankPolicy, oversample: int
+    ) -> Tensor | None:
+        """The previous eigenvectors of ``factor`` if its decomposition starts warm, else None.
+
+        Warm: ``warm_start`` is on, the decomposition is randomized (not ``"eigh"``, not
+        the exact path), the factor has a previous low-rank inverse of its size, batch,
+        dtype and device, and the sketch rank is not larger than the previous one's.
+        Every input is the same on every process (the inverses are broadcast), so all
+        processes decide alike.
+        """
+        if not self.warm_start or self.method == "eigh" or factor.sketch_rank is None:
+            return None
+        inverse = factor.inverse
+        if not isinstance(inverse, FactorInverse) or inverse.exact:
+            return None
+        rank = policy.sketch_rank(factor.size, factor.rank_hint)
+        if rank is None or _is_exact(self.method, rank, oversample, factor.size):
+            return None
+        vectors = inverse.eigenvectors
+        matrix = factor.matrix
+        if (
+            rank > factor.sketch_rank
+            or vectors.shape[:-1] != matrix.shape[:-1]
+            or vectors.dtype != matrix.dtype
+            or vectors.device != matrix.device
+        ):
+            return None
+        return vectors
 
     def _compute_inverses(self, step: int) -> None:
         """Decompose every averaged factor (inverse-update steps), keeping old ones on failure.
@@ -786,7 +843,9 @@ class KFACPreconditioner:
                 failed.append(factor.name)
                 continue
             factor.inverse = result
+            factor.sketch_rank = None
             if not result.exact:
+                factor.sketch_rank = policy.sketch_rank(factor.size, factor.rank_hint)
                 factor.rank_hint = policy.next_hint(result)
         if failed:
             warnings.warn(

@@ -90,6 +90,9 @@ def wrap(model: torch.nn.Module, world: int) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
 
+WARM_METHODS = ("rsvd", "srevd", "nystrom")
+EQUIVALENCE_STEPS = 6  # inverse updates at steps 0 (cold), 2 and 4 (warm)
+
 PRECONDITIONER = dict(
     rank=6, oversample=3, n_iter=2, factor_update_period=1, inverse_update_period=2, damping=0.05
 )
@@ -99,19 +102,23 @@ PRECONDITIONER = dict(
 def equivalence(out: Path, rank: int, world: int) -> dict:
     """Same global batches on 1, 2 or 3 processes: factors, gradients, bytes.
 
-    Every method on the MLP, then ``"tokens-<method>"``: :class:`TokenModel`
-    (an Embedding and grouped convolutions) with eigh and rsvd.
+    Every method on the MLP with cold starts (``warm_start=False``), the randomized
+    ones again as ``"<method>-warm"`` (warm-started from step 2 on, the default), then
+    ``"tokens-<method>"``:
+    :class:`TokenModel` (an Embedding and grouped convolutions) with eigh and rsvd.
     """
     from rnla_kfac import KFACPreconditioner
 
     records = {}
-    for method in DECOMPOSITION_METHODS:
+    runs = {method: (method, False) for method in DECOMPOSITION_METHODS}
+    runs.update({f"{method}-warm": (method, True) for method in WARM_METHODS})
+    for key, (method, warm_start) in runs.items():
         model = make_model()
-        pre = KFACPreconditioner(model, method=method, **PRECONDITIONER)
+        pre = KFACPreconditioner(model, method=method, warm_start=warm_start, **PRECONDITIONER)
         ddp = wrap(model, world)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         steps = []
-        for step in range(4):
+        for step in range(EQUIVALENCE_STEPS):
             x, y = global_batch(step)
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(
@@ -125,7 +132,7 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
                 }
             )
             optimizer.step()
-        records[method] = {"steps": steps, "bytes": dict(pre.communication.bytes)}
+        records[key] = {"steps": steps, "bytes": dict(pre.communication.bytes)}
     for method in TOKEN_MODEL_METHODS:
         records[f"tokens-{method}"] = token_model_run(method, rank, world)
     return records
@@ -159,7 +166,7 @@ def token_model_run(method: str, rank: int, world: int) -> dict:
     ddp = wrap(model, world)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = []
-    for step in range(4):
+    for step in range(EQUIVALENCE_STEPS):
         g = torch.Generator().manual_seed(2000 + step)
         tokens = torch.randint(0, 12, (GLOBAL_BATCH, 6), generator=g)
         labels = torch.randint(0, 5, (GLOBAL_BATCH, 6), generator=g)
