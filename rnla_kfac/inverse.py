@@ -4,7 +4,8 @@ A :class:`FactorInverse` stores what applying ``(F + damping I)^-1`` needs: ``r`
 leading eigenpairs ``(U, d)`` of a symmetric PSD factor ``F`` (``n x n``), the mean
 ``tail`` of the ``n - r`` discarded eigenvalues (tail compensation, see
 :doc:`/user_guide/rnla`), the exact trace and the damping. Applying it costs two skinny
-products through :func:`rnla.woodbury_solve`; no ``n x n`` inverse is ever formed.
+products through :func:`rnla.woodbury_solve`, with no ``n x n`` inverse, unless
+:meth:`FactorInverse.materialize` forms it (cheaper when ``n`` is below twice the rank).
 The small ``(U, d, tail)`` result is what a distributed run broadcasts. Stacks of
 same-sized factors (the blocks of a grouped convolution) are one batched inverse. A
 diagonal factor (``nn.Embedding``'s ``A``) has a :class:`DiagonalInverse`: exact,

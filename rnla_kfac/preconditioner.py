@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._apply import batch_same_shapes
 from ._checks import (
     DAMPING_MODES,
     DECOMPOSITION_METHODS,
@@ -29,7 +30,6 @@ from ._checks import (
     check_rank,
     check_tolerance,
 )
-from ._apply import batch_same_shapes
 from .distributed import choose_strategy, decomposition_cost
 from .inverse import FactorInverse, decompose_factors
 from .layers import (
@@ -67,8 +67,12 @@ class KFACPreconditioner:
     * Every ``inverse_update_period`` steps the averages are decomposed through
       :mod:`rnla` (exact ``eigh`` or rank-``rank`` ``rsvd``/``srevd``/``nystrom``),
       same-sized factors in one batched call.
-    * Every step the gradients are preconditioned with :func:`rnla.woodbury_solve` on
-      both sides; no ``d x d`` inverse is formed.
+    * Every step the gradients are preconditioned on both sides through the Woodbury
+      form (two skinny products, no ``d x d`` inverse), or through the explicit
+      inverse where a factor's size is below twice its rank
+      (:func:`rnla_kfac.explicit_is_cheaper`). The weight and bias gradients are
+      updated in place (no concatenated copy), and same-shaped layers are batched into
+      one product where :func:`rnla_kfac.batch_same_shapes` says it pays.
 
     Statistics come from forward passes of modules in training mode with gradients
     enabled: an evaluation pass in ``model.eval()`` (or under ``torch.no_grad()``)
@@ -861,8 +865,7 @@ class KFACPreconditioner:
 def _batch_key(item: tuple) -> tuple | None:
     """What same-shaped layers share to be preconditioned together (None: alone)."""
     layer, (A_side, G_side), (weight, bias) = item
-    blocks = weight.shape[0] if weight.ndim == 3 else 1
-    if not batch_same_shapes(weight.device, weight[0].numel() if blocks > 1 else weight.numel()):
+    if not batch_same_shapes(weight.device):
         return None
     return (
         A_side.signature,
