@@ -51,24 +51,33 @@ def explicit_is_cheaper(size: int, rank: int) -> bool:
     return size < 2 * rank
 
 
-def batch_same_shapes(device: torch.device | str) -> bool:
-    """Whether same-shaped layers on ``device`` are preconditioned in one batched product.
+def batch_same_shapes(device: torch.device | str, size: int) -> bool:
+    """Whether same-shaped layers are preconditioned in one batched product.
 
     Batching copies the layers' gradients into one stack and the results back (a
-    full-size copy each way) to replace ``L`` launches of every product by one. On
-    GPUs and other accelerators the saved launches pay for the copies; on CPUs,
-    where a call costs microseconds, they do not (measured at no gain from 16
-    layers of ``32 x 32`` to 12 of ``1024 x 1024``, see :doc:`/benchmarks`), so the
-    rule is: batch everywhere but on the CPU. This function is the one place the
-    decision is made.
+    full-size copy each way) to replace ``L`` calls of every product by one. On GPUs
+    and other accelerators the saved kernel launches pay for the copies at any size;
+    on CPUs only for small layers, whose products are short enough for the per-call
+    overhead to dominate. The rule: batch off the CPU, and on the CPU when a layer's
+    gradient matrix (per block) has at most ``2**13`` entries (e.g. ``64 x 128``); see
+    :doc:`/benchmarks`. This function is the one place the decision is made.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        Where the gradients live.
+    size : int
+        Entries of one layer's gradient matrix ``d_out x d_in`` (per block).
 
     Examples
     --------
     >>> from rnla_kfac import batch_same_shapes
-    >>> batch_same_shapes("cpu"), batch_same_shapes("cuda")
-    (False, True)
+    >>> batch_same_shapes("cpu", 65 * 64), batch_same_shapes("cpu", 513 * 512)
+    (True, False)
+    >>> batch_same_shapes("cuda", 513 * 512)
+    True
     """
-    return torch.device(device).type != "cpu"
+    return torch.device(device).type != "cpu" or size <= 2**13
 
 
 def _host_scale(value: Tensor | float) -> Scale:

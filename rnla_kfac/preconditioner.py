@@ -865,7 +865,8 @@ class KFACPreconditioner:
 def _batch_key(item: tuple) -> tuple | None:
     """What same-shaped layers share to be preconditioned together (None: alone)."""
     layer, (A_side, G_side), (weight, bias) = item
-    if not batch_same_shapes(weight.device):
+    size = weight[0].numel() if weight.ndim == 3 else weight.numel()
+    if not batch_same_shapes(weight.device, size + (0 if bias is None else bias.shape[-1])):
         return None
     return (
         A_side.signature,

@@ -293,11 +293,11 @@ def test_batched_same_shaped_layers_equal_one_at_a_time(monkeypatch, width, rank
         return original(items, *args)
 
     monkeypatch.setattr(rnla_kfac.preconditioner, "precondition_together", spy)
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda device: True)
+    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: True)
     kw = {"method": "rsvd", "rank": rank, "oversample": 2, **options}
     batched, _ = run_steps(identical_layers(4, width, bias), **kw)
     assert calls and set(calls) == {4}  # the 4 identical layers, every step
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda device: False)
+    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: False)
     calls.clear()
     alone, _ = run_steps(identical_layers(4, width, bias), **kw)
     assert not calls
@@ -341,8 +341,20 @@ def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
 
 
 def test_batch_rule():
-    assert not batch_same_shapes("cpu") and not batch_same_shapes(torch.device("cpu"))
-    assert batch_same_shapes("cuda") and batch_same_shapes("meta")
+    assert batch_same_shapes("cpu", 2**13) and not batch_same_shapes(torch.device("cpu"), 2**14)
+    assert batch_same_shapes("cuda", 2**24) and batch_same_shapes("meta", 2**24)
+
+
+def test_small_identical_layers_are_batched_on_the_cpu_by_default(monkeypatch):
+    calls = []
+    original = rnla_kfac.layers.precondition_together
+    monkeypatch.setattr(
+        rnla_kfac.preconditioner,
+        "precondition_together",
+        lambda items, *args: calls.append(len(items)) or original(items, *args),
+    )
+    run_steps(identical_layers(3, 16), method="eigh")
+    assert calls and set(calls) == {3}
 
 
 def test_kl_clip_inner_product_sums_over_the_parts(mlp, data):
