@@ -42,6 +42,13 @@ def explicit_is_cheaper(size: int, rank: int) -> bool:
     formed when ``n < 2 r``: always for exact inverses (``r = n``), and for low-rank
     inverses whose rank is above half the size.
 
+    Parameters
+    ----------
+    size : int
+        The factor's dimension ``n``.
+    rank : int
+        Eigenpairs kept, ``r``.
+
     Examples
     --------
     >>> from rnla_kfac import explicit_is_cheaper
