@@ -59,6 +59,7 @@ every few steps and apply both inverses with :func:`precondition`:
 True
 """
 
+from ._apply import batch_same_shapes, explicit_is_cheaper
 from .inverse import DiagonalInverse, FactorInverse, precondition
 from .optim import KFAC
 from .preconditioner import KFACPreconditioner
@@ -70,5 +71,7 @@ __all__ = [
     "DiagonalInverse",
     "FactorInverse",
     "KFACPreconditioner",
+    "batch_same_shapes",
+    "explicit_is_cheaper",
     "precondition",
 ]

@@ -4,7 +4,8 @@ A :class:`FactorInverse` stores what applying ``(F + damping I)^-1`` needs: ``r`
 leading eigenpairs ``(U, d)`` of a symmetric PSD factor ``F`` (``n x n``), the mean
 ``tail`` of the ``n - r`` discarded eigenvalues (tail compensation, see
 :doc:`/user_guide/rnla`), the exact trace and the damping. Applying it costs two skinny
-products through :func:`rnla.woodbury_solve`; no ``n x n`` inverse is ever formed.
+products through :func:`rnla.woodbury_solve`, with no ``n x n`` inverse, unless
+:meth:`FactorInverse.materialize` forms it (cheaper when ``n`` is below twice the rank).
 The small ``(U, d, tail)`` result is what a distributed run broadcasts. Stacks of
 same-sized factors (the blocks of a grouped convolution) are one batched inverse. A
 diagonal factor (``nn.Embedding``'s ``A``) has a :class:`DiagonalInverse`: exact,
@@ -274,9 +275,10 @@ class FactorInverse:
     def materialize(self) -> FactorInverse:
         """Form the explicit ``n x n`` inverse once, so :meth:`solve` is one product.
 
-        Only for exact inverses (``rank == n``): applying ``U diag(1/(d + damping)) U^T``
-        through the eigenbasis takes two ``n x n`` products per solve, the explicit
-        inverse one. Low-rank inverses are never materialized. Returns ``self``.
+        Worth it when ``n < 2 r`` (:func:`rnla_kfac.explicit_is_cheaper`): one
+        ``n x n`` product per solve costs ``2 k n^2`` flops against ``4 k n r`` for the
+        two skinny products of the Woodbury form. Exact inverses (``rank == n``) always
+        qualify. Returns ``self``.
 
         Examples
         --------
@@ -285,15 +287,38 @@ class FactorInverse:
         >>> inv.materialize().solve(torch.ones(2, 1)).flatten()
         tensor([0.2500, 0.5000])
         """
-        if not self.exact:
-            raise ValueError(
-                f"materialize: only exact inverses (rank == size) can be formed, got rank "
-                f"{self.rank} < size {self.size}"
-            )
-        if self._explicit is None:
-            coefficients = 1 / (self.eigenvalues + _per_block(self.damping))
-            self._explicit = (self.eigenvectors * coefficients[..., None, :]) @ self.eigenvectors.mT
+        self.dense()
         return self
+
+    def dense(self) -> Tensor:
+        """The explicit damped inverse ``K^-1``, shape (n, n) or (B, n, n), formed once.
+
+        ``U diag(1 / (d + damping)) U^T`` for an exact inverse, else
+        ``I / (tail + damping) + U diag(1 / (d + damping) - 1 / (tail + damping)) U^T``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = FactorInverse(torch.tensor([3.0]), torch.tensor([[1.0], [0.0]]), tail=1.0)
+        >>> inv.with_damping(1.0).dense()
+        tensor([[0.2500, 0.0000],
+                [0.0000, 0.5000]])
+        """
+        if self._explicit is None:
+            U, values = self.eigenvectors, self.eigenvalues
+            coefficients = 1 / (values + _per_block(self.damping))
+            if self.exact:
+                self._explicit = (U * coefficients[..., None, :]) @ U.mT
+            else:
+                tail_lam = torch.as_tensor(
+                    self.tail + self.damping, dtype=values.dtype, device=values.device
+                )
+                rest = 1 / tail_lam
+                coefficients = coefficients - _per_block(rest)
+                explicit = (U * coefficients[..., None, :]) @ U.mT
+                explicit.diagonal(dim1=-2, dim2=-1).add_(_per_block(rest))
+                self._explicit = explicit
+        return self._explicit
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> FactorInverse:
         """The same inverse with its tensors on ``device`` in ``dtype``.

@@ -159,6 +159,102 @@ class LayerHelper:
         if self.has_bias and self.module.bias.grad is not None:
             self.module.bias.grad.copy_(matrix[..., -1].reshape(-1))
 
+    def weight_view(self, grad: Tensor) -> Tensor | None:
+        """``weight.grad`` viewed as the weight part ``(*blocks, g_size, a_w)`` of the
+        gradient matrix, or None when it is not viewable so (a non-contiguous grad)."""
+        try:
+            return grad.view(*self._block_shape, self.g_size, -1)
+        except RuntimeError:
+            return None
+
+    def grad_parts(self) -> tuple[Tensor, Tensor | None] | None:
+        """The gradient matrix as its weight and bias parts, views of the ``.grad``.
+
+        ``(W, b)``: ``W`` of shape ``(*blocks, g_size, a_w)`` (a copy only when
+        ``weight.grad`` is not viewable so), ``b`` of shape ``(*blocks, g_size)``, or
+        ``None`` without a bias or its gradient (a zero bias column). ``None`` without
+        a weight gradient. No full-size copy is made (see :meth:`grad_matrix`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> layer(torch.ones(1, 3)).sum().backward()
+        >>> W, b = LinearHelper(layer).grad_parts()
+        >>> W.data_ptr() == layer.weight.grad.data_ptr(), b.shape
+        (True, torch.Size([2]))
+        """
+        weight_grad = self.module.weight.grad
+        if weight_grad is None:
+            return None
+        W = self.weight_view(weight_grad)
+        if W is None:
+            W = weight_grad.reshape(*self._block_shape, self.g_size, -1)
+        bias = self.module.bias if self.has_bias else None
+        if bias is None or bias.grad is None:
+            return W, None
+        return W, bias.grad.view(*self._block_shape, self.g_size)
+
+    def write_grad_parts(self, weight: Tensor, bias: Tensor | None, scale: Any = 1.0) -> None:
+        """Store ``scale`` times preconditioned parts into the ``.grad`` they came from.
+
+        A part that is already the gradient's view (updated in place) is only scaled;
+        others are copied in (converted to the gradient's dtype), with the scale fused.
+        ``scale`` is a number, a 0-d tensor or one value per block.
+
+        Examples
+        --------
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> layer(torch.ones(1, 3)).sum().backward()
+        >>> helper = LinearHelper(layer)
+        >>> W, b = helper.grad_parts()
+        >>> helper.write_grad_parts(torch.zeros_like(W), b, scale=2.0)
+        >>> layer.weight.grad.abs().sum().item(), layer.bias.grad.tolist()
+        (0.0, [2.0, 2.0])
+        """
+        weight_grad = self.module.weight.grad
+        view = self.weight_view(weight_grad)
+        weight_scale = _per_block(scale, 2)
+        if view is None:
+            weight_grad.copy_(_scaled(weight, weight_scale).reshape(weight_grad.shape))
+        else:
+            _store(view, weight, weight_scale)
+        if bias is not None:
+            bias_view = self.module.bias.grad.view(*self._block_shape, self.g_size)
+            _store(bias_view, bias, _per_block(scale, 1))
+
+
+def _per_block(scale: Any, trailing: int) -> Any:
+    """A per-block scale ``(blocks,)`` made to broadcast over ``trailing`` more dims."""
+    if isinstance(scale, Tensor):
+        return scale.reshape(*scale.shape, *(1,) * trailing)
+    return scale
+
+
+def _scaled(value: Tensor, scale: Any) -> Tensor:
+    return value if _is_one(scale) else value * scale
+
+
+def _is_one(scale: Any) -> bool:
+    return not isinstance(scale, Tensor) and scale == 1
+
+
+def _store(target: Tensor, value: Tensor, scale: Any) -> None:
+    """``target <- scale * value``; in place when ``value`` is ``target``'s memory."""
+    same = (
+        value.data_ptr() == target.data_ptr()
+        and value.stride() == target.stride()
+        and value.dtype == target.dtype
+    )
+    if same:
+        if not _is_one(scale):
+            target.mul_(scale)
+    elif _is_one(scale):
+        target.copy_(value)
+    else:
+        torch.mul(value, scale, out=target)
+
 
 class LinearHelper(LayerHelper):
     """``nn.Linear``: inputs of any leading shape ``(..., d_in)``.
@@ -298,6 +394,10 @@ class EmbeddingHelper(LayerHelper):
 
     def set_grad_matrix(self, matrix: Tensor) -> None:
         self.module.weight.grad.copy_(matrix.T)
+
+    def weight_view(self, grad: Tensor) -> Tensor | None:
+        """``weight.grad.T``: the ``D x V`` gradient matrix, always a view."""
+        return grad.T
 
 
 def helper_for(module: nn.Module) -> LayerHelper | str | None:

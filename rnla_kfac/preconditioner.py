@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ._apply import batch_same_shapes
 from ._checks import (
     DAMPING_MODES,
     DECOMPOSITION_METHODS,
@@ -31,7 +32,14 @@ from ._checks import (
 )
 from .distributed import choose_strategy, decomposition_cost
 from .inverse import FactorInverse, _is_exact, decompose_factors
-from .layers import SKIP_PATTERN_REASON, Factor, KFACLayer, find_layers
+from .layers import (
+    SKIP_PATTERN_REASON,
+    Factor,
+    KFACLayer,
+    find_layers,
+    precondition_each,
+    precondition_together,
+)
 from .rank_policy import DEFAULT_RTOL, RankPolicy
 
 __all__ = ["KFACPreconditioner"]
@@ -62,8 +70,12 @@ class KFACPreconditioner:
     * Every ``inverse_update_period`` steps the averages are decomposed through
       :mod:`rnla` (exact ``eigh`` or rank-``rank`` ``rsvd``/``srevd``/``nystrom``),
       same-sized factors in one batched call.
-    * Every step the gradients are preconditioned with :func:`rnla.woodbury_solve` on
-      both sides; no ``d x d`` inverse is formed.
+    * Every step the gradients are preconditioned on both sides through the Woodbury
+      form (two skinny products, no ``d x d`` inverse), or through the explicit
+      inverse where a factor's size is below twice its rank
+      (:func:`rnla_kfac.explicit_is_cheaper`). The weight and bias gradients are
+      updated in place (no concatenated copy), and same-shaped layers are batched into
+      one product where :func:`rnla_kfac.batch_same_shapes` says it pays.
 
     Statistics come from forward passes of modules in training mode with gradients
     enabled: an evaluation pass in ``model.eval()`` (or under ``torch.no_grad()``)
@@ -185,6 +197,14 @@ class KFACPreconditioner:
         them on bfloat16 matrix units (CPU AMX, GPU tensor cores) with float32
         accumulation, several times faster, at a relative rounding error near
         ``2**-8`` per entry, well below the damping. Default: the factor dtype.
+    precondition_dtype : torch.dtype or str, optional
+        Dtype of the per-step products with the inverses (both sides of
+        ``G^-1 J A^-1``; the decompositions stay float32/float64). ``torch.bfloat16``
+        (or ``"bfloat16"``) runs them on bfloat16 matrix units: the eigenvectors are
+        converted once per inverse update, the gradient once per step, and the
+        result is stored in the gradients' dtype. Its relative error is a small
+        multiple of ``2**-8`` (measured in :doc:`/user_guide/kfac`). Default: the
+        factor dtype.
     seed : int, default 0
         Seed of the sketches (combined with the step) and of the generator for
         sampled labels (checkpointed).
@@ -247,6 +267,7 @@ class KFACPreconditioner:
         tail_compensation: bool = True,
         rank_rtol: float = DEFAULT_RTOL,
         statistics_dtype: torch.dtype | str | None = None,
+        precondition_dtype: torch.dtype | str | None = None,
         seed: int = 0,
         process_group: dist.ProcessGroup | None = None,
         accumulation_steps: int = 1,
@@ -276,6 +297,7 @@ class KFACPreconditioner:
         self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
         self.lr: Schedule | dict[str, Schedule] = _learning_rates(lr)
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
+        self.precondition_dtype = check_floating_dtype(precondition_dtype, "precondition_dtype")
         self.accumulation_steps = check_positive_int(accumulation_steps, "accumulation_steps")
         if grad_scaler is not None and not callable(grad_scaler):
             if not isinstance(grad_scaler, torch.amp.GradScaler):
@@ -312,6 +334,7 @@ class KFACPreconditioner:
         self._mc_active = False
         self._collecting_at: int | None = None  # step whose collection flag is cached
         self._statistics_checked = False  # layers without statistics found yet?
+        self._stacks: dict[tuple, tuple] = {}  # batched sides of same-shaped layers
         self._backward_passes = 0  # recorded in the current step
         self._backward_task: int | None = None
         self._g_scale: float | Tensor = 1.0  # (accumulation_steps / loss scale)^2
@@ -855,30 +878,62 @@ class KFACPreconditioner:
             )
 
     def _precondition_gradients(self, step: int) -> None:
-        """Replace each layer's gradient by its preconditioned version (every step)."""
+        """Replace each layer's gradient by its preconditioned version (every step).
+
+        Same-shaped layers are preconditioned in one batched product where
+        :func:`~rnla_kfac.batch_same_shapes` says it pays.
+        """
         damping = self.damping(step)
-        results = []
+        keep = self.kl_clip is not None  # <J, P> needs J after P is computed
+        ready = []
         for layer in self._layers:
             layer.follow_module()
-            pair = layer.precondition(damping, self.damping_mode)
-            if pair is not None:
-                results.append((layer, *pair))
-        if not results:
+            sides = layer.damped_sides(damping, self.damping_mode, self.precondition_dtype)
+            if sides is None:
+                continue
+            parts = layer.helper.grad_parts()
+            if parts is not None:
+                ready.append((layer, sides, parts))
+        if not ready:
             return
+        groups: dict[tuple, list] = {}
+        for item in ready:
+            groups.setdefault(_batch_key(item), []).append(item)
+        results = []
+        for key, items in groups.items():
+            if key is not None and len(items) > 1:
+                results.extend(precondition_together(items, self._stacks, key))
+            else:
+                results.extend(precondition_each(items, keep))
         scale = None
         if self.kl_clip is not None:
-            device = results[0][1].device
+            device = results[0].weight.device
             if isinstance(self.lr, dict):
                 vg = sum(
-                    _inner(J, P).to(device) * self.lr[layer.name](step) ** 2
-                    for layer, J, P in results
+                    result.inner().to(device) * self.lr[result.layer.name](step) ** 2
+                    for result in results
                 )
             else:
-                vg = sum(_inner(J, P).to(device) for _, J, P in results) * self.lr(step) ** 2
+                vg = sum(result.inner().to(device) for result in results) * self.lr(step) ** 2
             tiny = torch.finfo(vg.dtype).tiny
             scale = (self.kl_clip(step) / vg.clamp_min(tiny)).sqrt().clamp(max=1.0)
-        for layer, _, P in results:  # P is a new tensor: scaled in place
-            layer.helper.set_grad_matrix(P if scale is None else P.mul_(scale.to(P.device)))
+        for result in results:
+            result.write(1.0 if scale is None else scale.to(result.weight.device))
+
+
+def _batch_key(item: tuple) -> tuple | None:
+    """What same-shaped layers share to be preconditioned together (None: alone)."""
+    layer, (A_side, G_side), (weight, bias) = item
+    size = weight[0].numel() if weight.ndim == 3 else weight.numel()
+    if not batch_same_shapes(weight.device, size + (0 if bias is None else bias.shape[-1])):
+        return None
+    return (
+        A_side.signature,
+        G_side.signature,
+        tuple(weight.shape),
+        weight.dtype,
+        None if bias is None else bias.dtype,
+    )
 
 
 def _learning_rates(lr: Any) -> Schedule | dict[str, Schedule]:
@@ -900,8 +955,3 @@ def _skipped_message(skipped: dict[str, str]) -> str:
         f"KFACPreconditioner: {len(skipped)} module(s) keep their plain gradient "
         f"(see skipped_layers): {groups}"
     )
-
-
-def _inner(J: Tensor, P: Tensor) -> Tensor:
-    """``sum(J * P)`` as one dot product, without a full-size temporary."""
-    return torch.dot(J.reshape(-1), P.reshape(-1))
