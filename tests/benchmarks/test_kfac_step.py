@@ -87,7 +87,7 @@ def test_report_lists_each_row_and_the_targets(capsys):
     )  # fmt: skip
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert "T_KU 2, T_KI 4" in lines[0] and "fast {'statistics_dtype': 'bfloat16'}" in lines[0]
+    assert "T_KU 2, T_KI 4" in lines[0] and f"fast {kfac_step.SETTINGS['fast']}" in lines[0]
     rows = [line.split(" | ") for line in lines if line.startswith("| ") and "ms |" not in line]
     breakdown = [r for r in rows if len(r) == 11]
     assert {(r[0][2:], r[1]) for r in breakdown} == {
