@@ -116,8 +116,11 @@ class DampedSide:
     >>> from rnla_kfac._apply import DampedSide
     >>> inv = FactorInverse(torch.tensor([3.0]), torch.tensor([[1.0], [0.0]]), tail=1.0)
     >>> side = DampedSide.build(inv.with_damping(1.0), torch.float32)
-    >>> side.kind, side.size, side.rank
-    ('explicit', 2, 1)
+    >>> side.kind, side.size, side.rank  # size 2 is not below twice the rank
+    ('woodbury', 2, 1)
+    >>> exact = FactorInverse(torch.tensor([3.0, 1.0]), torch.eye(2), damping=1.0)
+    >>> DampedSide.build(exact, torch.float32).kind
+    'explicit'
     """
 
     __slots__ = (

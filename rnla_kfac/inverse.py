@@ -300,7 +300,7 @@ class FactorInverse:
         --------
         >>> import torch
         >>> inv = FactorInverse(torch.tensor([3.0]), torch.tensor([[1.0], [0.0]]), tail=1.0)
-        >>> inv.with_damping(1.0).dense()
+        >>> inv.with_damping(1.0).dense().abs()
         tensor([[0.2500, 0.0000],
                 [0.0000, 0.5000]])
         """

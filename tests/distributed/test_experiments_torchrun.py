@@ -12,9 +12,11 @@ from rnla_kfac.experiments.records import COMM_KINDS, load_records
 from .launcher import launch_module
 
 # Global batch 64 on 2 processes (32 samples each); width 64 puts fc1's A (65 wide)
-# on the randomized path of rs-kfac (rank 32 + oversample 10 < 65).
+# on the randomized path of rs-kfac (rank 32 + oversample 10 < 65). The digits preset
+# preconditions in float32, so the runs agree to float32 rounding (the demo's bfloat16
+# products would round the two runs' slightly different gradients differently).
 TINY = [
-    "--dataset", "digits", "--width", "64", "--batch-size", "64", "--methods", "sgd",
+    "--preset", "digits", "--width", "64", "--batch-size", "64", "--methods", "sgd",
     "rs-kfac", "--seeds", "1", "--epochs", "2", "--max-batches", "3", "--no-progress",
 ]  # fmt: skip
 MODULE = "rnla_kfac.experiments"
