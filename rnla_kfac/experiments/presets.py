@@ -315,19 +315,22 @@ SMALL_SENG: dict[str, Any] = {
 }
 
 PRESETS: dict[str, Preset] = {
-    # Tuned on this problem at batch 1024 (seeds 0 and 1, 8 epochs): SGD (momentum 0.9)
-    # lr in {0.3, 0.6, 1.0} -> 0.6 (final test accuracy 70.3/66.3% with 10000 samples,
-    # against 64.5/65.5% at 0.3 and 64.2/57.6% at 1.0); Adam lr in {3e-3, 1e-2} -> 3e-3.
-    # K-FAC family: lr 0.3, momentum 0.9, relative damping 0.01, kl_clip 0.01 (lr 0.6
-    # trained identically: the KL clip sets the step; kl_clip 0.03 or 0.1 and damping
-    # 3e-3 were faster in epochs 1-3 and worse from epoch 4 on). The same K-FAC
-    # settings for all four K-FAC methods; only the decomposition differs. Rank 32:
-    # the statistics of the 2048-wide factors have 10-80 modes above lambda_max/33
+    # Tuned on this problem (20000 samples, batch 1024, seeds 0 and 1, 8 epochs, the
+    # same budget of 3 settings per method; criterion fixed in advance: mean epochs to
+    # 79%, a seed that misses it ranks below, ties broken by the mean final accuracy):
+    # SGD (momentum 0.9) lr in {0.3, 0.6, 1.0} -> 0.6 (79% in epochs 6 and 8, finals
+    # 81.2/82.4%, against 8/8 at 0.3 and a miss/8 at 1.0). Adam lr in {1e-3, 3e-3,
+    # 1e-2}: no setting reaches 79% (finals 68.5/69.7, 68.7/73.3, 73.7/75.3%); the best
+    # was at the edge, so the grid was extended to 3e-2 (73.4/76.9%) and 1e-1 (diverged,
+    # 25/43%) -> 3e-2. K-FAC family: lr 0.3, momentum 0.9, relative damping 0.01,
+    # kl_clip in {0.01, 0.03, 0.1} -> 0.01 for all four methods (79% in epoch 4 in both
+    # seeds, against epochs 5-6 at 0.03 and 6 at 0.1; finals 84.0-86.4%). The same
+    # K-FAC settings for all four K-FAC methods; only the decomposition differs. Rank
+    # 32: the statistics of the 2048-wide factors have 10-80 modes above lambda_max/33
     # (Figure 1).
     # Batch 1024: K-FAC's curvature pays off with large batches, and its per-step
     # costs are shared by more samples; 20000 samples give 16 steps per epoch.
-    # Targets: levels SGD reaches within the 8 epochs in both seeds (its finals were
-    # 81.6% and 82.3% in tuning; Adam's 68.7% and 73.4%).
+    # Targets: levels SGD reaches within the 8 epochs in both seeds.
     "demo": Preset(
         name="demo",
         description=(
@@ -343,7 +346,7 @@ PRESETS: dict[str, Preset] = {
         seeds=2,
         targets=(70.0, 75.0, 79.0),
         methods=("sgd", "adam", "kfac", "rs-kfac", "sre-kfac", "nystrom-kfac"),
-        lr={"sgd": 0.6, "adam": 3e-3, **{m: 0.3 for m in _KFAC_FAMILY}, "seng": SENG_LR},
+        lr={"sgd": 0.6, "adam": 3e-2, **{m: 0.3 for m in _KFAC_FAMILY}, "seng": SENG_LR},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}, "seng": 0.9},
         weight_decay=7e-4,
         # The documented fast settings: bfloat16 Woodbury products as well (the error
