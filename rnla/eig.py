@@ -35,7 +35,16 @@ __all__ = ["EighResult", "srevd", "nystrom"]
 
 
 class EighResult(NamedTuple):
-    """Truncated eigendecomposition ``X ~= V @ diag(eigenvalues) @ V^H``."""
+    """Truncated eigendecomposition ``X ~= V @ diag(eigenvalues) @ V^H``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla import srevd
+    >>> result = srevd(np.diag([3.0, 2.0, 1.0]), 2, rng=0)
+    >>> np.round(result.eigenvalues, 6).tolist(), result.eigenvectors.shape
+    ([3.0, 2.0], (3, 2))
+    """
 
     eigenvalues: Array
     """Real eigenvalues, shape (..., r), in descending order."""

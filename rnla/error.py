@@ -22,7 +22,17 @@ _HMT_FACTOR = 10 * math.sqrt(2 / math.pi)
 
 
 class ErrorEstimate(NamedTuple):
-    """Result of :func:`estimate_error`."""
+    """Result of :func:`estimate_error`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla import estimate_error, rsvd
+    >>> X = np.diag([3.0, 2.0, 1.0, 0.5])
+    >>> estimate = estimate_error(X, rsvd(X, 2, rng=0), rng=1)
+    >>> bool(estimate.value <= estimate.upper_bound)
+    True
+    """
 
     value: Array
     """Lower bound on the spectral error that converges to it, shape (...)."""

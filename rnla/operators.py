@@ -114,7 +114,18 @@ class LinearOperator:
         return len(self.shape)
 
     def matmat(self, B: Array) -> Array:
-        """``X @ B``."""
+        """``X @ B``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rnla
+        >>> A = np.arange(6.0).reshape(3, 2)
+        >>> rnla.LinearOperator((3, 2), lambda M: A @ M, like=A).matmat(np.ones((2, 1)))
+        array([[1.],
+               [5.],
+               [9.]])
+        """
         return self._matmat(B)
 
     def rmatmat(self, B: Array) -> Array:
@@ -124,6 +135,16 @@ class LinearOperator:
         ------
         TypeError
             If the operator was built without ``rmatmat``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import rnla
+        >>> A = np.arange(6.0).reshape(3, 2)
+        >>> X = rnla.LinearOperator((3, 2), lambda M: A @ M, lambda M: A.T @ M, like=A)
+        >>> X.rmatmat(np.ones((3, 1)))
+        array([[6.],
+               [9.]])
         """
         if self._rmatmat is None:
             raise TypeError("this LinearOperator has no rmatmat (X^H @ B)")

@@ -29,7 +29,16 @@ __all__ = ["SVDResult", "rsvd"]
 
 
 class SVDResult(NamedTuple):
-    """Truncated SVD ``X ~= U @ diag(S) @ Vh``."""
+    """Truncated SVD ``X ~= U @ diag(S) @ Vh``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rnla import rsvd
+    >>> U, S, Vh = rsvd(np.diag([3.0, 2.0, 1.0]), 2, rng=0)
+    >>> U.shape, np.round(S, 6).tolist(), Vh.shape
+    ((3, 2), [3.0, 2.0], (2, 3))
+    """
 
     U: Array
     """Left singular vectors, shape (..., m, r), orthonormal columns."""

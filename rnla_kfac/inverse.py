@@ -400,7 +400,15 @@ class FactorInverse:
     def from_state_dict(
         cls, state: dict[str, Any], device: torch.device | str | None = None
     ) -> FactorInverse:
-        """Rebuild an inverse from :meth:`state_dict`, optionally moving it to ``device``."""
+        """Rebuild an inverse from :meth:`state_dict`, optionally moving it to ``device``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = FactorInverse(torch.tensor([2.0]), torch.ones(1, 1), damping=0.5)
+        >>> FactorInverse.from_state_dict(inv.state_dict(), device="cpu").damping
+        0.5
+        """
 
         def move(value):
             return value.to(device) if isinstance(value, Tensor) and device is not None else value
@@ -492,7 +500,15 @@ class DiagonalInverse:
         return self.diagonal.sum()
 
     def with_damping(self, damping: float | Tensor) -> DiagonalInverse:
-        """The same diagonal with another damping (shares the tensor)."""
+        """The same diagonal with another damping (shares the tensor).
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = DiagonalInverse(torch.tensor([1.0, 3.0])).with_damping(1.0)
+        >>> inv.solve(torch.ones(2, 1)).flatten()
+        tensor([0.5000, 0.2500])
+        """
         return DiagonalInverse(self.diagonal, damping=damping)
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> DiagonalInverse:
@@ -510,7 +526,15 @@ class DiagonalInverse:
         return DiagonalInverse(self.diagonal.to(device=device, dtype=dtype), damping=damping)
 
     def materialize(self) -> DiagonalInverse:
-        """Form ``1 / (d + damping)`` once, so :meth:`solve` is one product. Returns ``self``."""
+        """Form ``1 / (d + damping)`` once, so :meth:`solve` is one product. Returns ``self``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> inv = DiagonalInverse(torch.tensor([1.0, 3.0]), damping=1.0).materialize()
+        >>> inv.solve(torch.ones(1, 2), side="right")
+        tensor([[0.5000, 0.2500]])
+        """
         if self._reciprocal is None:
             self._reciprocal = 1 / (self.diagonal + self.damping)
         return self
@@ -545,7 +569,14 @@ class DiagonalInverse:
         return (M * scale).to(M.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        """The diagonal and the damping (for checkpoints)."""
+        """The diagonal and the damping (for checkpoints).
+
+        Examples
+        --------
+        >>> import torch
+        >>> sorted(DiagonalInverse(torch.ones(2), damping=0.1).state_dict())
+        ['damping', 'diagonal']
+        """
         return {name: getattr(self, name) for name in self._FIELDS}
 
     @classmethod

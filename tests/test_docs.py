@@ -90,3 +90,25 @@ def test_public_callables_have_examples(package: str) -> None:
         if not re.search(r"^Examples\n-{3,}\n(.|\n)*>>>", doc, flags=re.MULTILINE):
             lacking.append(name)
     assert not lacking, f"{package}: public names without a numpydoc example: {lacking}"
+
+
+@pytest.mark.parametrize("package", ["rnla", "rnla_kfac"])
+def test_public_methods_have_examples(package: str) -> None:
+    """Each public method of a public class shows its use in an example."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        pytest.skip(f"cannot import {package}: {exc}")
+    lacking = []
+    for name in getattr(module, "__all__", []):
+        cls = getattr(module, name)
+        if not isinstance(cls, type) or issubclass(cls, tuple):
+            continue
+        for attribute, value in vars(cls).items():
+            if attribute.startswith("_") or isinstance(value, property):
+                continue
+            if not (callable(value) or isinstance(value, (classmethod, staticmethod))):
+                continue
+            if ">>>" not in (inspect.getdoc(getattr(cls, attribute)) or ""):
+                lacking.append(f"{name}.{attribute}")
+    assert not lacking, f"{package}: public methods without an example: {lacking}"
