@@ -56,14 +56,25 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     assert (html / "api" / "generated" / "rnla.rsvd.html").is_file()
 
 
-@pytest.mark.parametrize("package", ["rnla", "rnla_kfac"])
-def test_api_reference_lists_every_public_name(package: str) -> None:
-    """Every name in ``__all__`` has an entry in the API reference pages."""
+def _public_names(package: str) -> dict[str, object]:
+    """The objects named in ``package.__all__``; skips when it cannot be imported."""
     try:
         module = importlib.import_module(package)
     except ImportError as exc:  # rnla_kfac needs torch
         pytest.skip(f"cannot import {package}: {exc}")
-    public = getattr(module, "__all__", [])
+    return {name: getattr(module, name) for name in getattr(module, "__all__", [])}
+
+
+def _has_example(obj: object) -> bool:
+    """Whether the docstring has a numpydoc ``Examples`` section with code."""
+    doc = inspect.getdoc(obj) or ""
+    return re.search(r"^Examples\n-{3,}\n(.|\n)*>>>", doc, flags=re.MULTILINE) is not None
+
+
+@pytest.mark.parametrize("package", ["rnla", "rnla_kfac"])
+def test_api_reference_lists_every_public_name(package: str) -> None:
+    """Every name in ``__all__`` has an entry in the API reference pages."""
+    public = _public_names(package)
     text = "\n".join(p.read_text() for p in (DOCS / "api").glob("*.rst"))
     listed = set(re.findall(r"^\s+~?(?:[\w.]+\.)?(\w+)\s*$", text, flags=re.MULTILINE))
     missing = sorted(set(public) - listed)
@@ -77,31 +88,21 @@ def test_public_callables_have_examples(package: str) -> None:
     The examples themselves run through ``--doctest-modules``; named-tuple result
     types are exempt (their fields are documented instead).
     """
-    try:
-        module = importlib.import_module(package)
-    except ImportError as exc:
-        pytest.skip(f"cannot import {package}: {exc}")
-    lacking = []
-    for name in getattr(module, "__all__", []):
-        obj = getattr(module, name)
-        if not callable(obj) or (isinstance(obj, type) and issubclass(obj, tuple)):
-            continue
-        doc = inspect.getdoc(obj) or ""
-        if not re.search(r"^Examples\n-{3,}\n(.|\n)*>>>", doc, flags=re.MULTILINE):
-            lacking.append(name)
+    lacking = [
+        name
+        for name, obj in _public_names(package).items()
+        if callable(obj)
+        and not (isinstance(obj, type) and issubclass(obj, tuple))
+        and not _has_example(obj)
+    ]
     assert not lacking, f"{package}: public names without a numpydoc example: {lacking}"
 
 
 @pytest.mark.parametrize("package", ["rnla", "rnla_kfac"])
 def test_public_methods_have_examples(package: str) -> None:
-    """Each public method of a public class shows its use in an example."""
-    try:
-        module = importlib.import_module(package)
-    except ImportError as exc:
-        pytest.skip(f"cannot import {package}: {exc}")
+    """Each public method of a public class has a numpydoc ``Examples`` section."""
     lacking = []
-    for name in getattr(module, "__all__", []):
-        cls = getattr(module, name)
+    for name, cls in _public_names(package).items():
         if not isinstance(cls, type) or issubclass(cls, tuple):
             continue
         for attribute, value in vars(cls).items():
@@ -109,6 +110,6 @@ def test_public_methods_have_examples(package: str) -> None:
                 continue
             if not (callable(value) or isinstance(value, (classmethod, staticmethod))):
                 continue
-            if ">>>" not in (inspect.getdoc(getattr(cls, attribute)) or ""):
+            if not _has_example(getattr(cls, attribute)):
                 lacking.append(f"{name}.{attribute}")
     assert not lacking, f"{package}: public methods without an example: {lacking}"
