@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ._array_api import (
     Array,
+    RandomState,
     cast_to_input_precision,
     cholesky_lower,
     conj_transpose,
@@ -16,20 +16,8 @@ from ._array_api import (
     solve_upper_right,
     take_along_last_axis,
 )
-from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
-from ._random import RandomState
-from ._validation import (
-    check_adaptive_stack,
-    check_int,
-    check_method,
-    check_rank,
-    check_square,
-    check_start,
-    check_tol,
-)
-from ._validation import check_symmetric as require_symmetric
-from .operators import Operand, Product, as_operand
-from .range_finder import adaptive_range, krylov_range, rank_for_tol, starting_block
+from ._orthonormalize import orthonormal_qr
+from ._sketch import plan_sketch, symmetric_operand
 
 __all__ = ["EighResult", "srevd", "nystrom"]
 
@@ -50,63 +38,6 @@ class EighResult(NamedTuple):
     """Real eigenvalues, shape (..., r), in descending order."""
     eigenvectors: Array
     """Orthonormal eigenvectors as columns, shape (..., n, r)."""
-
-
-def _symmetric_sketch(xp: ModuleType, apply: Product, omega: Array, n_products: int) -> Array:
-    """Orthonormal basis of ``range(X^n_products omega)`` for Hermitian ``X``.
-
-    ``apply(M) = X M``; ``X^H = X``, so no transposed products are needed. Each product
-    is followed by a re-normalization and the result is orthonormal to working precision.
-    """
-    Y = omega
-    for i in range(n_products):
-        Y = apply(well_conditioned_basis(xp, Y, "cholqr2") if i else Y)
-    return orthonormal_basis(xp, Y, "cholqr2")
-
-
-def _symmetric_basis(
-    op: Operand,
-    k: int,
-    n_iter: int,
-    method: str,
-    tol: float | None,
-    start: Array | None,
-    rng: RandomState,
-    first_product: bool,
-) -> tuple[Array, Array]:
-    """The orthonormal basis ``Q`` of a symmetric sketch of ``op`` and ``X Q``.
-
-    ``"subspace"``: ``Q`` spans ``X^(2 n_iter + 1) Omega`` (``first_product``) or
-    ``X^(2 n_iter) Omega``. ``"krylov"``: the ``n_iter + 1`` blocks
-    ``[X Omega, X^2 Omega, ...]`` (``first_product``) or ``[Omega, X Omega, ...]``,
-    orthonormalized block by block. With ``tol``: the adaptive range finder.
-    All products go through one callable, ``op.apply``.
-    """
-    xp, apply, n = op.xp, op.apply, op.shape[-1]
-
-    def draw(width: int, first: bool = True) -> Array:
-        return starting_block(xp, n, width, op.dtype, op.device, rng, start if first else None)
-
-    if tol is not None:
-        return adaptive_range(xp, apply, apply, draw, k, n_iter, "cholqr2", tol)
-    if method == "krylov":
-        first_block = apply(draw(k)) if first_product else draw(k)
-        return krylov_range(xp, first_block, apply, None, n_iter + 1, n, "cholqr2")
-    Q = _symmetric_sketch(xp, apply, draw(k), 2 * n_iter + first_product)
-    return Q, apply(Q)
-
-
-def _prepare_symmetric(
-    X: Any, r: Any, oversample: Any, n_iter: Any, check_finite: bool, check_symmetric: bool
-) -> tuple[Operand, int, int, int]:
-    op = as_operand(X, check_finite=check_finite)
-    n = check_square(op.shape)
-    if check_symmetric:
-        require_symmetric(op)
-    r = check_rank(r, n, n)
-    oversample = check_int(oversample, "oversample", minimum=0)
-    n_iter = check_int(n_iter, "n_iter", minimum=0)
-    return op, r, min(r + oversample, n), n_iter
 
 
 def srevd(
@@ -196,20 +127,29 @@ def srevd(
     >>> bool(np.allclose(values, np.linalg.eigvalsh(X)[::-1][:4]))
     True
     """
-    op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
+    op, r, k = symmetric_operand(
+        X, r, oversample, check_finite=check_finite, symmetric=check_symmetric
+    )
     xp = op.xp
-    method = check_method(method)
-    tol = check_tol(tol, method)
-    check_adaptive_stack(op.shape, tol)
-    start = check_start(op, start, k, check_finite=check_finite)
-    Q, XQ = _symmetric_basis(op, k, n_iter, method, tol, start, rng, first_product=True)
+    sketch = plan_sketch(
+        op,
+        k,
+        n_iter,
+        method=method,
+        tol=tol,
+        start=start,
+        normalizer="cholqr2",
+        rng=rng,
+        check_finite=check_finite,
+    )
+    Q, XQ = sketch.hermitian_basis(op.apply, first_product=True)
     C = conj_transpose(xp, Q) @ XQ
     C = (C + conj_transpose(xp, C)) / 2
     values, vectors = small_eigh(xp, C)
     # Keep the r of largest magnitude (the best rank-r approximation), sorted descending.
     magnitude_order = xp.argsort(xp.abs(values), axis=-1, descending=True, stable=True)
     values = take_along_last_axis(xp, values, magnitude_order, matrices=False)
-    rank = r if tol is None else rank_for_tol(xp, xp.abs(values), tol, r)
+    rank = sketch.kept_rank(xp.abs(values), r)
     values = values[..., :rank]
     kept = magnitude_order[..., None, :rank]
     vectors = take_along_last_axis(xp, vectors, kept, matrices=True)
@@ -307,13 +247,22 @@ def nystrom(
     >>> bool(np.all(values >= 0) and np.all(np.diff(values) <= 0))
     True
     """
-    op, r, k, n_iter = _prepare_symmetric(X, r, oversample, n_iter, check_finite, check_symmetric)
+    op, r, k = symmetric_operand(
+        X, r, oversample, check_finite=check_finite, symmetric=check_symmetric
+    )
     xp, n = op.xp, op.shape[-1]
-    method = check_method(method)
-    tol = check_tol(tol, method)
-    check_adaptive_stack(op.shape, tol)
-    start = check_start(op, start, k, check_finite=check_finite)
-    omega, Y = _symmetric_basis(op, k, n_iter, method, tol, start, rng, first_product=False)
+    sketch = plan_sketch(
+        op,
+        k,
+        n_iter,
+        method=method,
+        tol=tol,
+        start=start,
+        normalizer="cholqr2",
+        rng=rng,
+        check_finite=check_finite,
+    )
+    omega, Y = sketch.hermitian_basis(op.apply, first_product=False)
     k = omega.shape[-1]
     eps = xp.finfo(op.dtype).eps
     tiny = xp.finfo(op.dtype).smallest_normal ** 0.5
@@ -334,7 +283,7 @@ def nystrom(
     Q_b, R_b = orthonormal_qr(xp, B, "cholqr2")
     U_r, sigma, _ = small_svd(xp, R_b)
     values = xp.maximum(sigma**2 - shift[..., None], xp.zeros_like(sigma))
-    rank = r if tol is None else rank_for_tol(xp, values, tol, r)
+    rank = sketch.kept_rank(values, r)
     values = values[..., :rank]
     vectors = Q_b @ U_r[..., :rank]
     return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))

@@ -6,12 +6,19 @@ import math
 from types import ModuleType
 from typing import NamedTuple
 
-from ._array_api import Array, conj_transpose, gram, namespace_of, small_eigvalsh
-from ._random import RandomState, gaussian
+from ._array_api import (
+    Array,
+    RandomState,
+    conj_transpose,
+    gaussian,
+    gram,
+    namespace_of,
+    small_eigvalsh,
+)
+from ._range_finders import krylov_range
 from ._validation import check_int, check_square
 from .eig import EighResult
 from .operators import Operand, Product, as_operand
-from .range_finder import krylov_range
 from .rsvd import SVDResult
 
 __all__ = ["ErrorEstimate", "estimate_error"]

@@ -11,13 +11,14 @@ densified. :func:`centered` wraps any of them as the column-centred operator of 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from ._array_api import (
     Array,
+    Product,
     adjoint_product,
     compute_dtype,
     conj_transpose,
@@ -25,12 +26,11 @@ from ._array_api import (
     namespace_of,
     sparse_matrix_namespace,
     sparse_matrix_values,
+    sparse_products,
 )
 from ._validation import check_dtype, check_shape, require_finite
 
 __all__ = ["LinearOperator", "centered"]
-
-Product = Callable[[Array], Array]
 
 
 class LinearOperator:
@@ -246,51 +246,12 @@ def _sparse_operand(xp: ModuleType, X: Any, name: str, check_finite: bool) -> Op
     check_shape(shape, name)
     dtype = check_dtype(xp, X.dtype, name, promote=True, device=None)
     work_dtype = compute_dtype(xp, dtype)
-    if not hasattr(X, "tocsr"):  # a scipy.sparse.linalg.LinearOperator
-        return Operand(
-            xp,
-            shape,
-            work_dtype,
-            dtype,
-            "cpu",
-            _in_dtype(xp, X.matmat, work_dtype),
-            _in_dtype(xp, _scipy_rmatmat(X, name), work_dtype),
-            name,
-        )
     if check_finite and dtype == X.dtype:
-        require_finite(xp, sparse_matrix_values(X), name)
-    if X.format not in ("csr", "csc"):
-        X = X.tocsr()
-    if X.dtype != work_dtype:
-        X = X.astype(work_dtype)
-    XH = X.T.conj() if xp.isdtype(work_dtype, "complex floating") else X.T
-    device = device_of(X.data)
-    return Operand(xp, shape, work_dtype, dtype, device, X.__matmul__, XH.__matmul__, name)
-
-
-def _in_dtype(xp: ModuleType, product: Product, dtype: Any) -> Product:
-    """``product`` with its results cast to ``dtype`` (operators may return another)."""
-
-    def cast_product(M: Array) -> Array:
-        out = product(M)
-        return out if out.dtype == dtype else xp.astype(out, dtype)
-
-    return cast_product
-
-
-def _scipy_rmatmat(X: Any, name: str) -> Product:
-    def rmatmat(M: Array) -> Array:
-        try:
-            return X.rmatmat(M)
-        except (NotImplementedError, TypeError) as exc:
-            # SciPy raises either when neither rmatvec nor rmatmat was given.
-            raise TypeError(
-                f"{name}: this method needs the adjoint product X^H @ B, which the scipy "
-                f"LinearOperator could not compute ({type(exc).__name__}: {exc}); "
-                "give it rmatvec or rmatmat"
-            ) from exc
-
-    return rmatmat
+        values = sparse_matrix_values(X)  # None for an operator: no stored entries
+        if values is not None:
+            require_finite(xp, values, name)
+    apply, apply_adjoint, device = sparse_products(xp, X, work_dtype, name)
+    return Operand(xp, shape, work_dtype, dtype, device, apply, apply_adjoint, name)
 
 
 def centered(X: Any) -> LinearOperator:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, cast_to_input_precision, is_lazy
-from ._random import RandomState, gaussian
+from ._array_api import Array, RandomState, cast_to_input_precision, gaussian, is_lazy
 from ._validation import check_int, resolve_symmetric
 from .operators import as_operand
 

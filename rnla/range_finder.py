@@ -1,221 +1,14 @@
-"""Randomized range finders: subspace iteration, block Krylov, adaptive (``tol``), warm starts.
-
-Every routine here sees the matrix ``A`` only through two callables, ``apply(M) = A M``
-and ``apply_adjoint(M) = A^H M``, so it serves any input that can be applied to a block
-of vectors, and every routine works on stacks ``(..., m, n)`` (the blocks carry the
-stack axes).
-"""
+"""Orthonormal bases of the dominant range of a matrix (the first stage of every sketch)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from types import ModuleType
-from typing import Any
-
-from ._array_api import (
-    Array,
-    cast_to_input_precision,
-    conj_transpose,
-    gram,
-    read_scalar,
-    small_eigvalsh,
-    small_svd,
-)
-from ._orthonormalize import orthonormal_basis, orthonormal_qr, well_conditioned_basis
-from ._random import RandomState, gaussian
-from ._validation import (
-    check_adaptive_stack,
-    check_int,
-    check_method,
-    check_normalizer,
-    check_start,
-    check_tol,
-)
-from .operators import Product, as_operand
+from ._array_api import Array, RandomState, cast_to_input_precision
+from ._range_finders import factor_projection
+from ._sketch import plan_sketch
+from ._validation import check_int
+from .operators import as_operand
 
 __all__ = ["range_finder"]
-
-
-def starting_block(
-    xp: ModuleType,
-    rows: int,
-    k: int,
-    dtype: Any,
-    device: Any,
-    rng: RandomState,
-    start: Array | None = None,
-) -> Array:
-    """The ``rows x k`` test matrix: the columns of ``start`` first, the rest Gaussian.
-
-    ``start`` (``(..., rows, j)``) carries its stack axes into the result; with
-    ``j >= k`` it is the whole test matrix.
-    """
-    if start is None:
-        return gaussian(xp, (rows, k), dtype, device, rng)
-    j = start.shape[-1]
-    if j >= k:
-        return start
-    fill = gaussian(xp, (rows, k - j), dtype, device, rng)
-    fill = xp.broadcast_to(fill, (*start.shape[:-2], rows, k - j))
-    return xp.concat([start, fill], axis=-1)
-
-
-def sketch_range(
-    xp: ModuleType,
-    apply: Product,
-    apply_adjoint: Product,
-    omega: Array,
-    n_iter: int,
-    normalizer: str,
-) -> Array:
-    """Orthonormal basis of ``range((A A^H)^n_iter A omega)`` (subspace iteration).
-
-    ``apply`` and ``apply_adjoint`` compute ``A M`` and ``A^H M``; every product is
-    followed by a re-normalization (:func:`well_conditioned_basis`) so low precision
-    keeps the small singular directions, and the last basis is orthonormal to working
-    precision.
-    """
-    Y = apply(omega)
-    for _ in range(n_iter):
-        Z = apply_adjoint(well_conditioned_basis(xp, Y, normalizer))
-        Y = apply(well_conditioned_basis(xp, Z, normalizer))
-    return orthonormal_basis(xp, Y, normalizer)
-
-
-def _project_out(xp: ModuleType, Y: Array, basis: Array | None) -> Array:
-    """``(I - P P^H) Y`` for orthonormal ``P`` (``None``: nothing to remove)."""
-    if basis is None:
-        return Y
-    return Y - basis @ (conj_transpose(xp, basis) @ Y)
-
-
-def orthonormal_extension(xp: ModuleType, Y: Array, basis: Array | None, normalizer: str) -> Array:
-    """Orthonormal basis of the part of ``range(Y)`` orthogonal to the orthonormal ``basis``.
-
-    Block Gram-Schmidt twice with a re-normalization in between (BCGS2): the first
-    projection leaves a remainder orthogonal to ``basis`` only relative to ``||Y||``, so
-    after it is rescaled to unit size a second projection makes it orthogonal to
-    working precision, even when ``Y`` lies almost entirely in ``range(basis)`` (an
-    exhausted Krylov space, an exactly low-rank matrix).
-    """
-    if basis is None:
-        return orthonormal_basis(xp, Y, normalizer)
-    Y = well_conditioned_basis(xp, _project_out(xp, Y, basis), normalizer)
-    return orthonormal_basis(xp, _project_out(xp, Y, basis), normalizer)
-
-
-def krylov_range(
-    xp: ModuleType,
-    Y: Array,
-    apply_adjoint: Product,
-    apply: Product | None,
-    n_blocks: int,
-    max_columns: int,
-    normalizer: str,
-) -> tuple[Array, Array]:
-    """Orthonormal basis ``Q`` of a block Krylov space and ``Z = A^H Q``.
-
-    The space is ``[Y, (A A^H) Y, ..., (A A^H)^(n_blocks-1) Y]`` (randomized block
-    Krylov iteration, Tropp and Webber 2023) or, with ``apply=None`` for Hermitian
-    ``A`` (then ``apply_adjoint`` is ``A``), ``[Y, A Y, ..., A^(n_blocks-1) Y]``. Each
-    new block is ``A`` (``A A^H``) applied to the previous orthonormal block, made
-    orthonormal against all earlier ones (:func:`orthonormal_extension`); its product
-    ``A^H Q_i`` is kept, so ``Z`` costs no extra product. The space is cut at
-    ``max_columns`` columns (the matrix dimension): ``n_blocks`` products with
-    ``A^H`` and ``n_blocks - 1`` with ``A`` at most.
-    """
-    Q = Z = None
-    columns = 0
-    for i in range(n_blocks):
-        width = min(Y.shape[-1], max_columns - columns)
-        Q_i = orthonormal_extension(xp, Y[..., :width], Q, normalizer)
-        Z_i = apply_adjoint(Q_i)
-        if Q_i.ndim < Z_i.ndim:  # an unstacked first block (Gaussian) of a stacked matrix
-            Q_i = xp.broadcast_to(Q_i, (*Z_i.shape[:-2], *Q_i.shape[-2:]))
-        Q = Q_i if Q is None else xp.concat([Q, Q_i], axis=-1)
-        Z = Z_i if Z is None else xp.concat([Z, Z_i], axis=-1)
-        columns += width
-        if columns >= max_columns:
-            break
-        if i + 1 < n_blocks:
-            Y = Z_i if apply is None else apply(Z_i)
-    return Q, Z
-
-
-def adaptive_block_size(max_columns: int) -> int:
-    """Columns per block of :func:`adaptive_range`: a quarter of the maximum, at least 16."""
-    return min(max_columns, max(16, -(-max_columns // 4)))
-
-
-def adaptive_range(
-    xp: ModuleType,
-    apply: Product,
-    apply_adjoint: Product,
-    draw: Callable[[int, bool], Array],
-    max_columns: int,
-    n_iter: int,
-    normalizer: str,
-    tol: float,
-) -> tuple[Array, Array]:
-    """Blocked adaptive range finder: grow ``Q`` until the residual falls below ``tol``.
-
-    Each block is a subspace iteration (``n_iter`` steps) on the residual
-    ``(I - Q Q^H) A`` of the basis found so far, started from ``draw(width, first)``
-    (``first`` marks the first block, which may hold warm-start columns), followed by
-    ``Z_i = A^H Q_i``: ``2 n_iter + 2`` products per block, as in Martinsson and
-    Voronin's randQB (2016). The singular values of ``Z_i`` estimate the leading
-    singular values of that residual from below, so once at least a quarter of a block's
-    values fall below ``tol`` times the largest singular value seen, the basis holds the
-    rank where the error reaches ``tol`` and growth stops. One host synchronization per
-    block decides it. Returns ``Q`` and ``Z = A^H Q``.
-    """
-    Q = Z = None
-    columns = 0
-    largest = None
-    block = adaptive_block_size(max_columns)
-    while columns < max_columns:
-        omega = draw(min(block, max_columns - columns), Q is None)
-        width = min(omega.shape[-1], max_columns - columns)
-        Y = _project_out(xp, apply(omega[..., :width]), Q)
-        for _ in range(n_iter):
-            W = apply_adjoint(well_conditioned_basis(xp, Y, normalizer))
-            Y = _project_out(xp, apply(well_conditioned_basis(xp, W, normalizer)), Q)
-        Q_i = orthonormal_extension(xp, Y, Q, normalizer)
-        Z_i = apply_adjoint(Q_i)
-        Q = Q_i if Q is None else xp.concat([Q, Q_i], axis=-1)
-        Z = Z_i if Z is None else xp.concat([Z, Z_i], axis=-1)
-        columns += width
-        # Singular values of Z_i from its small Gram matrix: only their size matters here.
-        values = xp.sqrt(xp.clip(small_eigvalsh(xp, gram(xp, Z_i)), min=0))
-        top = xp.max(values)
-        largest = top if largest is None else xp.maximum(largest, top)
-        above = xp.sum(xp.astype(values > tol * largest, xp.int64))
-        if read_scalar(xp, above) <= width - max(1, width // 4):
-            break
-    return Q, Z
-
-
-def factor_projection(
-    xp: ModuleType, Q: Array, Z: Array, normalizer: str
-) -> tuple[Array, Array, Array]:
-    """SVD ``U diag(S) V^H`` of ``Q Z^H`` (orthonormal ``Q``, so ``Z^H = Q^H A``).
-
-    ``Z = Q_b R_b`` by Cholesky QR and the small ``R_b^H`` by an SVD: no k x n SVD. All
-    ``k`` triplets, singular values descending.
-    """
-    Q_b, R_b = orthonormal_qr(xp, Z, normalizer)
-    U_r, S, Vh_r = small_svd(xp, conj_transpose(xp, R_b))
-    return Q @ U_r, S, Q_b @ conj_transpose(xp, Vh_r)
-
-
-def rank_for_tol(xp: ModuleType, values: Array, tol: float, maximum: int) -> int:
-    """Smallest rank whose first discarded value is at most ``tol`` times the largest.
-
-    ``values`` (one matrix, descending magnitudes) are the singular values or the
-    eigenvalue magnitudes of the approximation; the result is in ``[1, maximum]``.
-    """
-    kept = int(read_scalar(xp, xp.sum(xp.astype(values > tol * values[..., :1], xp.int64))))
-    return max(1, min(kept, maximum))
 
 
 def range_finder(
@@ -306,28 +99,21 @@ def range_finder(
     (100, 1)
     """
     op = as_operand(X, check_finite=check_finite)
-    xp = op.xp
     m, n = op.shape[-2:]
     k = check_int(k, "k", minimum=1, maximum=min(m, n))
-    n_iter = check_int(n_iter, "n_iter", minimum=0)
-    normalizer = check_normalizer(xp, normalizer)
-    method = check_method(method)
-    tol = check_tol(tol, method)
-    check_adaptive_stack(op.shape, tol)
-    start = check_start(op, start, k, check_finite=check_finite)
-    apply, apply_adjoint = op.apply, op.adjoint("range_finder")
-
-    def draw(width: int, first: bool = True) -> Array:
-        return starting_block(xp, n, width, op.dtype, op.device, rng, start if first else None)
-
-    if method == "subspace" and tol is None:
-        Q = sketch_range(xp, apply, apply_adjoint, draw(k), n_iter, normalizer)
-    else:
-        if tol is None:
-            Y = apply(draw(k))
-            Q, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
-        else:
-            Q, Z = adaptive_range(xp, apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
-        U, S, _ = factor_projection(xp, Q, Z, normalizer)
-        Q = U[..., : k if tol is None else rank_for_tol(xp, S, tol, k)]
-    return cast_to_input_precision(xp, op.out_dtype, Q)[0]
+    sketch = plan_sketch(
+        op,
+        k,
+        n_iter,
+        method=method,
+        tol=tol,
+        start=start,
+        normalizer=normalizer,
+        rng=rng,
+        check_finite=check_finite,
+    )
+    Q, Z = sketch.basis(op.apply, op.adjoint("range_finder"), adjoint_products=False)
+    if Z is not None:  # a Krylov or adaptive basis: keep its leading k (or tol's) directions
+        U, S, _ = factor_projection(op.xp, Q, Z, sketch.normalizer)
+        Q = U[..., : sketch.kept_rank(S, k)]
+    return cast_to_input_precision(op.xp, op.out_dtype, Q)[0]

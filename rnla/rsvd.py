@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._array_api import Array, cast_to_input_precision, conj_transpose
-from ._random import RandomState
-from ._validation import (
-    check_adaptive_stack,
-    check_int,
-    check_method,
-    check_normalizer,
-    check_rank,
-    check_start,
-    check_tol,
-)
+from ._array_api import Array, RandomState, cast_to_input_precision, conj_transpose
+from ._range_finders import factor_projection
+from ._sketch import plan_sketch
+from ._validation import check_int, check_rank
 from .operators import as_operand
-from .range_finder import (
-    adaptive_range,
-    factor_projection,
-    krylov_range,
-    rank_for_tol,
-    sketch_range,
-    starting_block,
-)
 
 __all__ = ["SVDResult", "rsvd"]
 
@@ -153,38 +138,30 @@ def rsvd(
     m, n = op.shape[-2:]
     r = check_rank(r, m, n)
     oversample = check_int(oversample, "oversample", minimum=0)
-    n_iter = check_int(n_iter, "n_iter", minimum=0)
-    normalizer = check_normalizer(xp, normalizer)
-    k = min(r + oversample, m, n)
-    method = check_method(method)
-    tol = check_tol(tol, method)
-    check_adaptive_stack(op.shape, tol)
-    start = check_start(op, start, k, check_finite=check_finite)
-
     # Sketch the range of A = X (tall) or A = X^H (wide) so the test matrix and the
     # first basis live on the shorter side; the products cost the same either way. A
     # start block holds right singular vectors, so it keeps A = X.
     wide = m < n and start is None
+    sketch = plan_sketch(
+        op,
+        min(r + oversample, m, n),
+        n_iter,
+        method=method,
+        tol=tol,
+        start=start,
+        normalizer=normalizer,
+        rng=rng,
+        check_finite=check_finite,
+        rows=m if wide else n,
+    )
     apply, apply_adjoint = op.apply, op.adjoint("rsvd")
     if wide:
         apply, apply_adjoint = apply_adjoint, apply
-    rows = m if wide else n
-
-    def draw(width: int, first: bool = True) -> Array:
-        seed_columns = start if first else None
-        return starting_block(xp, rows, width, op.dtype, op.device, rng, seed_columns)
 
     # A ~= Q Q^H A = Q Z^H with Z = A^H Q, factored without a k x n SVD.
-    if tol is not None:
-        Q, Z = adaptive_range(xp, apply, apply_adjoint, draw, k, n_iter, normalizer, tol)
-    elif method == "krylov":
-        Y = apply(draw(k))
-        Q, Z = krylov_range(xp, Y, apply_adjoint, apply, n_iter + 1, min(m, n), normalizer)
-    else:
-        Q = sketch_range(xp, apply, apply_adjoint, draw(k), n_iter, normalizer)
-        Z = apply_adjoint(Q)
-    U, S, V = factor_projection(xp, Q, Z, normalizer)
-    rank = r if tol is None else rank_for_tol(xp, S, tol, r)
+    Q, Z = sketch.basis(apply, apply_adjoint)
+    U, S, V = factor_projection(xp, Q, Z, sketch.normalizer)
+    rank = sketch.kept_rank(S, r)
     U, S, V = U[..., :rank], S[..., :rank], V[..., :rank]
     if wide:
         U, V = V, U

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import Array, is_cupy, is_torch
+from .namespace import Array, is_cupy, is_torch
 
 RandomState = Any
 """Accepted ``rng`` values: None, an int seed, a numpy.random.Generator, a
