@@ -1,13 +1,15 @@
 # The two commands a new user needs: `make demo` and `make test`.
 # Both create .venv on first use and install the project with its extras; torch is
 # pinned through constraints.txt to the CPU build this project's machines carry.
+# While developing, `make test-fast` runs the suite without the tests marked `slow`
+# (distributed, experiments, the docs build; see tests/conftest.py).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs bench asv lint clean
+.PHONY: demo test test-fast docs bench asv lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -1,4 +1,5 @@
-"""Helpers shared by the whole test suite: array backends and matrices with known spectra.
+"""Helpers shared by the whole test suite: array backends, matrices with known spectra,
+the run directory of an experiments run.
 
 Import them as ``from tests.helpers import Backend, BACKENDS, to_numpy`` (the repository
 root is on ``sys.path``: ``pythonpath = ["."]`` in ``pyproject.toml``). The fixtures
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,10 +78,20 @@ class Backend:
 
 
 def to_numpy(x) -> np.ndarray:
-    """Any backend's array as a NumPy array on the host."""
-    from rnla._array_api import to_numpy as _to_numpy
+    """Any backend's array as a NumPy array on the host (written here, not taken from
+    rnla's dispatch layer, so that oracles do not depend on the code under test)."""
+    library = type(x).__module__.split(".")[0]
+    if library == "torch":
+        return x.detach().cpu().numpy()
+    if library == "cupy":
+        return x.get()
+    return np.asarray(x)
 
-    return _to_numpy(x)
+
+def single_run_dir(out_dir: Path) -> Path:
+    """The one run directory that an experiments run wrote under ``out_dir``."""
+    (run_dir,) = out_dir.iterdir()
+    return run_dir
 
 
 @contextlib.contextmanager

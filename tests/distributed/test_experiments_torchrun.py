@@ -8,6 +8,7 @@ import pytest
 
 from rnla_kfac.experiments import cli
 from rnla_kfac.experiments.records import COMM_KINDS, load_records
+from tests.helpers import single_run_dir
 
 from .launcher import launch_module
 
@@ -22,11 +23,6 @@ TINY = [
 MODULE = "rnla_kfac.experiments"
 
 
-def _run_dir(out_dir):
-    (run_dir,) = out_dir.iterdir()
-    return run_dir
-
-
 def test_two_processes_match_a_single_process_run(tmp_path, monkeypatch, capsys):
     out = tmp_path / "two"
     outcome = launch_module(MODULE, 2, *TINY, "--out-dir", str(out), "--dist-timeout", "60")
@@ -36,14 +32,14 @@ def test_two_processes_match_a_single_process_run(tmp_path, monkeypatch, capsys)
     assert "| method | time to" in main_output
     assert "communication per step" in main_output
     assert "run directory" not in other_output and "|" not in other_output
-    run_dir = _run_dir(out)
+    run_dir = single_run_dir(out)
     assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
     parallel = load_records(run_dir)
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert cli.main(TINY + ["--out-dir", str(tmp_path / "one")]) == 0
     assert "communication per step" not in capsys.readouterr().out
-    single = load_records(_run_dir(tmp_path / "one"))
+    single = load_records(single_run_dir(tmp_path / "one"))
 
     assert [(r["method"], r["epoch"], r["steps"]) for r in parallel] == [
         (r["method"], r["epoch"], r["steps"]) for r in single

@@ -10,19 +10,15 @@ import pytest
 from rnla_kfac.experiments import cli, train
 from rnla_kfac.experiments.presets import get_preset
 from rnla_kfac.experiments.records import load_records, load_spectra
+from tests.helpers import single_run_dir
 
 TINY = ["--dataset", "digits", "--width", "32", "--batch-size", "64", "--no-progress"]
-
-
-def _run_dir(out_dir):
-    (run_dir,) = out_dir.iterdir()
-    return run_dir
 
 
 def test_plain_methods_write_table_records_and_curves(tmp_path, capsys):
     argv = TINY + ["--methods", "sgd", "adam", "--seeds", "2", "--epochs", "2"]
     assert cli.main(argv + ["--max-batches", "3", "--out-dir", str(tmp_path)]) == 0
-    run_dir = _run_dir(tmp_path)
+    run_dir = single_run_dir(tmp_path)
     records = load_records(run_dir)
     assert {(r["method"], r["seed"]) for r in records} == {
         (m, s) for m in ("sgd", "adam") for s in (0, 1)
@@ -42,7 +38,7 @@ def test_plain_methods_write_table_records_and_curves(tmp_path, capsys):
 def test_same_initialization_and_batches_for_every_method(tmp_path):
     argv = TINY + ["--methods", "sgd", "sgd", "--seeds", "1", "--epochs", "1"]
     assert cli.main(argv + ["--max-batches", "2", "--out-dir", str(tmp_path)]) == 0
-    first, second = load_records(_run_dir(tmp_path))
+    first, second = load_records(single_run_dir(tmp_path))
     assert first["test_loss"] == second["test_loss"]
 
 
@@ -50,7 +46,7 @@ def test_kfac_method_writes_spectra_figure(tmp_path, capsys):
     pytest.importorskip("rnla_kfac", exc_type=ImportError).KFAC  # noqa: B018
     argv = TINY + ["--methods", "rs-kfac", "--seeds", "1", "--epochs", "1"]
     assert cli.main(argv + ["--max-batches", "4", "--out-dir", str(tmp_path)]) == 0
-    run_dir = _run_dir(tmp_path)
+    run_dir = single_run_dir(tmp_path)
     (spectra,) = load_spectra(run_dir)
     assert set(spectra["eigenvalues"]) == {"fc1/A", "fc1/G", "fc2/A", "fc2/G"}
     kfac = get_preset("demo").kfac  # 4 steps (0-3): factor updates at multiples of the period
@@ -103,7 +99,7 @@ def test_interrupted_run_keeps_completed_epochs(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train, "evaluate", interrupt_on_second_epoch)
     argv = TINY + ["--methods", "sgd", "--seeds", "1", "--epochs", "3"]
     assert cli.main(argv + ["--max-batches", "2", "--out-dir", str(tmp_path)]) == 130
-    run_dir = _run_dir(tmp_path)
+    run_dir = single_run_dir(tmp_path)
     assert [r["epoch"] for r in load_records(run_dir)] == [1]
     assert "interrupted" in capsys.readouterr().err
     assert (run_dir / "table.md").exists()

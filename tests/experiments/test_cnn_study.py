@@ -24,11 +24,7 @@ from rnla_kfac.experiments.presets import (
 from rnla_kfac.experiments.records import load_records, load_spectra
 from rnla_kfac.experiments.train import EpochClock, make_optimizer
 from rnla_kfac.modules import helper_for
-
-
-def _run_dir(out_dir):
-    (run_dir,) = out_dir.iterdir()
-    return run_dir
+from tests.helpers import single_run_dir
 
 
 def test_cnn1d_has_wide_conv_factors_batch_norm_and_a_wide_fc_layer():
@@ -107,7 +103,7 @@ def test_mnist1d_cnn_preset_runs_every_method(tmp_path, monkeypatch, capsys):
     argv += ["--width", "64", "--seeds", "1", "--epochs", "1", "--max-batches", "3"]
     argv += ["--methods", *methods]
     assert cli.main(argv + ["--no-progress", "--out-dir", str(tmp_path)]) == 0
-    run_dir = _run_dir(tmp_path)
+    run_dir = single_run_dir(tmp_path)
     records = load_records(run_dir)
     assert [r["method"] for r in records] == methods
     assert all(np.isfinite(r["train_loss"]) and r["steps"] == 3 for r in records)
@@ -155,7 +151,7 @@ def test_cifar10_paper_preset_runs_every_method_on_a_standin(tmp_path, monkeypat
     argv += ["--seeds", "1", "--epochs", "1", "--max-batches", "2", "--device", "cpu"]
     argv += ["--width", "256"]
     assert cli.main(argv + ["--no-progress", "--out-dir", str(out_dir)]) == 0
-    run_dir = _run_dir(out_dir)
+    run_dir = single_run_dir(out_dir)
     records = load_records(run_dir)
     assert [r["method"] for r in records] == list(TRAINING_METHODS)
     assert all(np.isfinite(r["train_loss"]) and r["steps"] == 2 for r in records)
