@@ -31,9 +31,9 @@ from ._validation import (
     check_rank,
     check_square,
     check_start,
-    check_symmetric,
     check_tol,
 )
+from ._validation import check_symmetric as require_symmetric
 from .operators import Operand, as_operand
 
 
@@ -184,18 +184,40 @@ def plan_sketch(
     )
 
 
-def symmetric_operand(
-    X: Any, r: Any, oversample: Any, *, check_finite: bool, symmetric: bool
-) -> tuple[Operand, int, int]:
-    """The operand of a symmetric decomposition, its rank ``r`` and sketch width.
+def plan_symmetric_sketch(
+    X: Any,
+    r: Any,
+    oversample: Any,
+    n_iter: Any,
+    *,
+    method: Any,
+    tol: Any,
+    start: Any,
+    rng: RandomState,
+    check_finite: bool,
+    check_symmetric: bool,
+) -> tuple[Operand, int, Sketch]:
+    """The operand of a symmetric decomposition, its checked rank ``r`` and its sketch.
 
-    Checks ``X`` (square, and Hermitian when ``symmetric``), ``r`` and ``oversample``;
-    the width is ``r + oversample`` clamped to the size of ``X``.
+    Checks ``X`` (square, and Hermitian with ``check_symmetric``), ``r`` and
+    ``oversample``, then the sketch options (:func:`plan_sketch`, with CholQR2 between
+    products); the sketch width is ``r + oversample`` clamped to the size of ``X``.
     """
     op = as_operand(X, check_finite=check_finite)
     n = check_square(op.shape)
-    if symmetric:
-        check_symmetric(op)
+    if check_symmetric:
+        require_symmetric(op)
     r = check_rank(r, n, n)
     oversample = check_int(oversample, "oversample", minimum=0)
-    return op, r, min(r + oversample, n)
+    sketch = plan_sketch(
+        op,
+        min(r + oversample, n),
+        n_iter,
+        method=method,
+        tol=tol,
+        start=start,
+        normalizer="cholqr2",
+        rng=rng,
+        check_finite=check_finite,
+    )
+    return op, r, sketch

@@ -17,7 +17,7 @@ from ._array_api import (
     take_along_last_axis,
 )
 from ._orthonormalize import orthonormal_qr
-from ._sketch import plan_sketch, symmetric_operand
+from ._sketch import plan_symmetric_sketch
 
 __all__ = ["EighResult", "srevd", "nystrom"]
 
@@ -127,21 +127,19 @@ def srevd(
     >>> bool(np.allclose(values, np.linalg.eigvalsh(X)[::-1][:4]))
     True
     """
-    op, r, k = symmetric_operand(
-        X, r, oversample, check_finite=check_finite, symmetric=check_symmetric
-    )
-    xp = op.xp
-    sketch = plan_sketch(
-        op,
-        k,
+    op, r, sketch = plan_symmetric_sketch(
+        X,
+        r,
+        oversample,
         n_iter,
         method=method,
         tol=tol,
         start=start,
-        normalizer="cholqr2",
         rng=rng,
         check_finite=check_finite,
+        check_symmetric=check_symmetric,
     )
+    xp = op.xp
     Q, XQ = sketch.hermitian_basis(op.apply, first_product=True)
     C = conj_transpose(xp, Q) @ XQ
     C = (C + conj_transpose(xp, C)) / 2
@@ -247,21 +245,19 @@ def nystrom(
     >>> bool(np.all(values >= 0) and np.all(np.diff(values) <= 0))
     True
     """
-    op, r, k = symmetric_operand(
-        X, r, oversample, check_finite=check_finite, symmetric=check_symmetric
-    )
-    xp, n = op.xp, op.shape[-1]
-    sketch = plan_sketch(
-        op,
-        k,
+    op, r, sketch = plan_symmetric_sketch(
+        X,
+        r,
+        oversample,
         n_iter,
         method=method,
         tol=tol,
         start=start,
-        normalizer="cholqr2",
         rng=rng,
         check_finite=check_finite,
+        check_symmetric=check_symmetric,
     )
+    xp, n = op.xp, op.shape[-1]
     omega, Y = sketch.hermitian_basis(op.apply, first_product=False)
     k = omega.shape[-1]
     eps = xp.finfo(op.dtype).eps
