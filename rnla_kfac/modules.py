@@ -44,6 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rnla._low_rank_inverse import per_matrix
+
 __all__ = [
     "ConvHelper",
     "EmbeddingHelper",
@@ -215,21 +217,14 @@ class LayerHelper:
         """
         weight_grad = self.module.weight.grad
         view = self.weight_view(weight_grad)
-        weight_scale = _per_block(scale, 2)
+        weight_scale = per_matrix(scale, 2)
         if view is None:
             weight_grad.copy_(_scaled(weight, weight_scale).reshape(weight_grad.shape))
         else:
             _store(view, weight, weight_scale)
         if bias is not None:
             bias_view = self.module.bias.grad.view(*self._block_shape, self.g_size)
-            _store(bias_view, bias, _per_block(scale, 1))
-
-
-def _per_block(scale: Any, trailing: int) -> Any:
-    """A per-block scale ``(blocks,)`` made to broadcast over ``trailing`` more dims."""
-    if isinstance(scale, Tensor):
-        return scale.reshape(*scale.shape, *(1,) * trailing)
-    return scale
+            _store(bias_view, bias, per_matrix(scale, 1))
 
 
 def _scaled(value: Tensor, scale: Any) -> Tensor:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from torch import nn
 
 from rnla_kfac import KFACPreconditioner
+from rnla_kfac.decomposers import decomposer_for
 
 
 class TokensToClasses(nn.Module):
@@ -55,3 +58,36 @@ def one_step_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwarg
     pre.step()
     pre.remove()
     return pre.factors()
+
+
+def checkpoint(*objects) -> list:
+    """Serialize state dicts as a real checkpoint would (torch.save / torch.load)."""
+    buffer = io.BytesIO()
+    torch.save([o.state_dict() for o in objects], buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def record_decompositions(monkeypatch, method: str) -> list[dict]:
+    """Spy on the ``method`` decomposer: one dict per batched call, as it is made.
+
+    Each call records the stack's shape, the rank asked (``None``: the exact path),
+    the power iterations and the start block's shape (``None``: a cold start).
+    """
+    decomposer = decomposer_for(method)
+    real = decomposer.decompose
+    calls: list[dict] = []
+
+    def recording(stack, rank, oversample, n_iter, rng=None, start=None):
+        calls.append(
+            {
+                "shape": tuple(stack.shape),
+                "rank": rank,
+                "n_iter": n_iter,
+                "start": None if start is None else tuple(start.shape),
+            }
+        )
+        return real(stack, rank, oversample, n_iter, rng, start)
+
+    monkeypatch.setattr(decomposer, "decompose", recording)
+    return calls

@@ -18,6 +18,7 @@ from rnla_kfac import (
     precondition,
 )
 from rnla_kfac._apply import DampedSide, precondition_parts, stack_sides
+from rnla_kfac.gradient_applier import GradientApplier
 from rnla_kfac.inverse import split_damping
 
 
@@ -204,7 +205,7 @@ def full_grad_matrix(layer):
 def expected_after_step(pre, damping, mode):
     """Each layer's grad preconditioned by the public precondition() on the cat matrix."""
     expected = {}
-    for layer in pre._layers:
+    for layer in pre.layers:
         lam_A, lam_G = split_damping(layer.A.inverse, layer.G.inverse, damping, mode)
         A_d = layer.A.inverse.with_damping(lam_A)
         G_d = layer.G.inverse.with_damping(lam_G)
@@ -230,9 +231,9 @@ def test_split_apply_matches_the_cat_path_on_every_layer_type(channels_last, mod
                 assert model.conv.weight.grad.is_contiguous(memory_format=torch.channels_last)
             expected = expected_after_step(pre, 0.1, mode)
         pre.step()
-    kinds = {side.kind for layer in pre._layers for side in layer._damped[3]}
+    kinds = {side.kind for layer in pre.layers for side in pre.applier.damped_sides(layer, 0.1)}
     assert kinds == {"explicit", "woodbury", "diagonal"}
-    for layer in pre._layers:
+    for layer in pre.layers:
         torch.testing.assert_close(
             full_grad_matrix(layer), expected[layer.name], rtol=1e-4, atol=1e-6
         )
@@ -286,18 +287,18 @@ def run_steps(model, steps=3, **options):
 )
 def test_batched_same_shaped_layers_equal_one_at_a_time(monkeypatch, width, rank, bias, options):
     calls = []
-    original = rnla_kfac.layers.precondition_together
+    original = rnla_kfac.gradient_applier.precondition_together
 
     def spy(items, *args):
         calls.append(len(items))
         return original(items, *args)
 
-    monkeypatch.setattr(rnla_kfac.preconditioner, "precondition_together", spy)
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: True)
+    monkeypatch.setattr(rnla_kfac.gradient_applier, "precondition_together", spy)
+    monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: True))
     kw = {"method": "rsvd", "rank": rank, "oversample": 2, **options}
     batched, _ = run_steps(identical_layers(4, width, bias), **kw)
     assert calls and set(calls) == {4}  # the 4 identical layers, every step
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: False)
+    monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: False))
     calls.clear()
     alone, _ = run_steps(identical_layers(4, width, bias), **kw)
     assert not calls
@@ -309,7 +310,7 @@ def test_batched_same_shaped_layers_equal_one_at_a_time(monkeypatch, width, rank
 
 def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
     """The batched path (the GPU rule, forced on the CPU) on stacked blocks."""
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: True)
+    monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: True))
     torch.manual_seed(0)
     convs = nn.Sequential(*(nn.Conv2d(6, 6, 3, padding=1, groups=2) for _ in range(3)))
     model = nn.Sequential(convs, nn.Flatten(), nn.Linear(6 * 16, 3))
@@ -318,7 +319,7 @@ def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
     results = {}
     for batched in (True, False):
         if not batched:
-            monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *a: False)
+            monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *a: False))
         torch.manual_seed(0)
         model_copy = nn.Sequential(
             nn.Sequential(*(nn.Conv2d(6, 6, 3, padding=1, groups=2) for _ in range(3))),
@@ -335,7 +336,7 @@ def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
             pre.step()
         results[batched] = [p.grad.clone() for p in model_copy.parameters()]
         if batched:
-            assert len(pre._stacks) == 1
+            assert pre.applier.batched_groups == 1
     for a, b in zip(results[True], results[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
@@ -347,9 +348,9 @@ def test_batch_rule():
 
 def test_small_identical_layers_are_batched_on_the_cpu_by_default(monkeypatch):
     calls = []
-    original = rnla_kfac.layers.precondition_together
+    original = rnla_kfac.gradient_applier.precondition_together
     monkeypatch.setattr(
-        rnla_kfac.preconditioner,
+        rnla_kfac.gradient_applier,
         "precondition_together",
         lambda items, *args: calls.append(len(items)) or original(items, *args),
     )
@@ -429,9 +430,9 @@ def trained_preconditioner(rank, seed=0):
 def preconditioned(pre, dtype):
     """Each layer's P (full matrix, float64) with the given work dtype, grads untouched."""
     out = {}
-    for layer in pre._layers:
-        result = layer.precondition(0.1, "relative", dtype, keep_gradient=True)
-        scale = result.scale
+    applier = GradientApplier(damping=0.1, precondition_dtype=dtype, batch_rule=lambda *a: False)
+    for result in applier.precondition(pre.layers, pre.steps, keep_gradient=True):
+        layer, scale = result.layer, result.scale
         parts = [result.weight.double() * scale]
         if result.bias is not None:
             parts.append((result.bias.double() * scale)[:, None])
@@ -449,7 +450,7 @@ def test_bfloat16_preconditioning_error_is_a_few_units_of_bfloat16_roundoff(rank
     pre = trained_preconditioner(rank)
     bf16, fp32 = preconditioned(pre, torch.bfloat16), preconditioned(pre, torch.float32)
     u = 2.0**-8
-    for layer in pre._layers:
+    for layer in pre.layers:
         lam_A, lam_G = split_damping(layer.A.inverse, layer.G.inverse, 0.1, "relative")
         A64 = layer.A.inverse.to("cpu", torch.float64).with_damping(lam_A.double())
         G64 = layer.G.inverse.to("cpu", torch.float64).with_damping(lam_G.double())

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from rnla_kfac import KFAC, KFACPreconditioner
+from tests.kfac.helpers import checkpoint
 
 
 def synthetic_task(n: int = 256, seed: int = 0):
@@ -123,18 +122,10 @@ def test_period_schedules_may_read_the_epoch_of_the_optimizer_built_around_them(
         inverse_update_period=lambda step: 2 if opt.epoch == 0 else 5,
     )
     train(model, opt, 2)
-    assert {layer.updates for layer in opt.preconditioner._layers} == {2}  # steps 0, 1
+    assert {layer.updates for layer in opt.preconditioner.layers} == {2}  # steps 0, 1
     opt.next_epoch()
     train(model, opt, 4, start=2)  # steps 2..5: only step 3 is a multiple of 3
-    assert {layer.updates for layer in opt.preconditioner._layers} == {3}
-
-
-def checkpoint(*objects) -> list:
-    """Serialize state dicts as a real checkpoint would (torch.save / torch.load)."""
-    buffer = io.BytesIO()
-    torch.save([o.state_dict() for o in objects], buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    assert {layer.updates for layer in opt.preconditioner.layers} == {3}
 
 
 @pytest.mark.parametrize("method", ["eigh", "rsvd", "nystrom"])

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-import rnla_kfac.inverse
-import rnla_kfac.preconditioner
+import rnla_kfac.inverse_updater
 from rnla_kfac import KFAC, KFACPreconditioner
-from rnla_kfac.inverse import decompose_factors
+from rnla_kfac.decomposers import decompose_factors
 from rnla_kfac.rank_policy import RankPolicy
+from tests.kfac.helpers import checkpoint, record_decompositions
 
 RANDOMIZED = ("rsvd", "srevd", "nystrom")
 DAMPING = 0.01
@@ -97,14 +95,7 @@ def test_warm_start_is_as_accurate_as_cold_and_close_to_eigh(method):
 
 def test_start_block_is_the_first_columns_of_the_test_matrix(monkeypatch):
     """A start of j columns (cut to the sketch width) seeds rnla; warm_n_iter is used."""
-    calls = []
-    real = rnla_kfac.inverse._decompose_stack
-
-    def recording(stack, method, rank, exact, oversample, n_iter, rng, start=None):
-        calls.append((tuple(stack.shape), n_iter, None if start is None else tuple(start.shape)))
-        return real(stack, method, rank, exact, oversample, n_iter, rng, start)
-
-    monkeypatch.setattr(rnla_kfac.inverse, "_decompose_stack", recording)
+    calls = record_decompositions(monkeypatch, "srevd")
     sequence = factor_sequence(n=60, steps=1)
     F_t = sequence[0]
     wide = torch.linalg.qr(torch.randn(60, 20, generator=torch.Generator().manual_seed(0)))[0]
@@ -120,6 +111,7 @@ def test_start_block_is_the_first_columns_of_the_test_matrix(monkeypatch):
     )
     assert [r.rank for r in results] == [5, 5, 5, 8]
     # Grouped by start width: 5 columns, cold, 20 cut to k = 8; the exact path ignores it.
+    calls = [(call["shape"], call["n_iter"], call["start"]) for call in calls]
     assert sorted(calls, key=str) == sorted(
         [((1, 60, 60), 1, (1, 60, 5)), ((1, 60, 60), 4, None), ((1, 60, 60), 1, (1, 60, 8)),
          ((1, 8, 8), 4, None)],
@@ -147,20 +139,14 @@ def test_grouping_does_not_change_warm_results():
 
 
 def test_a_saturated_auto_sketch_is_redone_cold(monkeypatch):
-    calls = []
-    real = rnla_kfac.inverse._decompose_stack
-
-    def recording(stack, method, rank, exact, oversample, n_iter, rng, start=None):
-        calls.append((rank, n_iter, start is not None))
-        return real(stack, method, rank, exact, oversample, n_iter, rng, start)
-
-    monkeypatch.setattr(rnla_kfac.inverse, "_decompose_stack", recording)
+    recorded = record_decompositions(monkeypatch, "nystrom")
     F_t = torch.diag(torch.linspace(1.0, 0.5, 200))  # every mode passes: saturated
     start = torch.eye(200)[:, :10]
     (result,) = decompose_factors(
         [F_t], "nystrom", RankPolicy("auto"), hints=[10], oversample=2, rng=0,
         starts=[start], warm_n_iter=0,
     )  # fmt: skip
+    calls = [(call["rank"], call["n_iter"], call["start"] is not None) for call in recorded]
     assert calls[0] == (10, 0, True)
     assert all(n_iter == 4 and not warm for _, n_iter, warm in calls[1:]) and len(calls) > 1
     assert result.rank > 10
@@ -200,7 +186,7 @@ class StartSpy:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        real = rnla_kfac.preconditioner.decompose_factors
+        real = rnla_kfac.inverse_updater.decompose_factors
 
         def spy(factors, *args, starts=None, warm_n_iter=None, **kwargs):
             self.calls.append(
@@ -209,7 +195,7 @@ class StartSpy:
             )  # fmt: skip
             return real(factors, *args, starts=starts, warm_n_iter=warm_n_iter, **kwargs)
 
-        monkeypatch.setattr(rnla_kfac.preconditioner, "decompose_factors", spy)
+        monkeypatch.setattr(rnla_kfac.inverse_updater, "decompose_factors", spy)
 
 
 OPTIONS = {"rank": 6, "oversample": 4, "factor_update_period": 1, "inverse_update_period": 2}
@@ -246,7 +232,7 @@ def test_warm_start_off_reproduces_the_cold_path(monkeypatch):
             matrices = [m for A, G in pre.factors().values() for m in (A, G)]
             expected = decompose_factors(
                 matrices, "rsvd", RankPolicy(6), oversample=4, n_iter=4,
-                floors=[pre.identity_weights()["0"]] * 6, rng=pre._sketch_seed(4),
+                floors=[pre.identity_weights()["0"]] * 6, rng=pre.updater.sketch_seed(4),
             )  # fmt: skip
             got = [inverse for pair in pre.inverses().values() for inverse in pair]
             for want, have in zip(expected, got, strict=True):
@@ -303,7 +289,7 @@ def test_auto_rank_starts_warm_unless_its_hint_grew(monkeypatch):
     pre = KFACPreconditioner(model, method="rsvd", **dict(OPTIONS, rank="auto", oversample=2))
     data = batches(5)
     run(model, pre, data[:2])
-    factors = [factor for layer in pre._layers for factor in layer.factors]
+    factors = [factor for layer in pre.layers for factor in layer.factors]
     low_rank = [f for f in factors if not f.inverse.exact]
     assert low_rank and all(f.sketch_rank is not None for f in low_rank)
     grown = low_rank[0]
@@ -336,7 +322,7 @@ def test_grouped_convolution_stacks_start_warm(monkeypatch):
             **dict(OPTIONS, rank=4, oversample=2),
         )  # fmt: skip
         grads[warm_start] = run(fresh, pre, data)[-1]
-    conv_A = pre._layers[0].A
+    conv_A = pre.layers[0].A
     assert conv_A.matrix.shape == (2, 21, 21)
     starts = spy.calls[-1]["starts"]
     assert starts[0] is not None and starts[0].shape == (2, 21, 4)
@@ -374,13 +360,6 @@ def test_a_bad_warm_n_iter_schedule_value_names_the_step():
     pre = KFACPreconditioner(model, warm_n_iter=lambda step: -step, **OPTIONS)
     with pytest.raises(ValueError, match=r"warm_n_iter \(schedule value at step 2\)"):
         run(model, pre, batches(3))
-
-
-def checkpoint(*objects):
-    buffer = io.BytesIO()
-    torch.save([o.state_dict() for o in objects], buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
 
 
 @pytest.mark.parametrize("method,rank", [("rsvd", 6), ("nystrom", "auto")])
