@@ -153,6 +153,14 @@ class StatisticsRecorder:
         self._backward_task: int | None = None
         self._scaler_iteration: object | None = None
 
+    @property
+    def gradient_scale(self) -> float | Tensor:
+        """What the batch ``G`` of the current backward pass is multiplied by.
+
+        ``(accumulation_steps / loss scale)^2`` (1 for :meth:`mc_backward`'s pass).
+        """
+        return self._g_scale
+
     def due(self, step: int) -> bool:
         """Whether ``step`` is a factor-update step."""
         return step % self.factor_update_period(step) == 0
