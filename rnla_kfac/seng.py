@@ -28,11 +28,10 @@ from ._checks import (
     check_positive,
     check_positive_int,
 )
-from .modules import conv_patches
+from .layers import factor_dtype
+from .modules import ConvHelper, LayerHelper, LinearHelper, helper_for
 
 __all__ = ["SENG"]
-
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d)
 
 
 class _PerSampleGradients:
@@ -111,15 +110,19 @@ class _PerSampleGradients:
 
 
 class _SENGLayer:
-    """One preconditioned module: hook tensors, the per-sample gradients and ``eigh(U U^T)``."""
+    """One preconditioned module: hook tensors, the per-sample gradients and ``eigh(U U^T)``.
 
-    def __init__(self, name: str, module: nn.Module):
+    Gradient access and per-example rows come from the module's
+    :class:`~rnla_kfac.modules.LayerHelper`, as for K-FAC.
+    """
+
+    def __init__(self, name: str, helper: LayerHelper):
         self.name = name
-        self.module = module
-        self.has_bias = module.bias is not None and module.bias.requires_grad
-        weight = module.weight
-        self.dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        self.shape = (weight.shape[0], weight[0].numel() + int(self.has_bias))
+        self.helper = helper
+        self.module = helper.module
+        self.has_bias = helper.has_bias
+        self.dtype = factor_dtype(self.module.weight.dtype)
+        self.shape = (helper.g_size, helper.a_size)
         self.pending: tuple[Tensor, Tensor] | None = None
         self.gradients: _PerSampleGradients | None = None
         self.eigenvalues: Tensor | None = None
@@ -132,36 +135,8 @@ class _SENGLayer:
         the batch is ``n g_i a_i^T``, and ``U_i`` is it over ``sqrt(n)``.
         """
         x, grad = self.pending
-        n = x.shape[0]
-        x, grad = x.to(self.dtype), grad.to(self.dtype)
-        if isinstance(self.module, _CONV_TYPES):
-            A = conv_patches(self.module, x)
-            G = grad.flatten(2).transpose(1, 2)
-        else:
-            A = x.reshape(n, -1, x.shape[-1])
-            G = grad.reshape(n, -1, grad.shape[-1])
-        if self.has_bias:
-            A = torch.cat([A, A.new_ones(*A.shape[:2], 1)], dim=2)
-        return G * math.sqrt(n), A
-
-    def grad_matrix(self) -> Tensor | None:
-        """``[W.grad, b.grad]`` as a ``d_out x d_in`` matrix (None without gradients)."""
-        weight_grad = self.module.weight.grad
-        if weight_grad is None:
-            return None
-        J = weight_grad.reshape(self.shape[0], -1)
-        if self.has_bias:
-            bias_grad = self.module.bias.grad
-            if bias_grad is None:
-                bias_grad = torch.zeros_like(self.module.bias)
-            J = torch.cat([J, bias_grad[:, None]], dim=1)
-        return J.to(self.dtype)
-
-    def set_grad_matrix(self, P: Tensor) -> None:
-        weight = self.module.weight
-        weight.grad.copy_(P[:, : self.shape[1] - int(self.has_bias)].reshape(weight.shape))
-        if self.has_bias and self.module.bias.grad is not None:
-            self.module.bias.grad.copy_(P[:, -1])
+        G, A = self.helper.per_example_rows(x, grad, self.dtype)
+        return G * math.sqrt(x.shape[0]), A
 
     def state_dict(self) -> dict[str, Any]:
         gradients = self.gradients
@@ -373,14 +348,13 @@ class SENG(torch.optim.SGD):
     def _find_layers(model: nn.Module) -> list[_SENGLayer]:
         layers, grouped = [], []
         for name, module in model.named_modules():
-            if not isinstance(module, (nn.Linear, *_CONV_TYPES)):
+            helper = helper_for(module)
+            if not isinstance(helper, LinearHelper | ConvHelper):  # frozen or unsupported
                 continue
-            if not module.weight.requires_grad:
-                continue
-            if isinstance(module, _CONV_TYPES) and module.groups > 1:
+            if helper.blocks is not None:
                 grouped.append(f"{name!r} (groups={module.groups})")
                 continue
-            layers.append(_SENGLayer(name, module))
+            layers.append(_SENGLayer(name, helper))
         if grouped:
             warnings.warn(
                 "SENG: convolutions with groups > 1 get the plain SGD update: "
@@ -634,15 +608,15 @@ class SENG(torch.optim.SGD):
         return sample
 
     def _precondition(self, layer: _SENGLayer, damping: float) -> None:
-        J = layer.grad_matrix()
+        J = layer.helper.grad_matrix(layer.dtype)
         if J is None:
             return
         gradients = layer.gradients
         if gradients is None:
-            layer.set_grad_matrix(J / damping)
+            layer.helper.set_grad_matrix(J / damping)
             return
         y = gradients.sampled_product(J)
         z = woodbury_solve(
             layer.eigenvectors, layer.eigenvalues, damping, y[:, None], check_values=False
         )[:, 0]
-        layer.set_grad_matrix((J - gradients.transpose_product(z, layer.shape)) / damping)
+        layer.helper.set_grad_matrix((J - gradients.transpose_product(z, layer.shape)) / damping)
