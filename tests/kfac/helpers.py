@@ -91,3 +91,37 @@ def record_decompositions(monkeypatch, method: str) -> list[dict]:
 
     monkeypatch.setattr(decomposer, "decompose", recording)
     return calls
+
+
+def train(model, optimizer, x, y, steps, *, pre=None, batch=64, start=0) -> list[float]:
+    """``steps`` mini-batch cross-entropy steps over ``(x, y)``; the per-step losses.
+
+    Step ``t`` (from ``start``) takes rows ``t * batch`` to ``(t + 1) * batch``, cycling
+    over the data; ``pre.step()`` runs before the optimizer's step when given.
+    """
+    losses = []
+    for step in range(start, start + steps):
+        rows = torch.arange(step * batch, (step + 1) * batch) % x.shape[0]
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
+        loss.backward()
+        if pre is not None:
+            pre.step()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def run_steps(model, batches, *, pre=None, optimizer=None) -> list[list[torch.Tensor]]:
+    """One cross-entropy backward per ``(x, y)`` batch, then ``pre.step()`` and/or the
+    ``optimizer``'s step; each step's gradients (copies), in parameter order."""
+    grads = []
+    for x, y in batches:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if pre is not None:
+            pre.step()
+        if optimizer is not None:
+            optimizer.step()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    return grads

@@ -20,6 +20,7 @@ from rnla_kfac import (
 from rnla_kfac._apply import DampedSide, precondition_parts, stack_sides
 from rnla_kfac.gradient_applier import GradientApplier
 from rnla_kfac.inverse import split_damping
+from tests.kfac.helpers import run_steps
 
 
 def random_inverse(n, r, blocks=(), *, seed=0, dtype=torch.float64, per_block=False):
@@ -263,16 +264,13 @@ def identical_layers(count, width, bias=True):
     return nn.Sequential(*layers, nn.Linear(width, 3))
 
 
-def run_steps(model, steps=3, **options):
+def preconditioned_steps(model, steps=3, **options):
+    """The last step's gradients of ``steps`` steps on one batch, and the preconditioner."""
     pre = KFACPreconditioner(model, factor_update_period=1, inverse_update_period=2, **options)
     g = torch.Generator().manual_seed(1)
     width = model[0].in_features
     x, y = torch.randn(32, width, generator=g), torch.randint(0, 3, (32,), generator=g)
-    for _ in range(steps):
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        pre.step()
-    return [p.grad.clone() for p in model.parameters()], pre
+    return run_steps(model, [(x, y)] * steps, pre=pre)[-1], pre
 
 
 @pytest.mark.parametrize(
@@ -296,11 +294,11 @@ def test_batched_same_shaped_layers_equal_one_at_a_time(monkeypatch, width, rank
     monkeypatch.setattr(rnla_kfac.gradient_applier, "precondition_together", spy)
     monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: True))
     kw = {"method": "rsvd", "rank": rank, "oversample": 2, **options}
-    batched, _ = run_steps(identical_layers(4, width, bias), **kw)
+    batched, _ = preconditioned_steps(identical_layers(4, width, bias), **kw)
     assert calls and set(calls) == {4}  # the 4 identical layers, every step
     monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: False))
     calls.clear()
-    alone, _ = run_steps(identical_layers(4, width, bias), **kw)
+    alone, _ = preconditioned_steps(identical_layers(4, width, bias), **kw)
     assert not calls
     low = options.get("precondition_dtype") == torch.bfloat16
     for a, b in zip(batched, alone, strict=True):
@@ -354,7 +352,7 @@ def test_small_identical_layers_are_batched_on_the_cpu_by_default(monkeypatch):
         "precondition_together",
         lambda items, *args: calls.append(len(items)) or original(items, *args),
     )
-    run_steps(identical_layers(3, 16), method="eigh")
+    preconditioned_steps(identical_layers(3, 16), method="eigh")
     assert calls and set(calls) == {3}
 
 
@@ -397,8 +395,8 @@ def test_kfac_forwards_precondition_dtype():
 
 def test_default_precondition_dtype_is_the_factor_dtype_bit_for_bit():
     model_options = {"method": "rsvd", "rank": 6, "oversample": 2}
-    default, _ = run_steps(identical_layers(2, 20), **model_options)
-    explicit, _ = run_steps(
+    default, _ = preconditioned_steps(identical_layers(2, 20), **model_options)
+    explicit, _ = preconditioned_steps(
         identical_layers(2, 20), precondition_dtype=torch.float32, **model_options
     )
     for a, b in zip(default, explicit, strict=True):

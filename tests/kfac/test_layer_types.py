@@ -27,7 +27,7 @@ from rnla_kfac.distributed import (
 )
 from rnla_kfac.modules import ConvHelper, EmbeddingHelper, helper_for
 from rnla_kfac.rank_policy import RankPolicy
-from tests.kfac.helpers import TokensToClasses, record_decompositions
+from tests.kfac.helpers import TokensToClasses, record_decompositions, run_steps
 
 DTYPE = torch.float64
 CLOSE = dict(rtol=1e-9, atol=1e-11)
@@ -40,13 +40,10 @@ SETTINGS = dict(
 """Preconditioner options of every run here (a test's own options override them)."""
 
 
-def run_steps(model: nn.Module, batches, **options) -> KFACPreconditioner:
+def preconditioner_after(model: nn.Module, batches, **options) -> KFACPreconditioner:
     """A preconditioner on ``model`` after one preconditioned backward per batch."""
     pre = KFACPreconditioner(model, **{**SETTINGS, **options})
-    for x, y in batches:
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        pre.step()
+    run_steps(model, batches, pre=pre)
     return pre
 
 
@@ -429,7 +426,7 @@ def test_embedding_max_norm_uses_the_renormalized_rows():
 def test_embedding_A_is_never_decomposed_nor_stored_dense(monkeypatch):
     calls = record_decompositions(monkeypatch, "eigh")
     model, _ = embedding_and_linear(50, 6, 4)
-    pre = run_steps(model, token_batches(50, 4), method="eigh")
+    pre = preconditioner_after(model, token_batches(50, 4), method="eigh")
     layer = pre.layers[0]
     assert layer.A.matrix.shape == (50,) and layer.A.diagonal
     assert isinstance(layer.A.inverse, DiagonalInverse)
@@ -470,7 +467,7 @@ def test_state_dict_round_trip_resumes_identically():
     options = dict(method="rsvd", rank=4, oversample=2, factor_update_period=1)
     options.update(inverse_update_period=2, seed=1)
     model = MixedModel()
-    pre = run_steps(model, mixed_batches(3), **options)
+    pre = preconditioner_after(model, mixed_batches(3), **options)
     buffer = io.BytesIO()
     torch.save(pre.state_dict(), buffer)
     resumed_model = MixedModel()

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import rnla_kfac.inverse_updater
 from rnla_kfac import KFAC, KFACPreconditioner
 from rnla_kfac.decomposers import decompose_factors
 from rnla_kfac.rank_policy import RankPolicy
-from tests.kfac.helpers import checkpoint, record_decompositions
+from tests.kfac.helpers import checkpoint, record_decompositions, run_steps
 
 RANDOMIZED = ("rsvd", "srevd", "nystrom")
 DAMPING = 0.01
@@ -167,20 +166,6 @@ def batches(steps, n=96, seed=1):
             for _ in range(steps)]  # fmt: skip
 
 
-def run(model, pre, data, optimizer=None):
-    """Steps of ``pre`` (or of ``optimizer``, a KFAC whose step runs ``pre``'s); the grads."""
-    grads = []
-    for x, y in data:
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if optimizer is None:
-            pre.step()
-        else:
-            optimizer.step()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    return grads
-
-
 class StartSpy:
     """Records the start blocks and warm_n_iter the preconditioner hands decompose_factors."""
 
@@ -206,10 +191,10 @@ def test_first_decomposition_is_cold_then_warm_from_the_previous_eigenvectors(mo
     model = wide_mlp()
     pre = KFACPreconditioner(model, method="srevd", warm_n_iter=2, **OPTIONS)
     data = batches(5)
-    run(model, pre, data[:1])
+    run_steps(model, data[:1], pre=pre)
     assert spy.calls[0]["starts"] == [None] * 6
     previous = {name: pair for name, pair in pre.inverses().items()}
-    run(model, pre, data[1:3])
+    run_steps(model, data[1:3], pre=pre)
     warm = spy.calls[1]
     assert warm["warm_n_iter"] == 2
     flat = [inverse for pair in previous.values() for inverse in pair]
@@ -226,7 +211,7 @@ def test_warm_start_off_reproduces_the_cold_path(monkeypatch):
     for warm_start in (False, True):
         model = wide_mlp()
         pre = KFACPreconditioner(model, method="rsvd", warm_start=warm_start, **OPTIONS)
-        grads[warm_start] = run(model, pre, data)
+        grads[warm_start] = run_steps(model, data, pre=pre)
         if not warm_start:
             # Every decomposition equals a direct cold call with the step's seed.
             matrices = [m for A, G in pre.factors().values() for m in (A, G)]
@@ -259,7 +244,8 @@ def test_warm_preconditioned_gradients_match_cold_and_eigh(method):
     }.items():
         model = wide_mlp()
         options = dict(OPTIONS, rank=30, oversample=6)
-        grads[name] = run(model, KFACPreconditioner(model, **kwargs, **options), data)[-1]
+        pre = KFACPreconditioner(model, **kwargs, **options)
+        grads[name] = run_steps(model, data, pre=pre)[-1]
     for e, c, w in zip(grads["eigh"], grads["cold"], grads["warm"], strict=True):
         scale = torch.linalg.norm(e)
         assert torch.linalg.norm(c - e) <= 0.1 * scale
@@ -273,7 +259,7 @@ def test_a_growing_rank_schedule_starts_cold(monkeypatch):
     pre = KFACPreconditioner(
         model, method="nystrom", **dict(OPTIONS, rank=lambda step: rank[step - step % 2])
     )
-    run(model, pre, batches(7))
+    run_steps(model, batches(7), pre=pre)
     randomized = [i for i, n in enumerate(spy.calls[0]["sizes"]) if n > 12]
     warm = [[call["starts"][i] is not None for i in randomized] for call in spy.calls]
     assert warm == [[False] * 5, [False] * 5, [True] * 5, [True] * 5]
@@ -288,7 +274,7 @@ def test_auto_rank_starts_warm_unless_its_hint_grew(monkeypatch):
     model = nn.Sequential(nn.Linear(40, 160), nn.Tanh(), nn.Linear(160, 5))
     pre = KFACPreconditioner(model, method="rsvd", **dict(OPTIONS, rank="auto", oversample=2))
     data = batches(5)
-    run(model, pre, data[:2])
+    run_steps(model, data[:2], pre=pre)
     factors = [factor for layer in pre.layers for factor in layer.factors]
     low_rank = [f for f in factors if not f.inverse.exact]
     assert low_rank and all(f.sketch_rank is not None for f in low_rank)
@@ -296,7 +282,7 @@ def test_auto_rank_starts_warm_unless_its_hint_grew(monkeypatch):
     grown.rank_hint = grown.sketch_rank + 1  # as if more modes passed last time
     for factor in low_rank[1:]:
         factor.rank_hint = factor.sketch_rank
-    run(model, pre, data[2:3])
+    run_steps(model, data[2:3], pre=pre)
     starts = dict(zip([f.name for f in factors], spy.calls[-1]["starts"], strict=True))
     assert starts[grown.name] is None
     assert all(starts[f.name] is not None for f in low_rank[1:])
@@ -321,7 +307,7 @@ def test_grouped_convolution_stacks_start_warm(monkeypatch):
             fresh, method="srevd", warm_start=warm_start,
             **dict(OPTIONS, rank=4, oversample=2),
         )  # fmt: skip
-        grads[warm_start] = run(fresh, pre, data)[-1]
+        grads[warm_start] = run_steps(fresh, data, pre=pre)[-1]
     conv_A = pre.layers[0].A
     assert conv_A.matrix.shape == (2, 21, 21)
     starts = spy.calls[-1]["starts"]
@@ -334,8 +320,8 @@ def test_eigh_and_the_exact_path_never_start_warm(monkeypatch):
     spy = StartSpy(monkeypatch)
     for method, rank in (("eigh", 6), ("rsvd", 100)):
         model = wide_mlp()
-        run(model, KFACPreconditioner(model, method=method, **dict(OPTIONS, rank=rank)),
-            batches(5))  # fmt: skip
+        pre = KFACPreconditioner(model, method=method, **dict(OPTIONS, rank=rank))
+        run_steps(model, batches(5), pre=pre)
     assert all(start is None for call in spy.calls for start in call["starts"])
 
 
@@ -359,7 +345,7 @@ def test_a_bad_warm_n_iter_schedule_value_names_the_step():
     model = wide_mlp()
     pre = KFACPreconditioner(model, warm_n_iter=lambda step: -step, **OPTIONS)
     with pytest.raises(ValueError, match=r"warm_n_iter \(schedule value at step 2\)"):
-        run(model, pre, batches(3))
+        run_steps(model, batches(3), pre=pre)
 
 
 @pytest.mark.parametrize("method,rank", [("rsvd", 6), ("nystrom", "auto")])
@@ -375,12 +361,12 @@ def test_resume_is_bit_exact_across_warm_updates(method, rank, monkeypatch):
         return model, KFAC(model, lr=0.05, momentum=0.9, method=method, **options)
 
     model, opt = fresh(0)
-    run(model, opt.preconditioner, data, optimizer=opt)
+    run_steps(model, data, optimizer=opt)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
     final_inverses = opt.preconditioner.inverses()
 
     model, opt = fresh(0)
-    run(model, opt.preconditioner, data[:3], optimizer=opt)
+    run_steps(model, data[:3], optimizer=opt)
     saved = checkpoint(model, opt)
     assert "sketch_ranks" in saved[1]["kfac"]["preconditioner"]["layers"]["0"]
 
@@ -388,7 +374,7 @@ def test_resume_is_bit_exact_across_warm_updates(method, rank, monkeypatch):
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     spy.calls.clear()
-    run(model, opt.preconditioner, data[3:], optimizer=opt)
+    run_steps(model, data[3:], optimizer=opt)
     # Steps 4, 6, 8: the 160 and 161 wide factors warm (with "auto": those whose hint
     # did not grow).
     assert len(spy.calls) == 3
@@ -405,7 +391,7 @@ def test_a_state_without_sketch_ranks_resumes_cold(monkeypatch):
     model = wide_mlp()
     pre = KFACPreconditioner(model, method="rsvd", **OPTIONS)
     data = batches(4)
-    run(model, pre, data[:3])
+    run_steps(model, data[:3], pre=pre)
     state = pre.state_dict()
     for layer_state in state["layers"].values():
         del layer_state["sketch_ranks"]  # a checkpoint written before warm starts
@@ -413,5 +399,5 @@ def test_a_state_without_sketch_ranks_resumes_cold(monkeypatch):
     other = KFACPreconditioner(model, method="rsvd", **OPTIONS)
     pre.remove()
     other.load_state_dict(state)
-    run(model, other, data[3:] + data[:1])
+    run_steps(model, data[3:] + data[:1], pre=other)
     assert all(start is None for start in spy.calls[0]["starts"])
