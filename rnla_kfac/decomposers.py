@@ -77,6 +77,11 @@ class Decomposer:
 
         Always for an exact method or ``rank=None``, and when the sketch
         ``rank + oversample`` is not smaller than the factor.
+
+        Examples
+        --------
+        >>> decomposer_for("rsvd").is_exact(20, 10, 30), decomposer_for("rsvd").is_exact(8, 2, 30)
+        (True, False)
         """
         return self.exact or rank is None or rank + oversample >= size
 
@@ -96,7 +101,15 @@ class Decomposer:
         return float(size) ** 2 * (rank + oversample)
 
     def rank_policy(self, rank: int | str | None, rtol: float) -> RankPolicy:
-        """The rank rule of a step: exact for an exact method, else ``rank``'s."""
+        """The rank rule of a step: exact for an exact method, else ``rank``'s.
+
+        Examples
+        --------
+        >>> decomposer_for("eigh").rank_policy(16, 0.1)
+        RankPolicy(rank=None, rtol=0.1)
+        >>> decomposer_for("srevd").rank_policy(16, 0.1)
+        RankPolicy(rank=16, rtol=0.1)
+        """
         return RankPolicy(None if self.exact else rank, rtol=rtol)
 
     def decompose(
@@ -113,6 +126,13 @@ class Decomposer:
         ``rank=None`` is the exact path (``torch.linalg.eigh``: batched, on every
         torch device, the fastest exact solver measured in :doc:`/benchmarks`);
         otherwise :meth:`sketch`, whose test matrix ``start`` (``(B, n, j)``) seeds.
+
+        Examples
+        --------
+        >>> import torch
+        >>> values, vectors = decomposer_for("eigh").decompose(torch.eye(3)[None] * 2, None, 0, 0)
+        >>> values
+        tensor([[2., 2., 2.]])
         """
         if rank is None:
             values, vectors = torch.linalg.eigh(stack)
@@ -128,15 +148,33 @@ class Decomposer:
         rng: Any,
         start: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        """The rank-``rank`` randomized eigenpairs (a randomized method's call)."""
+        """The rank-``rank`` randomized eigenpairs (a randomized method's call).
+
+        Examples
+        --------
+        >>> import torch
+        >>> decomposer_for("nystrom").sketch(torch.eye(10)[None], 2, 1, 1, 0, None)[1].shape
+        torch.Size([1, 10, 2])
+        """
         raise NotImplementedError(f"{self.name}: an exact method has no sketch")
 
     def state_dict(self) -> dict[str, Any]:
-        """What the method carries between decompositions (none for the methods here)."""
+        """What the method carries between decompositions (none for the methods here).
+
+        Examples
+        --------
+        >>> decomposer_for("rsvd").state_dict()
+        {}
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`.
+
+        Examples
+        --------
+        >>> decomposer_for("rsvd").load_state_dict({})
+        """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -171,7 +209,16 @@ class RSVDDecomposer(Decomposer):
     exact = False
     warm_starts = True
 
-    def sketch(self, stack, rank, oversample, n_iter, rng, start):  # noqa: ANN001, D102
+    def sketch(
+        self,
+        stack: Tensor,
+        rank: int,
+        oversample: int,
+        n_iter: int,
+        rng: Any,
+        start: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The randomized eigenpairs of the stack (see :meth:`Decomposer.sketch`)."""
         _, values, Vh = rnla.rsvd(stack, rank, oversample, n_iter, **_options(rng, start))
         return values, Vh.mH
 
@@ -188,7 +235,16 @@ class SREVDDecomposer(RSVDDecomposer):
 
     name = "srevd"
 
-    def sketch(self, stack, rank, oversample, n_iter, rng, start):  # noqa: ANN001, D102
+    def sketch(
+        self,
+        stack: Tensor,
+        rank: int,
+        oversample: int,
+        n_iter: int,
+        rng: Any,
+        start: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The randomized eigenpairs of the stack (see :meth:`Decomposer.sketch`)."""
         return rnla.srevd(
             stack, rank, oversample, n_iter, check_symmetric=False, **_options(rng, start)
         )
@@ -206,7 +262,16 @@ class NystromDecomposer(RSVDDecomposer):
 
     name = "nystrom"
 
-    def sketch(self, stack, rank, oversample, n_iter, rng, start):  # noqa: ANN001, D102
+    def sketch(
+        self,
+        stack: Tensor,
+        rank: int,
+        oversample: int,
+        n_iter: int,
+        rng: Any,
+        start: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """The randomized eigenpairs of the stack (see :meth:`Decomposer.sketch`)."""
         return rnla.nystrom(
             stack, rank, oversample, n_iter, check_symmetric=False, **_options(rng, start)
         )

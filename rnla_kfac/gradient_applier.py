@@ -104,6 +104,17 @@ class GradientApplier:
         an explicit inverse where :func:`~rnla_kfac.explicit_is_cheaper`, else its
         Woodbury form with the eigenvectors in the work dtype (kept across damping
         changes).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model, method="eigh")
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.step()
+        >>> [side.kind for side in pre.applier.damped_sides(pre.layers[0], 0.1)]
+        ['explicit', 'explicit']
         """
         A_inverse, G_inverse = layer.A.inverse, layer.G.inverse
         if A_inverse is None or G_inverse is None:
@@ -132,6 +143,19 @@ class GradientApplier:
         Same-shaped layers go through one batched product where :attr:`batch_rule`
         says it pays (their ``.grad`` stay ``J`` until written); the others are updated
         in place unless ``keep_gradient``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model, method="eigh")
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.step()
+        >>> J = model.weight.grad.clone()
+        >>> (result,) = pre.applier.precondition(pre.layers, 1, keep_gradient=True)
+        >>> torch.equal(model.weight.grad, J), result.weight.shape
+        (True, torch.Size([2, 3]))
         """
         damping = self.damping(step)
         ready = []
@@ -155,7 +179,21 @@ class GradientApplier:
         return results
 
     def apply(self, layers: list[KFACLayer], step: int) -> None:
-        """Replace each layer's gradient by its preconditioned (and KL-clipped) version."""
+        """Replace each layer's gradient by its preconditioned (and KL-clipped) version.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model, method="eigh")
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.step()
+        >>> J = model.weight.grad.clone()
+        >>> pre.applier.apply(pre.layers, 1)
+        >>> torch.equal(model.weight.grad, J)
+        False
+        """
         results = self.precondition(layers, step, keep_gradient=self.kl_clip is not None)
         if not results:
             return
@@ -180,7 +218,18 @@ class GradientApplier:
         return len(self._stacks)
 
     def check_learning_rates(self, layers: list[KFACLayer]) -> None:
-        """Raise ``ValueError`` if an ``lr`` mapping has no learning rate for a layer."""
+        """Raise ``ValueError`` if an ``lr`` mapping has no learning rate for a layer.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.layers import find_layers
+        >>> layers, _ = find_layers(torch.nn.Linear(3, 2), (), None)
+        >>> GradientApplier(damping=0.1, lr={"other": 0.1}).check_learning_rates(layers)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr: the mapping has no learning rate for layers ['']
+        """
         if isinstance(self.lr, dict):
             missing = [layer.name for layer in layers if layer.name not in self.lr]
             if missing:

@@ -86,11 +86,33 @@ class DecompositionPlan:
         self.seed = seed
 
     def sketch_rank(self, factor: Factor) -> int | None:
-        """The rank asked of ``factor``'s decomposition (``None``: exact)."""
+        """The rank asked of ``factor``'s decomposition (``None``: exact).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("rsvd"), RankPolicy(8), 2, 1, None, True, 0)
+        >>> plan.sketch_rank(Factor("A", "fc", 5, torch.float32, torch.device("cpu")))
+        5
+        """
         return self.policy.sketch_rank(factor.size, factor.rank_hint)
 
     def cost(self, factor: Factor) -> float:
-        """Estimated flops of ``factor``'s decomposition (all its blocks)."""
+        """Estimated flops of ``factor``'s decomposition (all its blocks).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
+        >>> plan.cost(Factor("A", "fc", 10, torch.float32, torch.device("cpu"), blocks=2))
+        2000.0
+        """
         rank = self.sketch_rank(factor)
         return factor.blocks * self.decomposer.cost(factor.size, rank or 0, self.oversample)
 
@@ -101,6 +123,21 @@ class DecompositionPlan:
         randomized (not the exact path), the factor has a previous low-rank inverse of
         its size, batch, dtype and device, and the sketch rank is not larger than the
         previous one's.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("srevd"), RankPolicy(4), 2, 1, 0, True, 0)
+        >>> factor = Factor("A", "fc", 30, torch.float32, torch.device("cpu"))
+        >>> plan.start_block(factor) is None  # no previous decomposition: cold
+        True
+        >>> (factor.inverse,) = plan.run([factor])
+        >>> factor.sketch_rank = 4
+        >>> plan.start_block(factor).shape
+        torch.Size([30, 4])
         """
         if self.warm_n_iter is None or not self.decomposer.warm_starts:
             return None
@@ -121,7 +158,18 @@ class DecompositionPlan:
         return vectors
 
     def run(self, factors: list[Factor]) -> list[FactorInverse | None]:
-        """Decompose ``factors`` in this process (undamped; None where one failed)."""
+        """Decompose ``factors`` in this process (undamped; None where one failed).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
+        >>> plan.run([Factor("G", "fc", 3, torch.float32, torch.device("cpu"))])
+        [FactorInverse(size=3, rank=3)]
+        """
         return decompose_factors(
             [factor.matrix for factor in factors],
             self.decomposer,
@@ -203,11 +251,28 @@ class InverseUpdater:
         self.strategy = LocalStrategy() if strategy is None else strategy
 
     def sketch_seed(self, step: int) -> int:
-        """Seed of the step's sketches: the same on every process and after a resume."""
+        """Seed of the step's sketches: the same on every process and after a resume.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2), seed=1).updater.sketch_seed(2)
+        1000005
+        """
         return step_seed(self.seed, step)
 
     def plan(self, step: int) -> DecompositionPlan:
-        """The step's :class:`DecompositionPlan`."""
+        """The step's :class:`DecompositionPlan`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), rank=lambda step: 4 + step)
+        >>> pre.updater.plan(3).policy
+        RankPolicy(rank=7, rtol=0.030303030303030304)
+        """
         return DecompositionPlan(
             self.decomposer,
             self.decomposer.rank_policy(self.rank(step), self.rank_rtol),
@@ -223,6 +288,18 @@ class InverseUpdater:
 
         Only layers with at least one factor update are decomposed. A failed
         decomposition (also in float64) keeps its factor's previous one, with a warning.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model, method="eigh")
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.recorder.fold(step=0)
+        >>> pre.updater.update(pre.layers, step=0)
+        >>> pre.inverses()[""]
+        (FactorInverse(size=4, rank=4), FactorInverse(size=2, rank=2))
         """
         for layer in layers:
             layer.follow_module()
@@ -253,9 +330,25 @@ class InverseUpdater:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        """The decomposer's state (see :meth:`Decomposer.state_dict`)."""
+        """The decomposer's state (see :meth:`Decomposer.state_dict`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).updater.state_dict()
+        {}
+        """
         return self.decomposer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> updater = KFACPreconditioner(torch.nn.Linear(3, 2)).updater
+        >>> updater.load_state_dict(updater.state_dict())
+        """
         self.decomposer.load_state_dict(state)

@@ -146,7 +146,17 @@ class StatisticsRecorder:
         self.start_step(0)
 
     def start_step(self, step: int) -> None:
-        """Begin recording ``step``: its passes are counted from zero."""
+        """Begin recording ``step``: its passes are counted from zero.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2)).recorder
+        >>> recorder.start_step(7)
+        >>> recorder.step
+        7
+        """
         self.step = step
         self._collecting_now: bool | None = None  # decided at the step's first forward
         self._backward_passes = 0
@@ -162,7 +172,16 @@ class StatisticsRecorder:
         return self._g_scale
 
     def due(self, step: int) -> bool:
-        """Whether ``step`` is a factor-update step."""
+        """Whether ``step`` is a factor-update step.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2), factor_update_period=5).recorder
+        >>> recorder.due(10), recorder.due(11)
+        (True, False)
+        """
         return step % self.factor_update_period(step) == 0
 
     def collecting(self) -> bool:
@@ -170,6 +189,14 @@ class StatisticsRecorder:
 
         Decided at the step's first forward pass, not at construction, so a schedule
         may refer to objects built after the preconditioner (e.g. ``KFAC.epoch``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2)).recorder
+        >>> recorder.collecting()  # step 0 is a factor-update step
+        True
         """
         if self._collecting_now is None:
             self._collecting_now = self.due(self.step)
@@ -178,7 +205,18 @@ class StatisticsRecorder:
     # ------------------------------------------------------------------ recording
 
     def record_input(self, layer: KFACLayer, x: Tensor) -> None:
-        """Record the batch ``A`` of one forward pass of ``layer`` (its input ``x``)."""
+        """Record the batch ``A`` of one forward pass of ``layer`` (its input ``x``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> layer = pre.layers[0]
+        >>> pre.recorder.record_input(layer, torch.randn(8, 3))
+        >>> layer.A.count
+        1
+        """
         self._discard_skipped_iteration()
         layer.follow_module()
         if torch.is_autocast_enabled(x.device.type):  # the Grams in the factor dtype
@@ -188,7 +226,18 @@ class StatisticsRecorder:
             layer.record_input(x)
 
     def record_output_grad(self, layer: KFACLayer, grad: Tensor) -> None:
-        """Record the batch ``G`` of one backward pass of ``layer`` (its output's gradient)."""
+        """Record the batch ``G`` of one backward pass of ``layer`` (its output's gradient).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> layer = pre.layers[0]
+        >>> pre.recorder.record_output_grad(layer, torch.randn(8, 2))
+        >>> layer.G.count
+        1
+        """
         if self.fisher == "mc" and not self._mc_active:
             return
         task = _graph_task_id() if _graph_task_id is not None else None
@@ -285,6 +334,16 @@ class StatisticsRecorder:
             If ``output`` is not a tensor.
         ValueError
             For an unknown ``likelihood``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(4, 3)
+        >>> pre = KFACPreconditioner(model, fisher="mc")
+        >>> pre.recorder.mc_backward(model(torch.randn(8, 4)))
+        >>> pre.layers[0].G.count
+        1
         """
         if self.fisher != "mc":
             raise RuntimeError(f"mc_backward: needs fisher='mc', this one has {self.fisher!r}")
@@ -317,7 +376,18 @@ class StatisticsRecorder:
     # ------------------------------------------------------------------ folding
 
     def reset(self) -> None:
-        """Forget every layer's batch statistics recorded in this step."""
+        """Forget every layer's batch statistics recorded in this step.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> pre.recorder.record_input(pre.layers[0], torch.randn(8, 3))
+        >>> pre.recorder.reset()
+        >>> pre.layers[0].A.count
+        0
+        """
         for layer in self.layers:
             layer.reset_batch()
 
@@ -328,6 +398,17 @@ class StatisticsRecorder:
         gradients). The batch factors are averaged over the processes; a layer with a
         non-finite batch factor is skipped with a warning, as is a step that recorded
         nothing, or a different number of backward passes than ``accumulation_steps``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model)
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.recorder.fold(step=0)
+        >>> pre.identity_weights()
+        {'': 0.95}
         """
         if self.grad_scaler is not None and self._scaler_found_inf():
             self.reset()  # the scaler skips this step: so do the factors
@@ -403,7 +484,17 @@ class StatisticsRecorder:
         warnings.warn(skipped_message(silent), stacklevel=4)
 
     def remove(self) -> None:
-        """Detach every hook from the model."""
+        """Detach every hook from the model.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> KFACPreconditioner(model).recorder.remove()
+        >>> len(model._forward_hooks)
+        0
+        """
         for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
