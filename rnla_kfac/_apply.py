@@ -170,7 +170,7 @@ class DampedSide:
         depend on the damping).
         """
         if isinstance(inverse, DiagonalInverse):
-            reciprocal = 1 / (inverse.diagonal + inverse.damping)
+            reciprocal = inverse.reciprocal()
             return cls("diagonal", inverse.size, inverse.size, dtype, reciprocal=reciprocal)
         if not isinstance(inverse, FactorInverse):
             raise TypeError(f"inverse: expected a FactorInverse, got {type(inverse).__name__}")

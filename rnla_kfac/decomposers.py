@@ -6,7 +6,7 @@ work between processes), its decomposition call, whether it can start warm from 
 previous eigenvectors, and its state for checkpoints. :data:`DECOMPOSERS` maps the
 public names (``"eigh"``, ``"rsvd"``, ``"srevd"``, ``"nystrom"``) to them and
 :func:`decomposer_for` looks one up; nothing else in the package compares method
-names. A new method is one subclass passed to :func:`register_decomposer`.
+names. A new method is one subclass registered with :func:`register_decomposer`.
 
 :func:`decompose_factors` decomposes many factors at once with a decomposer, stacking
 same-sized ones into one batched call, with the ranks chosen by a
@@ -281,39 +281,43 @@ def _options(rng: Any, start: Tensor | None) -> dict[str, Any]:
     return {"rng": rng, "check_finite": False, "start": start}
 
 
-DECOMPOSERS: dict[str, Decomposer] = {}
-"""The registered decomposers by public ``method=`` name."""
+DECOMPOSERS: dict[str, type[Decomposer]] = {}
+"""The registered decomposer classes by public ``method=`` name."""
 
 
-def register_decomposer(decomposer: Decomposer) -> Decomposer:
-    """Make ``decomposer`` available as ``method=decomposer.name``; returns it.
+def register_decomposer(cls: type[Decomposer]) -> type[Decomposer]:
+    """Make a :class:`Decomposer` subclass available as ``method=cls.name``; returns it.
+
+    Usable as a class decorator. Each preconditioner gets an instance of its own (a
+    decomposer may carry state between decompositions).
 
     Raises
     ------
     TypeError
-        If ``decomposer`` is not a :class:`Decomposer`.
+        If ``cls`` is not a subclass of :class:`Decomposer`.
 
     Examples
     --------
     >>> from rnla_kfac.decomposers import DECOMPOSERS, register_decomposer
-    >>> class Exact(EighDecomposer):
+    >>> @register_decomposer
+    ... class Exact(EighDecomposer):
     ...     name = "my-eigh"
-    >>> register_decomposer(Exact()).name in DECOMPOSERS
+    >>> DECOMPOSERS["my-eigh"] is Exact
     True
     >>> del DECOMPOSERS["my-eigh"]
     """
-    if not isinstance(decomposer, Decomposer):
-        raise TypeError(f"decomposer: expected a Decomposer, got {type(decomposer).__name__}")
-    DECOMPOSERS[decomposer.name] = decomposer
-    return decomposer
+    if not (isinstance(cls, type) and issubclass(cls, Decomposer)):
+        raise TypeError(f"cls: expected a subclass of Decomposer, got {cls!r}")
+    DECOMPOSERS[cls.name] = cls
+    return cls
 
 
-for _decomposer in (EighDecomposer(), RSVDDecomposer(), SREVDDecomposer(), NystromDecomposer()):
-    register_decomposer(_decomposer)
+for _cls in (EighDecomposer, RSVDDecomposer, SREVDDecomposer, NystromDecomposer):
+    register_decomposer(_cls)
 
 
 def decomposer_for(method: str | Decomposer) -> Decomposer:
-    """The decomposer of a ``method=`` name (a :class:`Decomposer` is returned as is).
+    """A new decomposer for a ``method=`` name (a :class:`Decomposer` is returned as is).
 
     Raises
     ------
@@ -330,7 +334,7 @@ def decomposer_for(method: str | Decomposer) -> Decomposer:
         return method
     if not isinstance(method, str) or method not in DECOMPOSERS:
         raise ValueError(f"method: expected one of {tuple(DECOMPOSERS)}, got {method!r}")
-    return DECOMPOSERS[method]
+    return DECOMPOSERS[method]()
 
 
 def _robust_decompose(

@@ -522,9 +522,21 @@ class DiagonalInverse:
         >>> inv.solve(torch.ones(1, 2), side="right")
         tensor([[0.5000, 0.2500]])
         """
-        if self._reciprocal is None:
-            self._reciprocal = 1 / (self.diagonal + self.damping)
+        self._reciprocal = self.reciprocal()
         return self
+
+    def reciprocal(self) -> Tensor:
+        """``1 / (d + damping)``, the damped inverse's diagonal (formed once if materialized).
+
+        Examples
+        --------
+        >>> import torch
+        >>> DiagonalInverse(torch.tensor([1.0, 3.0]), damping=1.0).reciprocal()
+        tensor([0.5000, 0.2500])
+        """
+        if self._reciprocal is not None:
+            return self._reciprocal
+        return 1 / (self.diagonal + self.damping)
 
     def solve(self, M: Tensor, side: str = "left", *, check_values: bool = True) -> Tensor:
         """``(D + damping I)^-1 M`` (``side="left"``, M of shape (..., n, k)) or
@@ -547,9 +559,7 @@ class DiagonalInverse:
                 f"M: expected {self.size} {'rows' if side == 'left' else 'columns'} for "
                 f"side={side!r}, got shape {tuple(M.shape)}"
             )
-        reciprocal = self._reciprocal
-        if reciprocal is None:
-            reciprocal = 1 / (self.diagonal + self.damping)
+        reciprocal = self.reciprocal()
         if check_values and not bool(torch.isfinite(reciprocal).all()):
             raise ValueError("diagonal + damping: singular (a zero entry), add damping")
         scale = reciprocal[:, None] if side == "left" else reciprocal

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rnla_kfac import KFACPreconditioner
-from rnla_kfac.decomposers import decomposer_for
+from rnla_kfac.decomposers import DECOMPOSERS
 
 
 class TokensToClasses(nn.Module):
@@ -69,16 +69,16 @@ def checkpoint(*objects) -> list:
 
 
 def record_decompositions(monkeypatch, method: str) -> list[dict]:
-    """Spy on the ``method`` decomposer: one dict per batched call, as it is made.
+    """Spy on the ``method``'s decomposer class: one dict per batched call, as it is made.
 
     Each call records the stack's shape, the rank asked (``None``: the exact path),
     the power iterations and the start block's shape (``None``: a cold start).
     """
-    decomposer = decomposer_for(method)
-    real = decomposer.decompose
+    cls = DECOMPOSERS[method]
+    real = cls.decompose
     calls: list[dict] = []
 
-    def recording(stack, rank, oversample, n_iter, rng=None, start=None):
+    def recording(self, stack, rank, oversample, n_iter, rng=None, start=None):
         calls.append(
             {
                 "shape": tuple(stack.shape),
@@ -87,9 +87,9 @@ def record_decompositions(monkeypatch, method: str) -> list[dict]:
                 "start": None if start is None else tuple(start.shape),
             }
         )
-        return real(stack, rank, oversample, n_iter, rng, start)
+        return real(self, stack, rank, oversample, n_iter, rng, start)
 
-    monkeypatch.setattr(decomposer, "decompose", recording)
+    monkeypatch.setattr(cls, "decompose", recording)
     return calls
 
 
