@@ -333,7 +333,7 @@ def _inner(J: Tensor, P: Tensor, scale: Scale) -> Tensor:
 
 
 PreparedLayer = tuple["KFACLayer", tuple[DampedSide, DampedSide], tuple[Tensor, Tensor | None]]
-"""A layer with its damped sides and gradient parts (:meth:`KFACLayer.damped_sides`,
+"""A layer with its damped sides and gradient parts (:meth:`GradientApplier.damped_sides`,
 :meth:`~rnla_kfac.modules.LayerHelper.grad_parts`)."""
 
 

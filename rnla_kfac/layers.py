@@ -1,4 +1,5 @@
-"""One preconditioned layer: its Kronecker factors (statistics, averages, inverses), apply."""
+"""Layer discovery and one preconditioned layer's Kronecker factors (statistics, averages,
+inverses, checkpoints)."""
 
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ class Factor:
     Batch factors of the forward or backward passes of a step are summed by
     :meth:`record` and averaged by :meth:`take_batch`; :meth:`fold` adds one to the
     exponential average :attr:`matrix`, which starts at the identity and is updated in
-    place. The decomposition step sets :attr:`inverse`, :attr:`rank_hint` and
-    :attr:`sketch_rank`; the eigenvectors of a low-rank :attr:`inverse` seed the next
-    decomposition's sketch (a warm start, see
-    :class:`~rnla_kfac.KFACPreconditioner`).
+    place. The :class:`~rnla_kfac.inverse_updater.InverseUpdater` sets :attr:`inverse`,
+    :attr:`rank_hint` and :attr:`sketch_rank`; the eigenvectors of a low-rank
+    :attr:`inverse` seed the next decomposition's sketch (a warm start, see
+    :meth:`~rnla_kfac.inverse_updater.DecompositionPlan.start_block`).
 
     A block-diagonal factor (a grouped convolution's) is a stack of ``blocks``
     same-sized matrices, decomposed together in one batched call. A diagonal factor
@@ -206,7 +207,7 @@ class Factor:
 
 
 class KFACLayer:
-    """K-FAC state of one layer: its factors ``A`` and ``G`` and how to apply them.
+    """K-FAC state of one layer: its factors ``A`` and ``G``, recorded, folded and saved.
 
     The hooks record the batch factors of each forward/backward pass
     (:meth:`record_input`, :meth:`record_output_grad`; several micro-batches in one
