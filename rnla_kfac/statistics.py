@@ -26,7 +26,7 @@ from ._checks import Schedule, check_choice
 from .distributed import DistributionStrategy, LocalStrategy
 from .layers import KFACLayer, skipped_message
 
-__all__ = ["LIKELIHOODS", "GradScalerLike", "StatisticsRecorder", "step_seed"]
+__all__ = ["LIKELIHOODS", "GradScalerLike", "StatisticsRecorder", "sampled_loss", "step_seed"]
 
 LIKELIHOODS = ("categorical", "gaussian")
 """Predictive distributions :meth:`StatisticsRecorder.mc_backward` samples labels from."""
@@ -117,12 +117,7 @@ class StatisticsRecorder:
         strategy: DistributionStrategy | None = None,
         seed: int = 0,
     ):
-        if grad_scaler is not None and not callable(grad_scaler):
-            if not isinstance(grad_scaler, torch.amp.GradScaler):
-                raise TypeError(
-                    "grad_scaler: expected a torch.amp.GradScaler or a callable returning the "
-                    f"loss scale, got {type(grad_scaler).__name__}"
-                )
+        self._scaler = _GradScalerWatch(grad_scaler, accumulation_steps)
         self.layers = list(layers)
         self.factor_update_period = factor_update_period
         self.factor_decay = factor_decay
@@ -161,7 +156,7 @@ class StatisticsRecorder:
         self._collecting_now: bool | None = None  # decided at the step's first forward
         self._backward_passes = 0
         self._backward_task: int | None = None
-        self._scaler_iteration: object | None = None
+        self._scaler.start_iteration()
 
     @property
     def gradient_scale(self) -> float | Tensor:
@@ -217,7 +212,7 @@ class StatisticsRecorder:
         >>> layer.A.count
         1
         """
-        self._discard_skipped_iteration()
+        self._discard_stale_statistics()
         layer.follow_module()
         if torch.is_autocast_enabled(x.device.type):  # the Grams in the factor dtype
             with torch.autocast(x.device.type, enabled=False):
@@ -244,10 +239,16 @@ class StatisticsRecorder:
         if task is None or task != self._backward_task:  # the first hook of a backward pass
             self._backward_task = task
             self._backward_passes += 1
-            self._discard_skipped_iteration()
+            self._discard_stale_statistics()
             # mc_backward's own loss is an unscaled batch mean: nothing to undo.
-            self._g_scale = 1.0 if self._mc_active else self._gradient_correction()
+            self._g_scale = 1.0 if self._mc_active else self._scaler.correction()
         layer.record_output_grad(grad, self._g_scale)
+
+    def _discard_stale_statistics(self) -> None:
+        """Forget statistics of an iteration the grad scaler skipped without a step."""
+        if self._scaler.skipped_an_iteration():
+            self.reset()
+            self._backward_passes = 0
 
     def _forward_hook(
         self, layer: KFACLayer, module: nn.Module, args: tuple, kwargs: dict, output: Any
@@ -262,51 +263,6 @@ class StatisticsRecorder:
             # A tensor hook on the output (not a module backward hook) stays correct when
             # an in-place activation modifies the output afterwards.
             output.register_hook(partial(self.record_output_grad, layer))
-
-    def _gradient_correction(self) -> float | Tensor:
-        """``(accumulation_steps / loss scale)^2``: what makes a recorded ``G`` unscaled."""
-        scaler, scale = self.grad_scaler, 1.0
-        if isinstance(scaler, torch.amp.GradScaler):
-            if scaler.is_enabled():
-                scale = scaler._get_scale_async()  # None before the first scaler.scale()
-                scale = scaler.get_scale() if scale is None else scale
-        elif scaler is not None:
-            scale = scaler()
-        if isinstance(scale, Tensor):
-            return (self.accumulation_steps / scale.detach().float()).square()
-        return (self.accumulation_steps / scale) ** 2
-
-    def _discard_skipped_iteration(self) -> None:
-        """Forget statistics of an iteration the grad scaler skipped without a step.
-
-        ``scaler.step(KFAC optimizer)`` does not call the optimizer's step when it
-        found an Inf or NaN, so the step never ends. A ``GradScaler`` starts new
-        per-iteration state in every ``update()``: statistics recorded under another
-        iteration's state are stale.
-        """
-        iteration = getattr(self.grad_scaler, "_per_optimizer_states", None)
-        if iteration is None or iteration is self._scaler_iteration:
-            return
-        if self._scaler_iteration is not None:
-            self.reset()
-            self._backward_passes = 0
-        self._scaler_iteration = iteration
-
-    def _scaler_found_inf(self) -> bool | None:
-        """Whether the grad scaler found an Inf/NaN this iteration (None: not known yet).
-
-        Known once ``scaler.unscale_(optimizer)`` ran (``scaler.step`` runs it too);
-        read from the scaler's per-optimizer inf checks, one host sync.
-        """
-        states = getattr(self.grad_scaler, "_per_optimizer_states", None)
-        if not states:
-            return None
-        found = [
-            flag for state in states.values() for flag in state["found_inf_per_device"].values()
-        ]
-        if not found:
-            return None
-        return bool(sum(flag.to(found[0].device) for flag in found).item())
 
     def mc_backward(self, output: Tensor, likelihood: str = "categorical") -> None:
         """Back-propagate a loss of labels sampled from ``output`` so the hooks record ``G``.
@@ -356,16 +312,7 @@ class StatisticsRecorder:
             self.generator = torch.Generator(device=output.device).manual_seed(
                 step_seed(self.seed, self.step)
             )
-        logits = output.detach().float()
-        if likelihood == "categorical":
-            probs = logits.movedim(1, -1).softmax(-1).reshape(-1, logits.shape[1])
-            labels = torch.multinomial(probs, 1, generator=self.generator)
-            labels = labels.reshape(logits.movedim(1, -1).shape[:-1])
-            loss = F.cross_entropy(output, labels)
-        else:
-            noise = torch.randn(logits.shape, generator=self.generator, device=logits.device)
-            noise = noise.to(output.dtype)
-            loss = 0.5 * noise.sub(output - output.detach()).square().sum() / output.shape[0]
+        loss = sampled_loss(output, likelihood, self.generator)
         weights = [layer.helper.module.weight for layer in self.layers]
         self._mc_active = True
         try:
@@ -410,7 +357,7 @@ class StatisticsRecorder:
         >>> pre.identity_weights()
         {'': 0.95}
         """
-        if self.grad_scaler is not None and self._scaler_found_inf():
+        if self.grad_scaler is not None and self._scaler.found_inf():
             self.reset()  # the scaler skips this step: so do the factors
             return
         passes = self._backward_passes
@@ -498,3 +445,98 @@ class StatisticsRecorder:
         for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
+
+
+def sampled_loss(output: Tensor, likelihood: str, generator: torch.Generator) -> Tensor:
+    """The batch-mean loss of labels sampled from the model's predictive distribution.
+
+    ``"categorical"``: labels drawn from ``softmax(output)`` along dimension 1, the
+    cross-entropy; ``"gaussian"``: ``y = output + noise`` (unit variance), the loss
+    ``0.5 ||output - y||^2`` summed per example; its gradient is that of ``output``
+    only (the labels are constants).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac.statistics import sampled_loss
+    >>> logits = torch.zeros(4, 3, requires_grad=True)
+    >>> loss = sampled_loss(logits, "categorical", torch.Generator().manual_seed(0))
+    >>> round(loss.item(), 4)  # log(3): every label equally likely
+    1.0986
+    """
+    logits = output.detach().float()
+    if likelihood == "categorical":
+        probs = logits.movedim(1, -1).softmax(-1).reshape(-1, logits.shape[1])
+        labels = torch.multinomial(probs, 1, generator=generator)
+        labels = labels.reshape(logits.movedim(1, -1).shape[:-1])
+        return F.cross_entropy(output, labels)
+    noise = torch.randn(logits.shape, generator=generator, device=logits.device)
+    noise = noise.to(output.dtype)
+    return 0.5 * noise.sub(output - output.detach()).square().sum() / output.shape[0]
+
+
+class _GradScalerWatch:
+    """What the recorder reads of a gradient scaler: the loss scale, iterations, inf checks.
+
+    ``grad_scaler`` is a ``torch.amp.GradScaler``, a callable returning the loss scale,
+    or None (no scaling).
+    """
+
+    def __init__(self, grad_scaler: GradScalerLike | None, accumulation_steps: int):
+        if grad_scaler is not None and not callable(grad_scaler):
+            if not isinstance(grad_scaler, torch.amp.GradScaler):
+                raise TypeError(
+                    "grad_scaler: expected a torch.amp.GradScaler or a callable returning the "
+                    f"loss scale, got {type(grad_scaler).__name__}"
+                )
+        self.grad_scaler = grad_scaler
+        self.accumulation_steps = accumulation_steps
+        self._iteration: object | None = None
+
+    def start_iteration(self) -> None:
+        """A step ended: the next scaler iteration is the step's own."""
+        self._iteration = None
+
+    def correction(self) -> float | Tensor:
+        """``(accumulation_steps / loss scale)^2``: what makes a recorded ``G`` unscaled."""
+        scaler, scale = self.grad_scaler, 1.0
+        if isinstance(scaler, torch.amp.GradScaler):
+            if scaler.is_enabled():
+                scale = scaler._get_scale_async()  # None before the first scaler.scale()
+                scale = scaler.get_scale() if scale is None else scale
+        elif scaler is not None:
+            scale = scaler()
+        if isinstance(scale, Tensor):
+            return (self.accumulation_steps / scale.detach().float()).square()
+        return (self.accumulation_steps / scale) ** 2
+
+    def skipped_an_iteration(self) -> bool:
+        """Whether the statistics recorded so far belong to an iteration the scaler skipped.
+
+        ``scaler.step(KFAC optimizer)`` does not call the optimizer's step when it
+        found an Inf or NaN, so that step never ends. A ``GradScaler`` starts new
+        per-iteration state in every ``update()``: statistics recorded under another
+        iteration's state are stale.
+        """
+        iteration = getattr(self.grad_scaler, "_per_optimizer_states", None)
+        if iteration is None or iteration is self._iteration:
+            return False
+        stale = self._iteration is not None
+        self._iteration = iteration
+        return stale
+
+    def found_inf(self) -> bool | None:
+        """Whether the scaler found an Inf/NaN this iteration (None: not known yet).
+
+        Known once ``scaler.unscale_(optimizer)`` ran (``scaler.step`` runs it too);
+        read from the scaler's per-optimizer inf checks, one host sync.
+        """
+        states = getattr(self.grad_scaler, "_per_optimizer_states", None)
+        if not states:
+            return None
+        found = [
+            flag for state in states.values() for flag in state["found_inf_per_device"].values()
+        ]
+        if not found:
+            return None
+        return bool(sum(flag.to(found[0].device) for flag in found).item())
