@@ -474,20 +474,9 @@ def decompose_factors(
         for i, (F, hint, start) in enumerate(zip(factors, hints, starts, strict=True))
     ]
     while pending:
-        groups: dict[tuple, list[tuple[int, Tensor, int | None, Tensor | None]]] = {}
-        for i, F, r, start in pending:
-            n = F.shape[-1]
-            exact = decomposer.is_exact(r, oversample, n)
-            if exact or start is None:
-                start = None
-            else:  # at most the sketch width, contiguous: the same bits after a resume
-                start = start[..., : min(r + oversample, n)].contiguous()
-            width = 0 if start is None else start.shape[-1]
-            key = (n, None if exact else r, width, F.dtype, F.device)
-            groups.setdefault(key, []).append((i, F, r, start))
+        groups = _group_by_call(pending, decomposer, oversample)
         pending = []
         for (n, r, width, _, _), items in groups.items():
-            exact = r is None
             blocks = [F if F.ndim == 3 else F[None] for _, F, _, _ in items]
             stack = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
             start = None
@@ -512,23 +501,66 @@ def decompose_factors(
                 values, vectors, trace = all_values[part], all_vectors[part], traces[part]
                 if F.ndim == 2:
                     values, vectors, trace = values[0], vectors[0], trace[0]
-                values = values.clamp_min(0)
-                if exact:
-                    results[i] = FactorInverse(values, vectors, trace=trace)
-                    continue
-                kept = _modes_to_keep(policy, values, n, floors[i])
-                if kept is None:  # saturated: the spectrum reaches further (a cold retry)
-                    pending.append((i, F, policy.grown_sketch_rank(r, n), None))
-                    continue
-                if kept < r:
-                    values, vectors = values[..., :kept], vectors[..., :kept].contiguous()
-                tail = (
-                    ((trace - values.sum(-1)) / (n - kept)).clamp_min(0)
-                    if tail_compensation
-                    else 0.0
+                results[i] = _inverse(
+                    values, vectors, trace, r, policy, floors[i], tail_compensation
                 )
-                results[i] = FactorInverse(values, vectors, tail=tail, trace=trace)
+                if results[i] is None:  # saturated: the spectrum reaches further (a cold retry)
+                    pending.append((i, F, policy.grown_sketch_rank(r, n), None))
     return results
+
+
+Pending = tuple[int, Tensor, int | None, Tensor | None]
+"""A factor waiting for its decomposition: index, matrix, sketch rank, start block."""
+
+
+def _group_by_call(
+    pending: list[Pending], decomposer: Decomposer, oversample: int
+) -> dict[tuple, list[Pending]]:
+    """Pending factors grouped by what one batched call shares.
+
+    The key is ``(size, sketch rank or None on the exact path, start width, dtype,
+    device)``; a start block is cut to the sketch width (contiguous: the same bits
+    after a resume) and dropped on the exact path.
+    """
+    groups: dict[tuple, list[Pending]] = {}
+    for i, F, r, start in pending:
+        n = F.shape[-1]
+        exact = decomposer.is_exact(r, oversample, n)
+        if exact or start is None:
+            start = None
+        else:
+            start = start[..., : min(r + oversample, n)].contiguous()
+        width = 0 if start is None else start.shape[-1]
+        key = (n, None if exact else r, width, F.dtype, F.device)
+        groups.setdefault(key, []).append((i, F, r, start))
+    return groups
+
+
+def _inverse(
+    values: Tensor,
+    vectors: Tensor,
+    trace: Tensor,
+    rank: int | None,
+    policy: RankPolicy,
+    floor: float,
+    tail_compensation: bool,
+) -> FactorInverse | None:
+    """The undamped inverse of one factor's eigenpairs (None: a saturated sketch).
+
+    ``rank=None`` is the exact path; otherwise the policy's modes are kept and the
+    tail is the mean of the discarded eigenvalues (with tail compensation).
+    """
+    values = values.clamp_min(0)
+    if rank is None:
+        return FactorInverse(values, vectors, trace=trace)
+    n = vectors.shape[-2]
+    kept = _modes_to_keep(policy, values, n, floor)
+    if kept is None:
+        return None
+    if kept < rank:
+        values, vectors = values[..., :kept], vectors[..., :kept].contiguous()
+    tail = ((trace - values.sum(-1)) / (n - kept)).clamp_min(0) if tail_compensation else 0.0
+    return FactorInverse(values, vectors, tail=tail, trace=trace)
 
 
 def _modes_to_keep(policy: RankPolicy, values: Tensor, size: int, floor: float) -> int | None:
