@@ -285,16 +285,26 @@ DECOMPOSERS: dict[str, type[Decomposer]] = {}
 """The registered decomposer classes by public ``method=`` name."""
 
 
-def register_decomposer(cls: type[Decomposer]) -> type[Decomposer]:
-    """Make a :class:`Decomposer` subclass available as ``method=cls.name``; returns it.
+def register_decomposer(decomposer_class: type[Decomposer]) -> type[Decomposer]:
+    """Make a :class:`Decomposer` subclass available as its ``method=`` name; returns it.
 
     Usable as a class decorator. Each preconditioner gets an instance of its own (a
     decomposer may carry state between decompositions).
 
+    Parameters
+    ----------
+    decomposer_class : type
+        A :class:`Decomposer` subclass; its :attr:`~Decomposer.name` is the method name.
+
+    Returns
+    -------
+    type
+        ``decomposer_class``.
+
     Raises
     ------
     TypeError
-        If ``cls`` is not a subclass of :class:`Decomposer`.
+        If ``decomposer_class`` is not a subclass of :class:`Decomposer`.
 
     Examples
     --------
@@ -306,10 +316,12 @@ def register_decomposer(cls: type[Decomposer]) -> type[Decomposer]:
     True
     >>> del DECOMPOSERS["my-eigh"]
     """
-    if not (isinstance(cls, type) and issubclass(cls, Decomposer)):
-        raise TypeError(f"cls: expected a subclass of Decomposer, got {cls!r}")
-    DECOMPOSERS[cls.name] = cls
-    return cls
+    if not (isinstance(decomposer_class, type) and issubclass(decomposer_class, Decomposer)):
+        raise TypeError(
+            f"decomposer_class: expected a subclass of Decomposer, got {decomposer_class!r}"
+        )
+    DECOMPOSERS[decomposer_class.name] = decomposer_class
+    return decomposer_class
 
 
 for _cls in (EighDecomposer, RSVDDecomposer, SREVDDecomposer, NystromDecomposer):
@@ -318,6 +330,15 @@ for _cls in (EighDecomposer, RSVDDecomposer, SREVDDecomposer, NystromDecomposer)
 
 def decomposer_for(method: str | Decomposer) -> Decomposer:
     """A new decomposer for a ``method=`` name (a :class:`Decomposer` is returned as is).
+
+    Parameters
+    ----------
+    method : str or Decomposer
+        A name of :data:`DECOMPOSERS`, or a decomposer to use as it is.
+
+    Returns
+    -------
+    Decomposer
 
     Raises
     ------

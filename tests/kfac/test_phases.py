@@ -163,5 +163,5 @@ def test_each_preconditioner_gets_its_own_decomposer():
 def test_unknown_methods_and_non_decomposers_are_rejected():
     with pytest.raises(ValueError, match=r"method: expected one of .*'eigh'.*, got 'qr'"):
         decomposer_for("qr")
-    with pytest.raises(TypeError, match="cls: expected a subclass of Decomposer"):
+    with pytest.raises(TypeError, match="decomposer_class: expected a subclass of Decomposer"):
         register_decomposer(object)
