@@ -10,16 +10,18 @@ them over the update periods (default the paper's, ``T_KU = 10``, ``T_KI = 50``;
 ``(T_inverse + (T_KI / T_KU - 1) T_factor + (T_KI - T_KI / T_KU) T_plain) / T_KI``.
 
 Each step is timed twice, in the same rounds: by the real :class:`rnla_kfac.KFAC`
-optimizer (the *measured* step), and by a twin whose preconditioner times its own
-pieces with the device synchronized around each (:class:`_TimedPreconditioner`, a
-harness-only subclass; the library is not changed). The twin splits every step into
+optimizer (the *measured* step), and by a twin whose preconditioner's public phases
+are timed with the device synchronized around each (:class:`_PhaseTimer`, which wraps
+the phases' methods on that one instance; the library is not changed). The twin
+splits every step into
 
 * ``forward_backward``: ``zero_grad``, the model's forward pass, the loss and its
   backward pass, less the time spent inside the K-FAC hooks (the model's own pass);
-* ``statistics``: the hooks recording the batch Gram products (forward and backward)
-  plus ``_update_factors`` folding them into the averages (factor-update steps only);
-* ``decompositions``: ``_compute_inverses`` (inverse-update steps only);
-* ``preconditioning``: ``_precondition_gradients`` (every step);
+* ``statistics``: the recorder's ``record_input`` / ``record_output_grad`` (what the
+  hooks do: the batch Gram products, forward and backward) plus its ``fold`` into the
+  averages (factor-update steps only);
+* ``decompositions``: the updater's ``update`` (inverse-update steps only);
+* ``preconditioning``: the applier's ``apply`` (every step);
 * ``update``: the rest of the optimizer's step (SGD's parameter update and the
   preconditioner's bookkeeping),
 
@@ -150,21 +152,49 @@ def amortize(per_kind: Mapping[str, float], factor_period: int, inverse_period: 
     ) / inverse_period
 
 
-class _TimedPreconditioner(KFACPreconditioner):
-    """A preconditioner timing its hooks and overridable steps (harness only).
+class _PhaseTimer:
+    """Times the public phases of a preconditioner (harness only; the library is unchanged).
 
-    Each timed piece ends with a device synchronization, so the times add up to the
-    step's wall time. The hooks are timed only on collecting steps (on the others the
-    forward hook returns at once). With ``capture`` set, the hooks also keep what
-    they recorded, for :meth:`replay_statistics`.
+    Wraps, on this one preconditioner, the recorder's
+    :meth:`~rnla_kfac.statistics.StatisticsRecorder.record_input` and
+    :meth:`~rnla_kfac.statistics.StatisticsRecorder.record_output_grad` (what the hooks
+    do), :meth:`~rnla_kfac.statistics.StatisticsRecorder.fold`, the updater's
+    :meth:`~rnla_kfac.inverse_updater.InverseUpdater.update` and the applier's
+    :meth:`~rnla_kfac.gradient_applier.GradientApplier.apply`. Each timed piece ends
+    with a device synchronization, so the times add up to the step's wall time. With
+    ``capture`` set, the recording calls also keep what they recorded, for
+    :meth:`replay_statistics`.
     """
 
-    def __init__(self, model: nn.Module, **kwargs: Any):
-        super().__init__(model, **kwargs)
+    def __init__(self, pre: KFACPreconditioner, like: torch.Tensor):
+        self.pre = pre
         self.timers = dict.fromkeys(("hooks", "fold", "inverses", "precondition"), 0.0)
         self.capture = False
         self.captured: list[tuple] = []
-        self._like = next(model.parameters())
+        self._like = like
+        recorder = pre.recorder
+        record_input, record_grad = recorder.record_input, recorder.record_output_grad
+
+        def timed_input(layer: Any, x: torch.Tensor) -> None:
+            if self.capture:
+                self.captured.append(("A", layer, x.detach()))
+            self._timed("hooks", record_input, layer, x)
+
+        def timed_grad(layer: Any, grad: torch.Tensor) -> None:
+            self._timed("hooks", record_grad, layer, grad)
+            if self.capture:
+                self.captured.append(("G", layer, grad.detach(), recorder.gradient_scale))
+
+        recorder.record_input, recorder.record_output_grad = timed_input, timed_grad
+        for phase, method, name in (
+            (recorder, "fold", "fold"),
+            (pre.updater, "update", "inverses"),
+            (pre.applier, "apply", "precondition"),
+        ):
+            setattr(phase, method, self._wrap(name, getattr(phase, method)))
+
+    def _wrap(self, name: str, fn: Any) -> Any:
+        return lambda *args: self._timed(name, fn, *args)
 
     def _timed(self, name: str, fn: Any, *args: Any) -> Any:
         start = time.perf_counter()
@@ -173,27 +203,6 @@ class _TimedPreconditioner(KFACPreconditioner):
         self.timers[name] += time.perf_counter() - start
         return result
 
-    def _forward_hook(self, layer, module, args, kwargs, output) -> None:  # noqa: ANN001
-        if not (module.training and torch.is_grad_enabled() and self._collecting()):
-            return super()._forward_hook(layer, module, args, kwargs, output)
-        if self.capture and args:
-            self.captured.append(("A", layer, args[0].detach()))
-        return self._timed("hooks", super()._forward_hook, layer, module, args, kwargs, output)
-
-    def _output_grad_hook(self, layer, grad) -> None:  # noqa: ANN001
-        self._timed("hooks", super()._output_grad_hook, layer, grad)
-        if self.capture:
-            self.captured.append(("G", layer, grad.detach(), self._g_scale))
-
-    def _update_factors(self, step: int) -> None:
-        self._timed("fold", super()._update_factors, step)
-
-    def _compute_inverses(self, step: int) -> None:
-        self._timed("inverses", super()._compute_inverses, step)
-
-    def _precondition_gradients(self, step: int) -> None:
-        self._timed("precondition", super()._precondition_gradients, step)
-
     def replay_statistics(self) -> None:
         """Record the captured batch statistics again and fold them (the hooks' work)."""
         for kind, layer, tensor, *scale in self.captured:
@@ -201,14 +210,14 @@ class _TimedPreconditioner(KFACPreconditioner):
                 layer.record_input(tensor)
             else:
                 layer.record_output_grad(tensor, *scale)
-        self._update_factors(self._steps)
+        self.pre.recorder.fold(self.pre.steps)
 
 
 class _Runner:
     """One method's model, optimizer and a training step whose kind can be forced.
 
-    With ``timed`` set, the K-FAC preconditioner is a :class:`_TimedPreconditioner`
-    and :meth:`timed_step` returns the step's pieces.
+    With ``timed`` set, the K-FAC preconditioner's phases are timed by a
+    :class:`_PhaseTimer` and :meth:`step_pieces` returns the step's pieces.
     """
 
     def __init__(
@@ -228,7 +237,8 @@ class _Runner:
         self.x = torch.randn(batch, 784, device=device)
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.due = {"factor": False, "inverse": False}
-        self.pre: _TimedPreconditioner | None = None
+        self.pre: KFACPreconditioner | None = None
+        self.timer: _PhaseTimer | None = None
         if method == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=0.01
@@ -242,10 +252,9 @@ class _Runner:
                 **(options or {}),
             }
             self.optimizer = KFAC(self.model, lr=0.01, **kwargs)
-            if timed:  # the same optimizer, its preconditioner timing its pieces
-                self.optimizer.preconditioner.remove()
-                self.pre = _TimedPreconditioner(self.model, lr=0.01, **kwargs)
-                self.optimizer.preconditioner = self.pre
+            self.pre = self.optimizer.preconditioner
+            if timed:  # the same optimizer, its preconditioner's phases timed
+                self.timer = _PhaseTimer(self.pre, self.x)
         self.step()  # step 0: everything is due (warm-up)
 
     def force(self, kind: str) -> None:
@@ -269,9 +278,9 @@ class _Runner:
 
     def step_pieces(self) -> dict[str, float]:
         """Seconds of one step's :data:`COMPONENTS` and their sum ``"total"``."""
-        pre = self.pre
-        if pre is not None:
-            pre.timers = dict.fromkeys(pre.timers, 0.0)
+        timer = self.timer
+        if timer is not None:
+            timer.timers = dict.fromkeys(timer.timers, 0.0)
         start = time.perf_counter()
         self.forward_backward()
         synchronize(self.x)
@@ -279,7 +288,7 @@ class _Runner:
         self.optimizer.step()
         synchronize(self.x)
         end = time.perf_counter()
-        t = pre.timers if pre is not None else dict.fromkeys(("hooks", "fold", "inverses"), 0.0)
+        t = timer.timers if timer is not None else dict.fromkeys(("hooks", "fold", "inverses"), 0.0)
         t.setdefault("precondition", 0.0)
         pieces = {
             "forward_backward": middle - start - t["hooks"],

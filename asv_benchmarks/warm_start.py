@@ -6,7 +6,7 @@ with the demo preset's K-FAC settings (``SMALL_KFAC``: rank 32, oversample 10,
 ``n_iter`` 4, relative damping 0.01, ``rho`` 0.6, factors every 4 steps, inverses
 every 8 then 16 steps) for a few dozen steps and captures the averaged factors at
 every inverse update. Then, for each randomized method, it replays the inverse
-updates offline with :func:`rnla_kfac.inverse.decompose_factors` called as the
+updates offline with :func:`rnla_kfac.decomposers.decompose_factors` called as the
 preconditioner calls it:
 
 * **cold**: every update from a Gaussian sketch with ``n_iter`` power iterations
@@ -40,12 +40,12 @@ import torch
 from torch.nn import functional as F
 
 from rnla_kfac import KFAC, FactorInverse
+from rnla_kfac.decomposers import decompose_factors
 from rnla_kfac.experiments.data import iterate_batches, load_dataset
 from rnla_kfac.experiments.models import build_model
 from rnla_kfac.experiments.presets import get_preset
 from rnla_kfac.experiments.train import EpochClock, kfac_kwargs
-from rnla_kfac.inverse import decompose_factors
-from rnla_kfac.preconditioner import DEFAULT_WARM_N_ITER
+from rnla_kfac.inverse_updater import DEFAULT_WARM_N_ITER
 from rnla_kfac.rank_policy import RankPolicy
 
 from .common import elapsed

@@ -7,14 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._array_api import (
-    Array,
-    check_same_device,
-    conj_transpose,
-    device_of,
-    namespace_of,
-    scaled_product_sum,
-)
+from ._array_api import Array, check_same_device, device_of, namespace_of
+from ._low_rank_inverse import apply_woodbury_terms, woodbury_terms
 from ._validation import check_matrix
 
 __all__ = ["woodbury_solve"]
@@ -164,18 +158,7 @@ def woodbury_solve(
     dtype = xp.result_type(U.dtype, M.dtype)
     # Promote explicitly: PyTorch's matmul refuses mixed precisions.
     U, M = (a if a.dtype == dtype else xp.astype(a, dtype) for a in (U, M))
-    if full_rank:  # K^-1 = U diag(1 / (d + lam)) U^H
-        coefficients = xp.astype(1 / d_lam, dtype)
-        if side == "left":
-            return U @ ((conj_transpose(xp, U) @ M) * coefficients[..., :, None])
-        return ((M @ U) * coefficients[..., None, :]) @ conj_transpose(xp, U)
-    # K^-1 M = (M + U diag((tail - d) / (d + lam)) U^H M) / (tail + lam): one low-rank
-    # update of M, fused into a single full-size output.
-    tail_lam = tail_ + lam_
-    coefficients = xp.astype((tail_[..., None] - d) / d_lam, dtype)
-    scale = xp.astype(1 / tail_lam, dtype)[..., None, None]
-    if side == "left":
-        projected = (conj_transpose(xp, U) @ M) * coefficients[..., :, None]
-        return scaled_product_sum(xp, M, U, projected, scale)
-    projected = (M @ U) * coefficients[..., None, :]
-    return scaled_product_sum(xp, M, projected, conj_transpose(xp, U), scale)
+    coefficients, scale = woodbury_terms(d, lam_, tail_, full_rank=full_rank)
+    if scale is not None:
+        scale = xp.astype(scale, dtype)
+    return apply_woodbury_terms(xp, U, xp.astype(coefficients, dtype), scale, M, side)

@@ -12,6 +12,9 @@ K-FACs".
 * :class:`KFAC`: the thin optimizer (SGD with momentum and weight decay on top).
 * :class:`FactorInverse`, :class:`DiagonalInverse` and :func:`precondition`: the
   functional layer, usable without hooks in your own K-FAC or Shampoo-style code.
+* :class:`StatisticsRecorder`, :class:`InverseUpdater` and :class:`GradientApplier`:
+  the three phases :meth:`KFACPreconditioner.step` orders, each usable alone;
+  :class:`Decomposer`: one decomposition method (:mod:`rnla_kfac.decomposers`).
 
 Examples
 --------
@@ -60,17 +63,25 @@ True
 """
 
 from ._apply import batch_same_shapes, explicit_is_cheaper
+from .decomposers import Decomposer
+from .gradient_applier import GradientApplier
 from .inverse import DiagonalInverse, FactorInverse, precondition
+from .inverse_updater import InverseUpdater
 from .optim import KFAC
 from .preconditioner import KFACPreconditioner
 from .seng import SENG
+from .statistics import StatisticsRecorder
 
 __all__ = [
     "KFAC",
     "SENG",
+    "Decomposer",
     "DiagonalInverse",
     "FactorInverse",
+    "GradientApplier",
+    "InverseUpdater",
     "KFACPreconditioner",
+    "StatisticsRecorder",
     "batch_same_shapes",
     "explicit_is_cheaper",
     "precondition",

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from rnla._low_rank_inverse import woodbury_terms
+
 from .inverse import DiagonalInverse, FactorInverse, Inverse
 
 __all__ = ["DampedSide", "batch_same_shapes", "explicit_is_cheaper"]
@@ -168,7 +170,7 @@ class DampedSide:
         depend on the damping).
         """
         if isinstance(inverse, DiagonalInverse):
-            reciprocal = 1 / (inverse.diagonal + inverse.damping)
+            reciprocal = inverse.reciprocal()
             return cls("diagonal", inverse.size, inverse.size, dtype, reciprocal=reciprocal)
         if not isinstance(inverse, FactorInverse):
             raise TypeError(f"inverse: expected a FactorInverse, got {type(inverse).__name__}")
@@ -176,13 +178,9 @@ class DampedSide:
         if explicit_is_cheaper(n, r):
             matrix = inverse.dense()
             return cls("explicit", n, r, dtype, matrix=matrix.to(dtype))
-        damping = inverse.damping
-        tail = inverse.tail
-        lam = damping[..., None] if isinstance(damping, Tensor) and damping.ndim else damping
-        tail_r = tail[..., None] if isinstance(tail, Tensor) and tail.ndim else tail
         values = inverse.eigenvalues
-        coefficients = (tail_r - values) / (values + lam)
-        scale = 1 / (torch.as_tensor(tail, dtype=values.dtype, device=values.device) + damping)
+        tail = torch.as_tensor(inverse.tail, dtype=values.dtype, device=values.device)
+        coefficients, scale = woodbury_terms(values, inverse.damping, tail, full_rank=False)
         if basis is None or basis.dtype != dtype:
             basis = inverse.eigenvectors.to(dtype)
         return cls(
@@ -393,10 +391,3 @@ def precondition_parts(
     if b is not None:
         b = _left(G_side, b[..., None], True, pending)[0][..., 0]
     return W, b, pending_w
-
-
-def block_scale(scale: Scale, trailing: int) -> Scale:
-    """A per-block scale ``(B,)`` made to broadcast over ``trailing`` more dimensions."""
-    if isinstance(scale, Tensor):
-        return scale.reshape(*scale.shape, *(1,) * trailing)
-    return scale

@@ -14,8 +14,6 @@ from typing import Any
 
 import torch
 
-DECOMPOSITION_METHODS = ("eigh", "rsvd", "srevd", "nystrom")
-"""Ways to decompose a factor: exact ``eigh`` and the randomized rnla methods."""
 DAMPING_MODES = ("relative", "absolute", "pi")
 FISHER_TYPES = ("empirical", "mc")
 

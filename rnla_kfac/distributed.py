@@ -31,17 +31,20 @@ from __future__ import annotations
 import heapq
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
 
+from .decomposers import decomposer_for
 from .inverse import FactorInverse
 from .layers import Factor
 
 __all__ = [
     "CommunicationStats",
+    "DecompositionJob",
     "DistributedStepError",
     "DistributionStrategy",
     "LocalStrategy",
@@ -206,6 +209,7 @@ def allreduce_symmetric(
 def decomposition_cost(size: int, method: str, rank: int, oversample: int) -> float:
     """Estimated flops of one factor decomposition, for balancing work across ranks.
 
+    The cost model of ``method``'s decomposer (:meth:`rnla_kfac.decomposers.Decomposer.cost`):
     ``d^3`` for an exact eigendecomposition (also used when ``rank + oversample >= d``,
     where the randomized methods take the exact path), ``d^2 (r + p)`` per the
     randomized methods' matrix products otherwise.
@@ -217,10 +221,7 @@ def decomposition_cost(size: int, method: str, rank: int, oversample: int) -> fl
     >>> decomposition_cost(1000, "rsvd", 90, 10)
     100000000.0
     """
-    sketch = rank + oversample
-    if method == "eigh" or sketch >= size:
-        return float(size) ** 3
-    return float(size) ** 2 * sketch
+    return decomposer_for(method).cost(size, rank, oversample)
 
 
 def assign_by_cost(costs: Sequence[float], world_size: int) -> list[int]:
@@ -375,8 +376,18 @@ def unpack_inverse(payload: torch.Tensor, like: torch.Tensor) -> FactorInverse |
     return FactorInverse(values, eigenvectors, tail=tail, trace=trace)
 
 
-Decompose = Callable[[list[Factor]], list[FactorInverse | None]]
-"""Decomposes a list of factors here: one undamped inverse (or None: failed) each."""
+class DecompositionJob(Protocol):
+    """What a strategy runs: decomposes factors in this process and estimates the cost.
+
+    :class:`rnla_kfac.inverse_updater.DecompositionPlan` is the one the preconditioner
+    uses.
+    """
+
+    def cost(self, factor: Factor) -> float:
+        """Estimated work of one factor's decomposition (for sharing it out)."""
+
+    def run(self, factors: list[Factor]) -> list[FactorInverse | None]:
+        """One undamped inverse (or None: failed) per factor, computed here."""
 
 
 class DistributionStrategy(ABC):
@@ -397,16 +408,11 @@ class DistributionStrategy(ABC):
 
     @abstractmethod
     def decompose(
-        self,
-        factors: list[Factor],
-        decompose: Decompose,
-        cost: Callable[[Factor], float],
-        *,
-        phase: str,
+        self, factors: list[Factor], job: DecompositionJob, *, phase: str
     ) -> list[FactorInverse | None]:
-        """The inverses of ``factors`` on every process, computed with ``decompose``.
+        """The inverses of ``factors`` on every process, computed by ``job``.
 
-        ``cost(factor)`` estimates one decomposition's work (for sharing it out);
+        ``job.cost(factor)`` estimates one decomposition's work (for sharing it out);
         ``phase`` names the step in errors.
         """
 
@@ -426,14 +432,9 @@ class LocalStrategy(DistributionStrategy):
         return batches
 
     def decompose(
-        self,
-        factors: list[Factor],
-        decompose: Decompose,
-        cost: Callable[[Factor], float],
-        *,
-        phase: str,
+        self, factors: list[Factor], job: DecompositionJob, *, phase: str
     ) -> list[FactorInverse | None]:
-        return decompose(factors)
+        return job.run(factors)
 
 
 class SharedStrategy(DistributionStrategy):
@@ -462,22 +463,17 @@ class SharedStrategy(DistributionStrategy):
         return allreduce_symmetric(batches, group=self.group, stats=self.communication)
 
     def decompose(
-        self,
-        factors: list[Factor],
-        decompose: Decompose,
-        cost: Callable[[Factor], float],
-        *,
-        phase: str,
+        self, factors: list[Factor], job: DecompositionJob, *, phase: str
     ) -> list[FactorInverse | None]:
         owners = assign_by_cost(
-            [cost(factor) for factor in factors], dist.get_world_size(self.group)
+            [job.cost(factor) for factor in factors], dist.get_world_size(self.group)
         )
         me = dist.get_rank(self.group)
         mine = [j for j, owner in enumerate(owners) if owner == me]
         payloads: list[torch.Tensor | None] = [None] * len(factors)
         error = None
         try:
-            for j, result in zip(mine, decompose([factors[j] for j in mine])):
+            for j, result in zip(mine, job.run([factors[j] for j in mine])):
                 payloads[j] = pack_inverse(result, factors[j].matrix)
         except Exception as exc:  # re-raised on every process just below
             error = exc

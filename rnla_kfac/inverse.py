@@ -11,25 +11,23 @@ same-sized factors (the blocks of a grouped convolution) are one batched inverse
 diagonal factor (``nn.Embedding``'s ``A``) has a :class:`DiagonalInverse`: exact,
 applied entrywise at ``O(n)`` cost, with no decomposition.
 
-:func:`decompose_factors` decomposes many factors at once, stacking same-sized ones
-into one batched :mod:`rnla` call, with the ranks chosen by a
-:class:`~rnla_kfac.rank_policy.RankPolicy`; :func:`precondition` applies a pair of
-inverses to a layer's gradient matrix with any of the damping modes.
+:func:`precondition` applies a pair of inverses to a layer's gradient matrix with any
+of the damping modes. The decompositions themselves are made by the decomposers of
+:mod:`rnla_kfac.decomposers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 import rnla
+from rnla._low_rank_inverse import per_matrix, woodbury_terms
 
 from ._checks import (
     DAMPING_MODES,
-    DECOMPOSITION_METHODS,
     check_bool,
     check_choice,
     check_count,
@@ -42,15 +40,9 @@ from .rank_policy import DEFAULT_RTOL, RankPolicy
 __all__ = [
     "DiagonalInverse",
     "FactorInverse",
-    "decompose_factors",
     "precondition",
     "split_damping",
 ]
-
-
-def _is_exact(method: str, rank: int | None, oversample: int, n: int) -> bool:
-    """Whether a factor of size ``n`` is decomposed exactly (full eigh)."""
-    return method == "eigh" or rank is None or rank + oversample >= n
 
 
 class FactorInverse:
@@ -202,7 +194,9 @@ class FactorInverse:
             raise TypeError(f"F: expected a floating torch tensor, got {_describe(F)}")
         if F.ndim != 2 or F.shape[0] != F.shape[1] or F.shape[0] == 0:
             raise ValueError(f"F: expected a non-empty square matrix, got shape {tuple(F.shape)}")
-        check_choice(method, "method", DECOMPOSITION_METHODS)
+        from .decomposers import decompose_factors, decomposer_for  # builds on this module
+
+        decomposer = decomposer_for(method)
         rank = check_rank(rank, allow_none=True)
         oversample = check_count(oversample, "oversample")
         n_iter = check_count(n_iter, "n_iter")
@@ -216,7 +210,7 @@ class FactorInverse:
         check_bool(tail_compensation, "tail_compensation")
         (result,) = decompose_factors(
             [F],
-            method,
+            decomposer,
             RankPolicy(rank, rtol=rtol),
             oversample=oversample,
             n_iter=n_iter,
@@ -305,18 +299,16 @@ class FactorInverse:
                 [0.0000, 0.5000]])
         """
         if self._explicit is None:
-            U, values = self.eigenvectors, self.eigenvalues
-            coefficients = 1 / (values + _per_block(self.damping))
-            if self.exact:
+            U = self.eigenvectors
+            tail = 0.0 if self.exact else torch.as_tensor(self.tail, dtype=U.dtype, device=U.device)
+            coefficients, scale = woodbury_terms(
+                self.eigenvalues, self.damping, tail, full_rank=self.exact
+            )
+            if scale is None:  # U diag(c) U^T
                 self._explicit = (U * coefficients[..., None, :]) @ U.mT
-            else:
-                tail_lam = torch.as_tensor(
-                    self.tail + self.damping, dtype=values.dtype, device=values.device
-                )
-                rest = 1 / tail_lam
-                coefficients = coefficients - _per_block(rest)
-                explicit = (U * coefficients[..., None, :]) @ U.mT
-                explicit.diagonal(dim1=-2, dim2=-1).add_(_per_block(rest))
+            else:  # s (I + U diag(c) U^T)
+                explicit = (U * (coefficients * per_matrix(scale))[..., None, :]) @ U.mT
+                explicit.diagonal(dim1=-2, dim2=-1).add_(per_matrix(scale))
                 self._explicit = explicit
         return self._explicit
 
@@ -426,11 +418,6 @@ class FactorInverse:
         return f"FactorInverse(size={self.size}, rank={self.rank})"
 
 
-def _per_block(value: float | Tensor) -> float | Tensor:
-    """A per-block value ``(B,)`` made to broadcast against ``(B, r)``; scalars as is."""
-    return value[..., None] if isinstance(value, Tensor) and value.ndim else value
-
-
 class DiagonalInverse:
     """Damped inverse of a diagonal PSD factor ``diag(d)``: exact, ``O(n)`` to apply.
 
@@ -535,9 +522,21 @@ class DiagonalInverse:
         >>> inv.solve(torch.ones(1, 2), side="right")
         tensor([[0.5000, 0.2500]])
         """
-        if self._reciprocal is None:
-            self._reciprocal = 1 / (self.diagonal + self.damping)
+        self._reciprocal = self.reciprocal()
         return self
+
+    def reciprocal(self) -> Tensor:
+        """``1 / (d + damping)``, the damped inverse's diagonal (formed once if materialized).
+
+        Examples
+        --------
+        >>> import torch
+        >>> DiagonalInverse(torch.tensor([1.0, 3.0]), damping=1.0).reciprocal()
+        tensor([0.5000, 0.2500])
+        """
+        if self._reciprocal is not None:
+            return self._reciprocal
+        return 1 / (self.diagonal + self.damping)
 
     def solve(self, M: Tensor, side: str = "left", *, check_values: bool = True) -> Tensor:
         """``(D + damping I)^-1 M`` (``side="left"``, M of shape (..., n, k)) or
@@ -560,9 +559,7 @@ class DiagonalInverse:
                 f"M: expected {self.size} {'rows' if side == 'left' else 'columns'} for "
                 f"side={side!r}, got shape {tuple(M.shape)}"
             )
-        reciprocal = self._reciprocal
-        if reciprocal is None:
-            reciprocal = 1 / (self.diagonal + self.damping)
+        reciprocal = self.reciprocal()
         if check_values and not bool(torch.isfinite(reciprocal).all()):
             raise ValueError("diagonal + damping: singular (a zero entry), add damping")
         scale = reciprocal[:, None] if side == "left" else reciprocal
@@ -607,236 +604,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of dtype {value.dtype}"
     return f"{type(value).__name__} {value!r}"[:120]
-
-
-def _decompose_stack(
-    stack: Tensor,
-    method: str,
-    rank: int,
-    exact: bool,
-    oversample: int,
-    n_iter: int,
-    rng: Any,
-    start: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Eigenpairs (descending) of a stack of symmetric PSD matrices, shape (B, n, n).
-
-    The exact routine is ``torch.linalg.eigh``: batched, on every torch device, and
-    the fastest exact solver measured (:doc:`/benchmarks`). ``start`` (``(B, n, j)``)
-    seeds the randomized sketches' test matrix (see :func:`rnla.srevd`).
-    """
-    if exact:
-        values, vectors = torch.linalg.eigh(stack)
-        return values.flip(-1), vectors.flip(-1)
-    options = {"rng": rng, "check_finite": False, "start": start}
-    if method == "rsvd":
-        # For symmetric PSD F, V spans range(F^T Q): one extra power step for free.
-        _, values, Vh = rnla.rsvd(stack, rank, oversample, n_iter, **options)
-        return values, Vh.mH
-    decompose = rnla.srevd if method == "srevd" else rnla.nystrom
-    return decompose(stack, rank, oversample, n_iter, check_symmetric=False, **options)
-
-
-def _robust_decompose(
-    stack: Tensor, *args: Any, start: Tensor | None = None
-) -> tuple[Tensor, Tensor] | None:
-    """:func:`_decompose_stack` with a float64 retry, then one matrix at a time.
-
-    Matrices that still fail get NaN eigenvalues; ``None`` when every one failed.
-    """
-    for dtype in dict.fromkeys((stack.dtype, torch.float64)):
-        try:
-            seed_block = None if start is None else start.to(dtype)
-            values, vectors = _decompose_stack(stack.to(dtype), *args, seed_block)
-        except RuntimeError:  # torch.linalg.LinAlgError and other numerical failures
-            continue
-        values, vectors = values.to(stack.dtype), vectors.to(stack.dtype)
-        if bool(torch.isfinite(values).all()):
-            return values, vectors
-    if stack.shape[0] == 1:
-        return None
-    pieces = [
-        _robust_decompose(matrix[None], *args, start=None if start is None else start[i, None])
-        for i, matrix in enumerate(stack.unbind())
-    ]
-    done = next((piece for piece in pieces if piece is not None), None)
-    if done is None:
-        return None
-    failed = tuple(torch.full_like(part, float("nan")) for part in done)
-    values, vectors = zip(*(failed if piece is None else piece for piece in pieces), strict=True)
-    return torch.cat(values), torch.cat(vectors)
-
-
-def decompose_factors(
-    factors: Sequence[Tensor],
-    method: str,
-    policy: RankPolicy,
-    *,
-    hints: Sequence[int | None] | None = None,
-    floors: Sequence[float] | None = None,
-    oversample: int = 10,
-    n_iter: int = 4,
-    tail_compensation: bool = True,
-    rng: int | torch.Generator | None = None,
-    starts: Sequence[Tensor | None] | None = None,
-    warm_n_iter: int | None = None,
-) -> list[FactorInverse | None]:
-    """Decompose many symmetric PSD factors, batching same-sized ones (undamped).
-
-    Factors of equal size, sketch rank, start width, dtype and device are stacked into
-    one :mod:`rnla` call (one ``torch.linalg.eigh`` call on the exact path); a stack of
-    blocks ``(B, n, n)`` (a block-diagonal factor) joins that call with all its blocks
-    and gives one batched inverse. A failing stack is retried in float64, then one
-    matrix at a time; a factor with a block that still fails gives ``None``. Arguments
-    are assumed valid (see :meth:`FactorInverse.from_factor`).
-
-    A factor with a start block (a *warm start*: typically the eigenvectors of its
-    previous decomposition) has its sketch's test matrix begin with those columns, the
-    rest Gaussian, and takes ``warm_n_iter`` power iterations instead of ``n_iter``.
-    The Gaussian columns of every sketch come from ``rng`` alone (an int seed gives
-    each call the same draws), so how the factors are grouped into calls does not
-    change them. A sketch that has to grow (a saturated ``"auto"`` factor) starts
-    cold, and the exact path ignores start blocks.
-
-    Parameters
-    ----------
-    factors : sequence of Tensor, each (n_i, n_i) or (B_i, n_i, n_i)
-        Symmetric PSD factors or stacks of blocks (symmetry and finiteness are not
-        checked).
-    method : {"eigh", "rsvd", "srevd", "nystrom"}
-    policy : RankPolicy
-        The rank rule: each factor's sketch rank (:meth:`RankPolicy.sketch_rank`; the
-        exact path is used when ``rank + oversample >= n_i``), the modes kept of a
-        sketch (of a stack: the most any block keeps), and the larger sketch of a
-        saturated ``"auto"`` factor (a stack with any saturated block), redone until
-        it is not saturated.
-    hints : sequence of int or None, optional
-        Per factor, the :meth:`RankPolicy.next_hint` of its previous decomposition
-        (``"auto"`` starts from it). Default: none.
-    floors : sequence of float, optional
-        Per factor, an eigenvalue shared by all its modes that the adaptive rank
-        ignores: the weight ``rho^k`` of an identity start still in an average. The
-        modes are judged by ``eigenvalue - floor`` (the statistics), so a factor close
-        to its identity start keeps a few modes instead of growing its sketch to the
-        full size. Default: 0 for every factor.
-    oversample, n_iter : int
-        Sketch parameters of the randomized methods (``n_iter`` for cold starts).
-    tail_compensation : bool, default True
-        Set each inverse's ``tail`` to the mean discarded eigenvalue.
-    rng : int, torch.Generator or None
-        Randomness of the sketches.
-    starts : sequence of Tensor or None, optional
-        Per factor, ``None`` (a cold start) or a start block of shape ``(n_i, j)``
-        (``(B_i, n_i, j)`` for a stack), ``j >= 1``, in the factor's dtype and on its
-        device; only its first ``min(rank + oversample, n_i)`` columns are used.
-        Default: every factor cold.
-    warm_n_iter : int, optional
-        Power iterations of warm-started sketches; default ``n_iter``.
-
-    Returns
-    -------
-    list of FactorInverse or None
-        Undamped inverses, in the order of ``factors`` (batched for stacks).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rnla_kfac.inverse import decompose_factors
-    >>> from rnla_kfac.rank_policy import RankPolicy
-    >>> g = torch.Generator().manual_seed(0)
-    >>> Fs = [torch.eye(n) + torch.ones(n, n) for n in (40, 40, 12)]
-    >>> [inv.rank for inv in decompose_factors(Fs, "nystrom", RankPolicy(5), rng=g)]
-    [5, 5, 12]
-    >>> blocks = torch.eye(3).expand(4, 3, 3)
-    >>> decompose_factors([blocks], "eigh", RankPolicy(None))[0].batch_shape
-    (4,)
-
-    A warm start from the previous eigenvectors, with no power iteration:
-
-    >>> x = torch.randn(200, 60, generator=g)
-    >>> F = x.T @ x / 200
-    >>> (cold,) = decompose_factors([F], "srevd", RankPolicy(8), rng=1)
-    >>> (warm,) = decompose_factors([F + 0.01 * torch.eye(60)], "srevd", RankPolicy(8),
-    ...                             rng=2, starts=[cold.eigenvectors], warm_n_iter=0)
-    >>> warm.rank
-    8
-    """
-    results: list[FactorInverse | None] = [None] * len(factors)
-    hints = [None] * len(factors) if hints is None else hints
-    floors = [0.0] * len(factors) if floors is None else floors
-    starts = [None] * len(factors) if starts is None else starts
-    warm_n_iter = n_iter if warm_n_iter is None else warm_n_iter
-    pending = [
-        (i, F, policy.sketch_rank(F.shape[-1], hint), start)
-        for i, (F, hint, start) in enumerate(zip(factors, hints, starts, strict=True))
-    ]
-    while pending:
-        groups: dict[tuple, list[tuple[int, Tensor, int | None, Tensor | None]]] = {}
-        for i, F, r, start in pending:
-            n = F.shape[-1]
-            exact = _is_exact(method, r, oversample, n)
-            if exact or start is None:
-                start = None
-            else:  # at most the sketch width, contiguous: the same bits after a resume
-                start = start[..., : min(r + oversample, n)].contiguous()
-            width = 0 if start is None else start.shape[-1]
-            key = (n, None if exact else r, width, F.dtype, F.device)
-            groups.setdefault(key, []).append((i, F, r, start))
-        pending = []
-        for (n, r, width, _, _), items in groups.items():
-            exact = r is None
-            blocks = [F if F.ndim == 3 else F[None] for _, F, _, _ in items]
-            stack = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
-            start = None
-            if width:
-                seeds = [s if s.ndim == 3 else s[None] for _, _, _, s in items]
-                start = seeds[0] if len(seeds) == 1 else torch.cat(seeds)
-            traces = stack.diagonal(dim1=-2, dim2=-1).sum(-1)
-            iterations = warm_n_iter if width else n_iter
-            decomposed = _robust_decompose(
-                stack, method, r, exact, oversample, iterations, rng, start=start
-            )
-            if decomposed is None:
-                continue
-            all_values, all_vectors = decomposed
-            finite = torch.isfinite(all_values).all(-1).tolist()
-            offset = 0
-            for (i, F, _, _), block in zip(items, blocks, strict=True):
-                part = slice(offset, offset + block.shape[0])
-                offset = part.stop
-                if not all(finite[part]):
-                    continue
-                values, vectors, trace = all_values[part], all_vectors[part], traces[part]
-                if F.ndim == 2:
-                    values, vectors, trace = values[0], vectors[0], trace[0]
-                values = values.clamp_min(0)
-                if exact:
-                    results[i] = FactorInverse(values, vectors, trace=trace)
-                    continue
-                kept = _modes_to_keep(policy, values, n, floors[i])
-                if kept is None:  # saturated: the spectrum reaches further (a cold retry)
-                    pending.append((i, F, policy.grown_sketch_rank(r, n), None))
-                    continue
-                if kept < r:
-                    values, vectors = values[..., :kept], vectors[..., :kept].contiguous()
-                tail = (
-                    ((trace - values.sum(-1)) / (n - kept)).clamp_min(0)
-                    if tail_compensation
-                    else 0.0
-                )
-                results[i] = FactorInverse(values, vectors, tail=tail, trace=trace)
-    return results
-
-
-def _modes_to_keep(policy: RankPolicy, values: Tensor, size: int, floor: float) -> int | None:
-    """:meth:`RankPolicy.modes_to_keep` of a factor, or of a stack: the most of any block.
-
-    ``None`` (grow the sketch) when any block is saturated.
-    """
-    kept = [
-        policy.modes_to_keep(block, size, floor) for block in values.reshape(-1, values.shape[-1])
-    ]
-    return None if None in kept else max(kept)
 
 
 def split_damping(

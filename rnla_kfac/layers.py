@@ -1,4 +1,5 @@
-"""One preconditioned layer: its Kronecker factors (statistics, averages, inverses), apply."""
+"""Layer discovery and one preconditioned layer's Kronecker factors (statistics, averages,
+inverses, checkpoints)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._apply import DampedSide, Scale, block_scale, precondition_parts, stack_sides
-from .inverse import DiagonalInverse, FactorInverse, Inverse, split_damping
+from .inverse import DiagonalInverse, FactorInverse, Inverse
 from .modules import LayerHelper, helper_for
 
-__all__ = ["Factor", "KFACLayer", "Preconditioned", "factor_dtype", "find_layers"]
+__all__ = [
+    "Factor",
+    "KFACLayer",
+    "factor_dtype",
+    "find_layers",
+    "load_layer_states",
+    "skipped_message",
+]
 
 SKIP_PATTERN_REASON = "skip_layers pattern"
 
@@ -25,10 +32,10 @@ class Factor:
     Batch factors of the forward or backward passes of a step are summed by
     :meth:`record` and averaged by :meth:`take_batch`; :meth:`fold` adds one to the
     exponential average :attr:`matrix`, which starts at the identity and is updated in
-    place. The decomposition step sets :attr:`inverse`, :attr:`rank_hint` and
-    :attr:`sketch_rank`; the eigenvectors of a low-rank :attr:`inverse` seed the next
-    decomposition's sketch (a warm start, see
-    :class:`~rnla_kfac.KFACPreconditioner`).
+    place. The :class:`~rnla_kfac.inverse_updater.InverseUpdater` sets :attr:`inverse`,
+    :attr:`rank_hint` and :attr:`sketch_rank`; the eigenvectors of a low-rank
+    :attr:`inverse` seed the next decomposition's sketch (a warm start, see
+    :meth:`~rnla_kfac.inverse_updater.DecompositionPlan.start_block`).
 
     A block-diagonal factor (a grouped convolution's) is a stack of ``blocks``
     same-sized matrices, decomposed together in one batched call. A diagonal factor
@@ -200,13 +207,14 @@ class Factor:
 
 
 class KFACLayer:
-    """K-FAC state of one layer: its factors ``A`` and ``G`` and how to apply them.
+    """K-FAC state of one layer: its factors ``A`` and ``G``, recorded, folded and saved.
 
     The hooks record the batch factors of each forward/backward pass
     (:meth:`record_input`, :meth:`record_output_grad`; several micro-batches in one
     step are averaged); :meth:`take_batches` reads them and :meth:`fold` adds them to
     the exponential averages, which start at the identity and are updated in place.
-    :meth:`precondition` applies the factors' inverses to the layer's gradient.
+    The inverses are applied to the layer's gradient by
+    :class:`~rnla_kfac.gradient_applier.GradientApplier`.
 
     Parameters
     ----------
@@ -252,7 +260,6 @@ class KFACLayer:
             "A", name, helper.a_size, dtype, device, blocks=blocks, diagonal=helper.diagonal_input
         )
         self.G = Factor("G", name, helper.g_size, dtype, device, blocks=blocks)
-        self._damped: tuple | None = None
 
     @property
     def factors(self) -> tuple[Factor, ...]:
@@ -293,7 +300,6 @@ class KFACLayer:
         self.dtype = dtype
         for factor in self.factors:
             factor.to(weight.device, dtype)
-        self._damped = None
 
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
@@ -328,63 +334,6 @@ class KFACLayer:
         """Fold one batch factor per factor into the averages (see :meth:`Factor.fold`)."""
         for factor, batch in zip(self.factors, batches, strict=True):
             factor.fold(batch, decay)
-
-    def precondition(
-        self,
-        damping: float,
-        damping_mode: str,
-        dtype: torch.dtype | None = None,
-        *,
-        keep_gradient: bool = False,
-    ) -> Preconditioned | None:
-        """Precondition the current gradient: ``G^-1 J A^-1`` of its parts.
-
-        The weight and bias parts of ``J`` are views of the ``.grad`` (no full-size
-        copy); the products run in ``dtype`` (default: the factor dtype) and overwrite
-        the gradient in place unless ``keep_gradient`` (then ``.grad`` stays ``J`` until
-        :meth:`Preconditioned.write`). None before the first decomposition or without a
-        gradient.
-        """
-        sides = self.damped_sides(damping, damping_mode, dtype)
-        if sides is None:
-            return None
-        parts = self.helper.grad_parts()
-        if parts is None:
-            return None
-        return precondition_each([(self, sides, parts)], keep_gradient)[0]
-
-    def damped_sides(
-        self, damping: float, mode: str, dtype: torch.dtype | None = None
-    ) -> tuple[DampedSide, DampedSide] | None:
-        """The damped inverses prepared for application, cached until the damping, the
-        work ``dtype`` or the decompositions change (None before the first one).
-
-        A side is an explicit inverse where :func:`~rnla_kfac.explicit_is_cheaper`,
-        else its Woodbury form with the eigenvectors in ``dtype`` (kept across damping
-        changes).
-        """
-        A_inverse, G_inverse = self.A.inverse, self.G.inverse
-        if A_inverse is None or G_inverse is None:
-            return None
-        dtype = self.dtype if dtype is None else dtype
-        cached = self._damped
-        key = (damping, mode, dtype)
-        if (
-            cached is not None
-            and cached[0] == key
-            and cached[1] is A_inverse
-            and cached[2] is G_inverse
-        ):
-            return cached[3]
-        lam_A, lam_G = split_damping(A_inverse, G_inverse, damping, mode)
-        sides = []
-        for index, (inverse, lam) in enumerate(((A_inverse, lam_A), (G_inverse, lam_G))):
-            basis = None
-            if cached is not None and cached[1 + index] is inverse:
-                basis = cached[3][index].basis  # the eigenvectors do not depend on damping
-            sides.append(DampedSide.build(inverse.with_damping(lam), dtype, basis=basis))
-        self._damped = (key, A_inverse, G_inverse, tuple(sides))
-        return self._damped[3]
 
     def state_dict(self) -> dict[str, Any]:
         """Averaged factors, inverses, rank hints, sketch ranks, updates and identity weight.
@@ -433,142 +382,6 @@ class KFACLayer:
             factor.reset_batch()
 
 
-class Preconditioned:
-    """A layer's preconditioned gradient ``P = scale * [weight, bias]`` before it is stored.
-
-    Holds the original parts ``J`` (views of the ``.grad``; unchanged only when the
-    layer was preconditioned with ``keep_gradient``) and the result's parts.
-    :meth:`inner` is ``<J, P>`` summed over the parts (kl_clip), :meth:`write`
-    stores ``P`` (times an extra scale) into the ``.grad``.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from rnla_kfac import KFACPreconditioner
-    >>> model = torch.nn.Linear(3, 2)
-    >>> pre = KFACPreconditioner(model, method="eigh")
-    >>> model(torch.randn(4, 3)).square().sum().backward()
-    >>> pre.step()
-    >>> model(torch.randn(4, 3)).square().sum().backward()
-    >>> result = pre._layers[0].precondition(0.1, "relative", keep_gradient=True)
-    >>> bool(result.inner() > 0)
-    True
-    >>> result.write()
-    """
-
-    __slots__ = ("layer", "J_weight", "J_bias", "weight", "bias", "scale")
-
-    def __init__(
-        self,
-        layer: KFACLayer,
-        J_weight: Tensor,
-        J_bias: Tensor | None,
-        weight: Tensor,
-        bias: Tensor | None,
-        scale: Scale,
-    ):
-        self.layer = layer
-        self.J_weight, self.J_bias = J_weight, J_bias
-        self.weight, self.bias = weight, bias
-        self.scale = scale
-
-    def inner(self) -> Tensor:
-        """``<J, P>`` over the weight and bias parts, a 0-d tensor in ``J``'s dtype."""
-        total = _inner(self.J_weight, self.weight, block_scale(self.scale, 2))
-        if self.bias is not None:
-            total = total + _inner(self.J_bias, self.bias, block_scale(self.scale, 1))
-        return total
-
-    def write(self, scale: Scale = 1.0) -> None:
-        """Store ``scale * P`` into the parameters' ``.grad``."""
-        self.layer.helper.write_grad_parts(self.weight, self.bias, self.scale * scale)
-
-
-def _inner(J: Tensor, P: Tensor, scale: Scale) -> Tensor:
-    """``sum(J * scale * P)``: one dot product when no per-block scale is pending."""
-    if P.dtype != J.dtype:
-        P = P.to(J.dtype)
-    if isinstance(scale, Tensor) and scale.ndim:
-        return (J * P).mul_(scale).sum()
-    if J.is_contiguous() and P.is_contiguous():
-        value = torch.dot(J.reshape(-1), P.reshape(-1))
-    elif J.mT.is_contiguous() and P.mT.is_contiguous():
-        value = torch.dot(J.mT.reshape(-1), P.mT.reshape(-1))
-    else:
-        value = (J * P).sum()
-    return value * scale
-
-
-PreparedLayer = tuple["KFACLayer", tuple[DampedSide, DampedSide], tuple[Tensor, Tensor | None]]
-"""A layer with its damped sides and gradient parts (:meth:`KFACLayer.damped_sides`,
-:meth:`~rnla_kfac.modules.LayerHelper.grad_parts`)."""
-
-
-def precondition_each(items: list[PreparedLayer], keep_gradient: bool) -> list[Preconditioned]:
-    """Precondition prepared layers one at a time, in place unless ``keep_gradient``."""
-    results = []
-    for layer, sides, (weight, bias) in items:
-        out = None
-        if not keep_gradient:
-            out = layer.helper.weight_view(layer.helper.module.weight.grad)
-        P_w, P_b, scale = precondition_parts(weight, bias, *sides, owned=not keep_gradient, out=out)
-        results.append(Preconditioned(layer, weight, bias, P_w, P_b, scale))
-    return results
-
-
-def precondition_together(
-    items: list[PreparedLayer], cache: dict[tuple, tuple], key: tuple
-) -> list[Preconditioned]:
-    """Precondition same-shaped layers in one batched product.
-
-    The layers' gradient parts are copied into one stack in the work dtype (their
-    ``.grad`` stay ``J`` until written); their sides are stacked once per change of
-    any of them and kept in ``cache[key]``. Per-block scales stay pending and are
-    fused into the copy back.
-    """
-    sides = [pair for _, pair, _ in items]
-    cached = cache.get(key)
-    if (
-        cached is None
-        or len(cached[0]) != len(sides)
-        or any(a is not b for mine, theirs in zip(cached[0], sides) for a, b in zip(mine, theirs))
-    ):
-        stacked = (stack_sides([A for A, _ in sides]), stack_sides([G for _, G in sides]))
-        cache[key] = cached = (sides, stacked)
-    A_stack, G_stack = cached[1]
-    dtype = A_stack.dtype
-    weights = [weight.reshape(-1, *weight.shape[-2:]) for _, _, (weight, _) in items]
-    counts = [w.shape[0] for w in weights]
-    W = weights[0].new_empty((sum(counts), *weights[0].shape[1:]), dtype=dtype)
-    biases = [bias for _, _, (_, bias) in items]
-    b = None
-    if biases[0] is not None:
-        b = biases[0].new_empty((sum(counts), biases[0].shape[-1]), dtype=dtype)
-    start = 0
-    for index, count in enumerate(counts):
-        W[start : start + count].copy_(weights[index])
-        if b is not None:
-            b[start : start + count].copy_(biases[index].reshape(count, -1))
-        start += count
-    P_w, P_b, scale = precondition_parts(W, b, A_stack, G_stack, owned=True)
-    results, start = [], 0
-    for (layer, _, (weight, bias)), count in zip(items, counts, strict=True):
-        part = slice(start, start + count) if weight.ndim == 3 else start
-        start += count
-        layer_scale = scale[part] if isinstance(scale, Tensor) and scale.ndim else scale
-        results.append(
-            Preconditioned(
-                layer,
-                weight,
-                bias,
-                P_w[part],
-                None if P_b is None else P_b[part],
-                layer_scale,
-            )
-        )
-    return results
-
-
 def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The dtype of a layer's factors: float64 for float64 weights, float32 otherwise.
 
@@ -594,8 +407,8 @@ def find_layers(
     preconditioned are returned with the reason: a skip pattern, an unsupported type,
     a frozen weight, a Parameter shared with another module (never preconditioned
     twice), or a layer that ``nn.MultiheadAttention`` applies functionally (its hooks
-    never see the input). The factors are float64 for float64 layers, float32
-    otherwise.
+    never see the input); one warning names those not skipped by a pattern. The
+    factors are float64 for float64 layers, float32 otherwise.
 
     Raises
     ------
@@ -657,6 +470,11 @@ def find_layers(
             "model: no supported layer to precondition (trainable nn.Linear, nn.Conv1d, "
             f"nn.Conv2d or nn.Embedding, not in skip_layers) in {type(model).__name__}"
         )
+    unexpected = {
+        name: why for name, why in skipped.items() if not why.startswith(SKIP_PATTERN_REASON)
+    }
+    if unexpected:
+        warnings.warn(skipped_message(unexpected), stacklevel=3)
     return layers, skipped
 
 
@@ -685,3 +503,60 @@ def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
         except re.error as error:
             raise ValueError(f"skip_layers: invalid regex {pattern!r} ({error})") from None
     return patterns
+
+
+def skipped_message(skipped: dict[str, str]) -> str:
+    """One warning for modules left alone, their names grouped by reason.
+
+    Examples
+    --------
+    >>> from rnla_kfac.layers import skipped_message
+    >>> skipped_message({"a": "frozen", "b": "frozen"}).split(": ", 1)[1]
+    "2 module(s) keep their plain gradient (see skipped_layers): frozen: 'a', 'b'"
+    """
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(repr(name))
+    groups = "; ".join(f"{reason}: {', '.join(names)}" for reason, names in by_reason.items())
+    return (
+        f"KFACPreconditioner: {len(skipped)} module(s) keep their plain gradient "
+        f"(see skipped_layers): {groups}"
+    )
+
+
+def load_layer_states(layers: list[KFACLayer], state_dict: dict[str, Any]) -> None:
+    """Restore each layer's :meth:`KFACLayer.state_dict` from a preconditioner's state dict.
+
+    Raises
+    ------
+    TypeError
+        If ``state_dict`` is not a dict with ``"layers"``.
+    ValueError
+        If its layers differ from ``layers`` (the message names the first mismatched
+        layer) or a factor's shape differs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> layers, _ = find_layers(torch.nn.Linear(3, 2), (), None)
+    >>> load_layer_states(layers, {"layers": {"": layers[0].state_dict()}})
+    """
+    if not isinstance(state_dict, dict) or "layers" not in state_dict:
+        raise TypeError(
+            "state_dict: expected a dict from KFACPreconditioner.state_dict(), "
+            f"got {type(state_dict).__name__}"
+        )
+    saved = state_dict["layers"]
+    names = {layer.name for layer in layers}
+    for layer in layers:
+        if layer.name not in saved:
+            raise ValueError(
+                f"state_dict: layer {layer.name!r} of this model is missing from the state dict"
+            )
+    for name in saved:
+        if name not in names:
+            raise ValueError(
+                f"state_dict: layer {name!r} of the state dict is not preconditioned here"
+            )
+    for layer in layers:
+        layer.load_state_dict(saved[layer.name])

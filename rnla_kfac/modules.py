@@ -44,6 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rnla._low_rank_inverse import per_matrix
+
 __all__ = [
     "ConvHelper",
     "EmbeddingHelper",
@@ -130,6 +132,33 @@ class LayerHelper:
         rows, multiplier = self.output_rows(grad_output.detach().to(compute_dtype or dtype))
         return _scaled_gram(rows, multiplier).to(dtype)
 
+    def per_example_rows(
+        self, x: Tensor, grad_output: Tensor, dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Per-example rows ``(G, A)``, ``(n, L, g_size)`` and ``(n, L, a_size)``, in ``dtype``.
+
+        The gradient of example ``i`` is ``sum_l G[i, l] A[i, l]^T`` (``L`` locations:
+        positions of a sequence, output pixels of a convolution); ``A`` has the bias
+        column. For layers that are not block-diagonal.
+
+        Examples
+        --------
+        >>> import torch
+        >>> helper = LinearHelper(torch.nn.Linear(3, 2))
+        >>> G, A = helper.per_example_rows(torch.ones(4, 5, 3), torch.ones(4, 5, 2),
+        ...                                torch.float32)
+        >>> tuple(G.shape), tuple(A.shape)
+        ((4, 5, 2), (4, 5, 4))
+        """
+        G, A = self._per_example(x.to(dtype), grad_output.to(dtype))
+        if self.has_bias:
+            A = torch.cat([A, A.new_ones(*A.shape[:2], 1)], dim=2)
+        return G, A
+
+    def _per_example(self, x: Tensor, grad_output: Tensor) -> tuple[Tensor, Tensor]:
+        n = x.shape[0]
+        return grad_output.reshape(n, -1, grad_output.shape[-1]), x.reshape(n, -1, x.shape[-1])
+
     @property
     def _block_shape(self) -> tuple[int, ...]:
         return () if self.blocks is None else (self.blocks,)
@@ -215,21 +244,14 @@ class LayerHelper:
         """
         weight_grad = self.module.weight.grad
         view = self.weight_view(weight_grad)
-        weight_scale = _per_block(scale, 2)
+        weight_scale = per_matrix(scale, 2)
         if view is None:
             weight_grad.copy_(_scaled(weight, weight_scale).reshape(weight_grad.shape))
         else:
             _store(view, weight, weight_scale)
         if bias is not None:
             bias_view = self.module.bias.grad.view(*self._block_shape, self.g_size)
-            _store(bias_view, bias, _per_block(scale, 1))
-
-
-def _per_block(scale: Any, trailing: int) -> Any:
-    """A per-block scale ``(blocks,)`` made to broadcast over ``trailing`` more dims."""
-    if isinstance(scale, Tensor):
-        return scale.reshape(*scale.shape, *(1,) * trailing)
-    return scale
+            _store(bias_view, bias, per_matrix(scale, 1))
 
 
 def _scaled(value: Tensor, scale: Any) -> Tensor:
@@ -328,6 +350,9 @@ class ConvHelper(LayerHelper):
         groups = module.groups
         self.blocks = groups if groups > 1 else None
         self.g_size = module.out_channels // groups
+
+    def _per_example(self, x: Tensor, grad_output: Tensor) -> tuple[Tensor, Tensor]:
+        return grad_output.flatten(2).transpose(1, 2), conv_patches(self.module, x)
 
     def _batched(self, t: Tensor) -> Tensor:
         """``t`` with a batch dimension (an unbatched ``(C, *spatial)`` input gets one)."""

@@ -28,11 +28,10 @@ from ._checks import (
     check_positive,
     check_positive_int,
 )
-from .modules import conv_patches
+from .layers import factor_dtype
+from .modules import ConvHelper, LayerHelper, LinearHelper, helper_for
 
 __all__ = ["SENG"]
-
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d)
 
 
 class _PerSampleGradients:
@@ -110,16 +109,79 @@ class _PerSampleGradients:
         return (G * z[:, None, None]).reshape(n * r, -1).T @ A.reshape(n * r, -1)
 
 
-class _SENGLayer:
-    """One preconditioned module: hook tensors, the per-sample gradients and ``eigh(U U^T)``."""
+def _truncate(G: Tensor, A: Tensor, p: int) -> tuple[Tensor, Tensor]:
+    """Factors of ``Q_i Q_i^T G_i^T A_i``, ``Q_i`` the top left singular vectors of ``G_i^T``.
 
-    def __init__(self, name: str, module: nn.Module):
+    ``G_i^T = W S V^T`` (``d_out x L``); the top ``p`` singular vectors come from
+    ``eigh`` of the smaller Gram matrix (a batched SVD is far slower on CPUs):
+    ``G_i G_i^T = V S^2 V^T`` gives ``(V_p^T G_i, V_p^T A_i)`` (as ``W_p S_p =
+    G_i^T V_p``), ``G_i^T G_i = W S^2 W^T`` gives ``(W_p^T, W_p^T G_i^T A_i)``.
+    """
+    _, locations, d_out = G.shape
+    if locations <= d_out:
+        V = torch.linalg.eigh(G @ G.transpose(1, 2)).eigenvectors[..., -p:]
+        return V.transpose(1, 2) @ G, V.transpose(1, 2) @ A
+    W = torch.linalg.eigh(G.transpose(1, 2) @ G).eigenvectors[..., -p:]
+    return W.transpose(1, 2), (G @ W).transpose(1, 2) @ A
+
+
+class _ColumnSampler:
+    """SENG's column samples: about ``s^2`` coordinates drawn from one generator.
+
+    Each sample holds the sampled coordinates and their weight ``sqrt(d / |S|)``
+    (see :class:`_PerSampleGradients`); ``sample_size=None`` samples nothing.
+    """
+
+    def __init__(self, sample_size: int | None, seed: int):
+        self.sample_size = sample_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _draw(self, size: int, count: int, device: torch.device) -> Tensor:
+        index = torch.randperm(size, generator=self.generator)[:count]
+        return index.sort().values.to(device)
+
+    def flat(self, size: int, device: torch.device) -> dict[str, Any]:
+        """About ``s^2`` of ``size`` single coordinates (an explicit ``U``)."""
+        s = self.sample_size
+        if s is None or size <= s * s:
+            return {}
+        return {"index": self._draw(size, s * s, device), "weight": math.sqrt(size / (s * s))}
+
+    def grid(self, d_out: int, d_in: int, device: torch.device) -> dict[str, Any]:
+        """A grid of output and input coordinates of about ``s^2`` (a factored ``U``)."""
+        s = self.sample_size
+        if s is None or d_out * d_in <= s * s:
+            return {}
+        # About s^2 coordinates: at most s of the smaller side, the rest of the budget
+        # to the larger one.
+        if d_out <= d_in:
+            count_out = min(d_out, s)
+            count_in = min(d_in, s * s // count_out)
+        else:
+            count_in = min(d_in, s)
+            count_out = min(d_out, s * s // count_in)
+        sample: dict[str, Any] = {}
+        for key, size, count in (("out", d_out, count_out), ("in", d_in, count_in)):
+            if count < size:
+                sample[f"{key}_index"] = self._draw(size, count, device)
+                sample[f"{key}_weight"] = math.sqrt(size / count)
+        return sample
+
+
+class _SENGLayer:
+    """One preconditioned module: hook tensors, the per-sample gradients and ``eigh(U U^T)``.
+
+    Gradient access and per-example rows come from the module's
+    :class:`~rnla_kfac.modules.LayerHelper`, as for K-FAC.
+    """
+
+    def __init__(self, name: str, helper: LayerHelper):
         self.name = name
-        self.module = module
-        self.has_bias = module.bias is not None and module.bias.requires_grad
-        weight = module.weight
-        self.dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        self.shape = (weight.shape[0], weight[0].numel() + int(self.has_bias))
+        self.helper = helper
+        self.module = helper.module
+        self.has_bias = helper.has_bias
+        self.dtype = factor_dtype(self.module.weight.dtype)
+        self.shape = (helper.g_size, helper.a_size)
         self.pending: tuple[Tensor, Tensor] | None = None
         self.gradients: _PerSampleGradients | None = None
         self.eigenvalues: Tensor | None = None
@@ -132,36 +194,25 @@ class _SENGLayer:
         the batch is ``n g_i a_i^T``, and ``U_i`` is it over ``sqrt(n)``.
         """
         x, grad = self.pending
-        n = x.shape[0]
-        x, grad = x.to(self.dtype), grad.to(self.dtype)
-        if isinstance(self.module, _CONV_TYPES):
-            A = conv_patches(self.module, x)
-            G = grad.flatten(2).transpose(1, 2)
-        else:
-            A = x.reshape(n, -1, x.shape[-1])
-            G = grad.reshape(n, -1, grad.shape[-1])
-        if self.has_bias:
-            A = torch.cat([A, A.new_ones(*A.shape[:2], 1)], dim=2)
-        return G * math.sqrt(n), A
+        G, A = self.helper.per_example_rows(x, grad, self.dtype)
+        return G * math.sqrt(x.shape[0]), A
 
-    def grad_matrix(self) -> Tensor | None:
-        """``[W.grad, b.grad]`` as a ``d_out x d_in`` matrix (None without gradients)."""
-        weight_grad = self.module.weight.grad
-        if weight_grad is None:
-            return None
-        J = weight_grad.reshape(self.shape[0], -1)
-        if self.has_bias:
-            bias_grad = self.module.bias.grad
-            if bias_grad is None:
-                bias_grad = torch.zeros_like(self.module.bias)
-            J = torch.cat([J, bias_grad[:, None]], dim=1)
-        return J.to(self.dtype)
-
-    def set_grad_matrix(self, P: Tensor) -> None:
-        weight = self.module.weight
-        weight.grad.copy_(P[:, : self.shape[1] - int(self.has_bias)].reshape(weight.shape))
-        if self.has_bias and self.module.bias.grad is not None:
-            self.module.bias.grad.copy_(P[:, -1])
+    def per_sample_gradients(
+        self, sampler: _ColumnSampler, explicit_limit: int, rank: int
+    ) -> _PerSampleGradients:
+        """The pending pass's ``U``: explicit up to ``explicit_limit`` weights (with more
+        than one location), else factored (truncated to ``rank`` beyond ``rank``
+        locations), with a fresh column sample."""
+        G, A = self.rows()
+        n, locations, d_out = G.shape
+        d_weights = d_out * (A.shape[2] - int(self.has_bias))
+        if locations > 1 and d_weights <= explicit_limit:
+            U = torch.bmm(G.transpose(1, 2), A).reshape(n, -1)
+            return _PerSampleGradients({"U": U}, sampler.flat(U.shape[1], U.device))
+        if locations > rank:
+            G, A = _truncate(G, A, rank)
+        tensors = {"G": G.contiguous(), "A": A.contiguous()}
+        return _PerSampleGradients(tensors, sampler.grid(d_out, A.shape[2], G.device))
 
     def state_dict(self) -> dict[str, Any]:
         gradients = self.gradients
@@ -362,7 +413,7 @@ class SENG(torch.optim.SGD):
         self.seed = check_number(seed, "seed", integer=True, low=0)
         super().__init__(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         self._layers = self._find_layers(model)
-        self._generator = torch.Generator().manual_seed(self.seed)
+        self._sampler = _ColumnSampler(self.fim_col_sample_size, self.seed)
         self._handles = [
             layer.module.register_forward_hook(partial(self._forward_hook, layer), with_kwargs=True)
             for layer in self._layers
@@ -373,14 +424,13 @@ class SENG(torch.optim.SGD):
     def _find_layers(model: nn.Module) -> list[_SENGLayer]:
         layers, grouped = [], []
         for name, module in model.named_modules():
-            if not isinstance(module, (nn.Linear, *_CONV_TYPES)):
+            helper = helper_for(module)
+            if not isinstance(helper, LinearHelper | ConvHelper):  # frozen or unsupported
                 continue
-            if not module.weight.requires_grad:
-                continue
-            if isinstance(module, _CONV_TYPES) and module.groups > 1:
+            if helper.blocks is not None:
                 grouped.append(f"{name!r} (groups={module.groups})")
                 continue
-            layers.append(_SENGLayer(name, module))
+            layers.append(_SENGLayer(name, helper))
         if grouped:
             warnings.warn(
                 "SENG: convolutions with groups > 1 get the plain SGD update: "
@@ -506,7 +556,7 @@ class SENG(torch.optim.SGD):
         state = super().state_dict()
         state["seng"] = {
             "steps": self._steps,
-            "generator": self._generator.get_state(),
+            "generator": self._sampler.generator.get_state(),
             "layers": {layer.name: layer.state_dict() for layer in self._layers},
         }
         return state
@@ -540,7 +590,7 @@ class SENG(torch.optim.SGD):
         for layer in self._layers:
             layer.load_state_dict(saved[layer.name])
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "seng"})
-        self._generator.set_state(extra["generator"])
+        self._sampler.generator.set_state(extra["generator"])
         self._steps = int(extra["steps"])
 
     def __repr__(self) -> str:
@@ -559,7 +609,9 @@ class SENG(torch.optim.SGD):
             return
         skipped = []
         for layer in recorded:
-            gradients = self._per_sample_gradients(layer)
+            gradients = layer.per_sample_gradients(
+                self._sampler, self.explicit_gradient_limit, self.per_sample_rank
+            )
             layer.pending = None
             gram = gradients.gram()
             if not torch.isfinite(gram).all():
@@ -576,73 +628,16 @@ class SENG(torch.optim.SGD):
                 stacklevel=3,
             )
 
-    def _per_sample_gradients(self, layer: _SENGLayer) -> _PerSampleGradients:
-        G, A = layer.rows()
-        n, locations, d_out = G.shape
-        d_weights = d_out * (A.shape[2] - int(layer.has_bias))
-        if locations > 1 and d_weights <= self.explicit_gradient_limit:
-            U = torch.bmm(G.transpose(1, 2), A).reshape(n, -1)
-            return _PerSampleGradients({"U": U}, self._flat_sample(U.shape[1], U.device))
-        if locations > self.per_sample_rank:
-            G, A = self._truncate(G, A)
-        tensors = {"G": G.contiguous(), "A": A.contiguous()}
-        return _PerSampleGradients(tensors, self._grid_sample(d_out, A.shape[2], G.device))
-
-    def _truncate(self, G: Tensor, A: Tensor) -> tuple[Tensor, Tensor]:
-        """Factors of ``Q_i Q_i^T G_i^T A_i``, ``Q_i`` the top left singular vectors of ``G_i^T``.
-
-        ``G_i^T = W S V^T`` (``d_out x L``); the top ``p`` singular vectors come from
-        ``eigh`` of the smaller Gram matrix (a batched SVD is far slower on CPUs):
-        ``G_i G_i^T = V S^2 V^T`` gives ``(V_p^T G_i, V_p^T A_i)`` (as ``W_p S_p =
-        G_i^T V_p``), ``G_i^T G_i = W S^2 W^T`` gives ``(W_p^T, W_p^T G_i^T A_i)``.
-        """
-        p = self.per_sample_rank
-        _, locations, d_out = G.shape
-        if locations <= d_out:
-            V = torch.linalg.eigh(G @ G.transpose(1, 2)).eigenvectors[..., -p:]
-            return V.transpose(1, 2) @ G, V.transpose(1, 2) @ A
-        W = torch.linalg.eigh(G.transpose(1, 2) @ G).eigenvectors[..., -p:]
-        return W.transpose(1, 2), (G @ W).transpose(1, 2) @ A
-
-    def _draw(self, size: int, count: int, device: torch.device) -> Tensor:
-        index = torch.randperm(size, generator=self._generator)[:count]
-        return index.sort().values.to(device)
-
-    def _flat_sample(self, size: int, device: torch.device) -> dict[str, Any]:
-        s = self.fim_col_sample_size
-        if s is None or size <= s * s:
-            return {}
-        return {"index": self._draw(size, s * s, device), "weight": math.sqrt(size / (s * s))}
-
-    def _grid_sample(self, d_out: int, d_in: int, device: torch.device) -> dict[str, Any]:
-        s = self.fim_col_sample_size
-        if s is None or d_out * d_in <= s * s:
-            return {}
-        # About s^2 coordinates: at most s of the smaller side, the rest of the budget
-        # to the larger one.
-        if d_out <= d_in:
-            count_out = min(d_out, s)
-            count_in = min(d_in, s * s // count_out)
-        else:
-            count_in = min(d_in, s)
-            count_out = min(d_out, s * s // count_in)
-        sample: dict[str, Any] = {}
-        for key, size, count in (("out", d_out, count_out), ("in", d_in, count_in)):
-            if count < size:
-                sample[f"{key}_index"] = self._draw(size, count, device)
-                sample[f"{key}_weight"] = math.sqrt(size / count)
-        return sample
-
     def _precondition(self, layer: _SENGLayer, damping: float) -> None:
-        J = layer.grad_matrix()
+        J = layer.helper.grad_matrix(layer.dtype)
         if J is None:
             return
         gradients = layer.gradients
         if gradients is None:
-            layer.set_grad_matrix(J / damping)
+            layer.helper.set_grad_matrix(J / damping)
             return
         y = gradients.sampled_product(J)
         z = woodbury_solve(
             layer.eigenvectors, layer.eigenvalues, damping, y[:, None], check_values=False
         )[:, 0]
-        layer.set_grad_matrix((J - gradients.transpose_product(z, layer.shape)) / damping)
+        layer.helper.set_grad_matrix((J - gradients.transpose_product(z, layer.shape)) / damping)

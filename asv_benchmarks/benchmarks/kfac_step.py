@@ -2,8 +2,9 @@
 
 The model, methods and settings of ``python -m asv_benchmarks.kfac_step`` (its
 :data:`~asv_benchmarks.kfac_step.SETTINGS`), at a small size so ``asv run --quick``
-stays short (PyTorch on the CPU). Each ``time_`` method runs one piece alone on the
-instrumented preconditioner of the harness:
+stays short (PyTorch on the CPU). Each ``time_`` method runs one public phase of the
+preconditioner alone (:mod:`rnla_kfac.statistics`, :mod:`rnla_kfac.inverse_updater`,
+:mod:`rnla_kfac.gradient_applier`):
 
 * ``time_forward_backward``: the model's forward and backward pass (hooks idle);
 * ``time_statistics``: recording one batch's statistics (the Gram products the hooks
@@ -48,12 +49,12 @@ class KFACStep:
         self.method, self.setting = method, setting
         options = {} if method == "sgd" else SETTINGS[setting]
         self.runner = _Runner(method, WIDTH, BATCH, RANK, torch.device("cpu"), options, timed=True)
-        pre = self.runner.pre
-        if pre is not None:  # one factor step captures the statistics to replay
+        timer = self.runner.timer
+        if timer is not None:  # one factor step captures the statistics to replay
             self.runner.force("factor")
-            pre.capture = True
+            timer.capture = True
             self.runner.step()
-            pre.capture = False
+            timer.capture = False
         self.runner.force("plain")  # hooks idle from now on
         self.runner.forward_backward()
         self.grads = [p.grad.clone() for p in self.runner.model.parameters()]
@@ -63,20 +64,20 @@ class KFACStep:
         self.runner.forward_backward()
 
     def time_statistics(self, method: str, setting: str) -> None:
-        if self.runner.pre is not None:
-            self.runner.pre.replay_statistics()
+        if self.runner.timer is not None:
+            self.runner.timer.replay_statistics()
 
     def time_decompositions(self, method: str, setting: str) -> None:
         pre = self.runner.pre
         if pre is not None:
-            pre._compute_inverses(pre.steps)
+            pre.updater.update(pre.layers, pre.steps)
 
     def time_preconditioning(self, method: str, setting: str) -> None:
         pre = self.runner.pre
         if pre is not None:
             for p, g in zip(self.runner.model.parameters(), self.grads, strict=True):
                 p.grad.copy_(g)
-            pre._precondition_gradients(pre.steps)
+            pre.applier.apply(pre.layers, pre.steps)
 
     def _setup_update_cycle(self) -> None:
         torch.manual_seed(0)

@@ -4,7 +4,7 @@ Two consecutive K-factor-like averages ``F_t = rho F_{t-1} + (1 - rho) X_t^T X_t
 (``rho = 0.6`` twice between them, as the demo preset's factor updates between two
 inverse updates) on PyTorch CPU, float32: the second is decomposed cold (Gaussian
 sketch, ``N_ITER`` power iterations) or warm (started from the first one's
-eigenvectors, ``WARM_N_ITER``), as :func:`rnla_kfac.inverse.decompose_factors` does in
+eigenvectors, ``WARM_N_ITER``), as :func:`rnla_kfac.decomposers.decompose_factors` does in
 the preconditioner. ``track_inverse_apply_error`` is the relative error of the damped
 inverse applied to a random block against an exact solve. The demo-trained factors
 are in ``python -m asv_benchmarks.warm_start``.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from rnla_kfac.inverse import decompose_factors
-from rnla_kfac.preconditioner import DEFAULT_WARM_N_ITER
+from rnla_kfac.decomposers import decompose_factors
+from rnla_kfac.inverse_updater import DEFAULT_WARM_N_ITER
 from rnla_kfac.rank_policy import RankPolicy
 
 SIZES = [1024, 2048]

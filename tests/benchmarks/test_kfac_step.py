@@ -67,7 +67,7 @@ def test_settings_reach_both_preconditioners(monkeypatch):
     for timed in (False, True):
         runner = kfac_step._Runner("srevd", 16, 8, 4, torch.device("cpu"), options, timed=timed)
         pre = runner.optimizer.preconditioner
-        assert isinstance(pre, kfac_step._TimedPreconditioner) is timed
+        assert (runner.timer is not None) is timed and runner.pre is pre
         assert pre.statistics_dtype == torch.bfloat16
         assert pre.damping(0) == 0.5 and pre.n_iter(0) == 1
 

@@ -76,12 +76,15 @@ def test_single_process_strategy_is_local():
     assert strategy.average_batch_factors(batches) is batches
     factors = [Factor(key, "fc", 3, torch.float32, torch.device("cpu")) for key in "AG"]
     seen = []
-    results = strategy.decompose(
-        factors,
-        lambda mine: seen.extend(mine) or [None] * len(mine),
-        cost=lambda factor: factor.size**3,
-        phase="test",
-    )
+
+    class Job:
+        def cost(self, factor):
+            return factor.size**3
+
+        def run(self, mine):
+            return seen.extend(mine) or [None] * len(mine)
+
+    results = strategy.decompose(factors, Job(), phase="test")
     assert seen == factors and results == [None, None]  # every factor decomposed here
     assert not strategy.communication.bytes
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rnla_kfac.decomposers import DECOMPOSERS
+
 from .launcher import launch
-from .worker import DECOMPOSITION_METHODS, PRECONDITIONER, TOKEN_MODEL_METHODS, WARM_METHODS
+from .worker import PRECONDITIONER, TOKEN_MODEL_METHODS, WARM_METHODS
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def equivalence_runs(tmp_path_factory) -> dict[int, list[dict]]:
 
 
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("method", DECOMPOSITION_METHODS)
+@pytest.mark.parametrize("method", tuple(DECOMPOSERS))
 def test_factors_and_gradients_match_single_process(equivalence_runs, world, method):
     reference = equivalence_runs[1][0][method]["steps"]
     for rank_result in equivalence_runs[world]:

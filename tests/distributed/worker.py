@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from rnla_kfac import distributed as kd
-from rnla_kfac._checks import DECOMPOSITION_METHODS
+from rnla_kfac.decomposers import DECOMPOSERS, RSVDDecomposer
 
 SCENARIOS = {}
 
@@ -110,7 +110,7 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
     from rnla_kfac import KFACPreconditioner
 
     records = {}
-    runs = {method: (method, False) for method in DECOMPOSITION_METHODS}
+    runs = {method: (method, False) for method in DECOMPOSERS}
     runs.update({f"{method}-warm": (method, True) for method in WARM_METHODS})
     for key, (method, warm_start) in runs.items():
         model = make_model()
@@ -235,10 +235,11 @@ def failing_decomposition(out: Path, rank: int, world: int) -> dict:
     pre = KFACPreconditioner(model, method="rsvd", **PRECONDITIONER)
     if rank == world - 1:
 
-        def broken(work, step):
-            raise FloatingPointError("simulated eigensolver crash")
+        class Broken(RSVDDecomposer):
+            def decompose(self, *args, **kwargs):
+                raise FloatingPointError("simulated eigensolver crash")
 
-        pre._decompose = broken
+        pre.updater.decomposer = Broken()
     x, y = global_batch(0)
     torch.nn.functional.cross_entropy(
         wrap(model, world)(shard(x, rank, world)), shard(y, rank, world)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from torch import nn
 
 from rnla_kfac import KFACPreconditioner
+from rnla_kfac.decomposers import DECOMPOSERS
 
 
 class TokensToClasses(nn.Module):
@@ -55,3 +58,70 @@ def one_step_factors(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwarg
     pre.step()
     pre.remove()
     return pre.factors()
+
+
+def checkpoint(*objects) -> list:
+    """Serialize state dicts as a real checkpoint would (torch.save / torch.load)."""
+    buffer = io.BytesIO()
+    torch.save([o.state_dict() for o in objects], buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def record_decompositions(monkeypatch, method: str) -> list[dict]:
+    """Spy on the ``method``'s decomposer class: one dict per batched call, as it is made.
+
+    Each call records the stack's shape, the rank asked (``None``: the exact path),
+    the power iterations and the start block's shape (``None``: a cold start).
+    """
+    cls = DECOMPOSERS[method]
+    real = cls.decompose
+    calls: list[dict] = []
+
+    def recording(self, stack, rank, oversample, n_iter, rng=None, start=None):
+        calls.append(
+            {
+                "shape": tuple(stack.shape),
+                "rank": rank,
+                "n_iter": n_iter,
+                "start": None if start is None else tuple(start.shape),
+            }
+        )
+        return real(self, stack, rank, oversample, n_iter, rng, start)
+
+    monkeypatch.setattr(cls, "decompose", recording)
+    return calls
+
+
+def train(model, optimizer, x, y, steps, *, pre=None, batch=64, start=0) -> list[float]:
+    """``steps`` mini-batch cross-entropy steps over ``(x, y)``; the per-step losses.
+
+    Step ``t`` (from ``start``) takes rows ``t * batch`` to ``(t + 1) * batch``, cycling
+    over the data; ``pre.step()`` runs before the optimizer's step when given.
+    """
+    losses = []
+    for step in range(start, start + steps):
+        rows = torch.arange(step * batch, (step + 1) * batch) % x.shape[0]
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
+        loss.backward()
+        if pre is not None:
+            pre.step()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def run_steps(model, batches, *, pre=None, optimizer=None) -> list[list[torch.Tensor]]:
+    """One cross-entropy backward per ``(x, y)`` batch, then ``pre.step()`` and/or the
+    ``optimizer``'s step; each step's gradients (copies), in parameter order."""
+    grads = []
+    for x, y in batches:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if pre is not None:
+            pre.step()
+        if optimizer is not None:
+            optimizer.step()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    return grads

@@ -18,7 +18,9 @@ from rnla_kfac import (
     precondition,
 )
 from rnla_kfac._apply import DampedSide, precondition_parts, stack_sides
+from rnla_kfac.gradient_applier import GradientApplier
 from rnla_kfac.inverse import split_damping
+from tests.kfac.helpers import run_steps
 
 
 def random_inverse(n, r, blocks=(), *, seed=0, dtype=torch.float64, per_block=False):
@@ -204,7 +206,7 @@ def full_grad_matrix(layer):
 def expected_after_step(pre, damping, mode):
     """Each layer's grad preconditioned by the public precondition() on the cat matrix."""
     expected = {}
-    for layer in pre._layers:
+    for layer in pre.layers:
         lam_A, lam_G = split_damping(layer.A.inverse, layer.G.inverse, damping, mode)
         A_d = layer.A.inverse.with_damping(lam_A)
         G_d = layer.G.inverse.with_damping(lam_G)
@@ -230,9 +232,9 @@ def test_split_apply_matches_the_cat_path_on_every_layer_type(channels_last, mod
                 assert model.conv.weight.grad.is_contiguous(memory_format=torch.channels_last)
             expected = expected_after_step(pre, 0.1, mode)
         pre.step()
-    kinds = {side.kind for layer in pre._layers for side in layer._damped[3]}
+    kinds = {side.kind for layer in pre.layers for side in pre.applier.damped_sides(layer, 0.1)}
     assert kinds == {"explicit", "woodbury", "diagonal"}
-    for layer in pre._layers:
+    for layer in pre.layers:
         torch.testing.assert_close(
             full_grad_matrix(layer), expected[layer.name], rtol=1e-4, atol=1e-6
         )
@@ -262,16 +264,13 @@ def identical_layers(count, width, bias=True):
     return nn.Sequential(*layers, nn.Linear(width, 3))
 
 
-def run_steps(model, steps=3, **options):
+def preconditioned_steps(model, steps=3, **options):
+    """The last step's gradients of ``steps`` steps on one batch, and the preconditioner."""
     pre = KFACPreconditioner(model, factor_update_period=1, inverse_update_period=2, **options)
     g = torch.Generator().manual_seed(1)
     width = model[0].in_features
     x, y = torch.randn(32, width, generator=g), torch.randint(0, 3, (32,), generator=g)
-    for _ in range(steps):
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        pre.step()
-    return [p.grad.clone() for p in model.parameters()], pre
+    return run_steps(model, [(x, y)] * steps, pre=pre)[-1], pre
 
 
 @pytest.mark.parametrize(
@@ -286,20 +285,20 @@ def run_steps(model, steps=3, **options):
 )
 def test_batched_same_shaped_layers_equal_one_at_a_time(monkeypatch, width, rank, bias, options):
     calls = []
-    original = rnla_kfac.layers.precondition_together
+    original = rnla_kfac.gradient_applier.precondition_together
 
     def spy(items, *args):
         calls.append(len(items))
         return original(items, *args)
 
-    monkeypatch.setattr(rnla_kfac.preconditioner, "precondition_together", spy)
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: True)
+    monkeypatch.setattr(rnla_kfac.gradient_applier, "precondition_together", spy)
+    monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: True))
     kw = {"method": "rsvd", "rank": rank, "oversample": 2, **options}
-    batched, _ = run_steps(identical_layers(4, width, bias), **kw)
+    batched, _ = preconditioned_steps(identical_layers(4, width, bias), **kw)
     assert calls and set(calls) == {4}  # the 4 identical layers, every step
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: False)
+    monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: False))
     calls.clear()
-    alone, _ = run_steps(identical_layers(4, width, bias), **kw)
+    alone, _ = preconditioned_steps(identical_layers(4, width, bias), **kw)
     assert not calls
     low = options.get("precondition_dtype") == torch.bfloat16
     for a, b in zip(batched, alone, strict=True):
@@ -309,7 +308,7 @@ def test_batched_same_shaped_layers_equal_one_at_a_time(monkeypatch, width, rank
 
 def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
     """The batched path (the GPU rule, forced on the CPU) on stacked blocks."""
-    monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *args: True)
+    monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *args: True))
     torch.manual_seed(0)
     convs = nn.Sequential(*(nn.Conv2d(6, 6, 3, padding=1, groups=2) for _ in range(3)))
     model = nn.Sequential(convs, nn.Flatten(), nn.Linear(6 * 16, 3))
@@ -318,7 +317,7 @@ def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
     results = {}
     for batched in (True, False):
         if not batched:
-            monkeypatch.setattr(rnla_kfac.preconditioner, "batch_same_shapes", lambda *a: False)
+            monkeypatch.setattr(GradientApplier, "batch_rule", staticmethod(lambda *a: False))
         torch.manual_seed(0)
         model_copy = nn.Sequential(
             nn.Sequential(*(nn.Conv2d(6, 6, 3, padding=1, groups=2) for _ in range(3))),
@@ -335,7 +334,7 @@ def test_batched_grouped_convs_equal_one_at_a_time(monkeypatch):
             pre.step()
         results[batched] = [p.grad.clone() for p in model_copy.parameters()]
         if batched:
-            assert len(pre._stacks) == 1
+            assert pre.applier.batched_groups == 1
     for a, b in zip(results[True], results[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
@@ -347,13 +346,13 @@ def test_batch_rule():
 
 def test_small_identical_layers_are_batched_on_the_cpu_by_default(monkeypatch):
     calls = []
-    original = rnla_kfac.layers.precondition_together
+    original = rnla_kfac.gradient_applier.precondition_together
     monkeypatch.setattr(
-        rnla_kfac.preconditioner,
+        rnla_kfac.gradient_applier,
         "precondition_together",
         lambda items, *args: calls.append(len(items)) or original(items, *args),
     )
-    run_steps(identical_layers(3, 16), method="eigh")
+    preconditioned_steps(identical_layers(3, 16), method="eigh")
     assert calls and set(calls) == {3}
 
 
@@ -396,8 +395,8 @@ def test_kfac_forwards_precondition_dtype():
 
 def test_default_precondition_dtype_is_the_factor_dtype_bit_for_bit():
     model_options = {"method": "rsvd", "rank": 6, "oversample": 2}
-    default, _ = run_steps(identical_layers(2, 20), **model_options)
-    explicit, _ = run_steps(
+    default, _ = preconditioned_steps(identical_layers(2, 20), **model_options)
+    explicit, _ = preconditioned_steps(
         identical_layers(2, 20), precondition_dtype=torch.float32, **model_options
     )
     for a, b in zip(default, explicit, strict=True):
@@ -429,9 +428,9 @@ def trained_preconditioner(rank, seed=0):
 def preconditioned(pre, dtype):
     """Each layer's P (full matrix, float64) with the given work dtype, grads untouched."""
     out = {}
-    for layer in pre._layers:
-        result = layer.precondition(0.1, "relative", dtype, keep_gradient=True)
-        scale = result.scale
+    applier = GradientApplier(damping=0.1, precondition_dtype=dtype, batch_rule=lambda *a: False)
+    for result in applier.precondition(pre.layers, pre.steps, keep_gradient=True):
+        layer, scale = result.layer, result.scale
         parts = [result.weight.double() * scale]
         if result.bias is not None:
             parts.append((result.bias.double() * scale)[:, None])
@@ -449,7 +448,7 @@ def test_bfloat16_preconditioning_error_is_a_few_units_of_bfloat16_roundoff(rank
     pre = trained_preconditioner(rank)
     bf16, fp32 = preconditioned(pre, torch.bfloat16), preconditioned(pre, torch.float32)
     u = 2.0**-8
-    for layer in pre._layers:
+    for layer in pre.layers:
         lam_A, lam_G = split_damping(layer.A.inverse, layer.G.inverse, 0.1, "relative")
         A64 = layer.A.inverse.to("cpu", torch.float64).with_damping(lam_A.double())
         G64 = layer.G.inverse.to("cpu", torch.float64).with_damping(lam_G.double())

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnla_kfac import FactorInverse, precondition
-from rnla_kfac.inverse import decompose_factors
+from rnla_kfac.decomposers import decompose_factors
 from rnla_kfac.rank_policy import RankPolicy
 
 RANDOMIZED = ("rsvd", "srevd", "nystrom")

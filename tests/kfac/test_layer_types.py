@@ -17,18 +17,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import rnla_kfac.inverse
 from rnla_kfac import KFAC, DiagonalInverse, FactorInverse, KFACPreconditioner, precondition
+from rnla_kfac.decomposers import decompose_factors
 from rnla_kfac.distributed import (
     pack_inverse,
     pack_upper_triangles,
     unpack_inverse,
     unpack_upper_triangles,
 )
-from rnla_kfac.inverse import decompose_factors
 from rnla_kfac.modules import ConvHelper, EmbeddingHelper, helper_for
 from rnla_kfac.rank_policy import RankPolicy
-from tests.kfac.helpers import TokensToClasses
+from tests.kfac.helpers import TokensToClasses, record_decompositions, run_steps
 
 DTYPE = torch.float64
 CLOSE = dict(rtol=1e-9, atol=1e-11)
@@ -41,13 +40,10 @@ SETTINGS = dict(
 """Preconditioner options of every run here (a test's own options override them)."""
 
 
-def run_steps(model: nn.Module, batches, **options) -> KFACPreconditioner:
+def preconditioner_after(model: nn.Module, batches, **options) -> KFACPreconditioner:
     """A preconditioner on ``model`` after one preconditioned backward per batch."""
     pre = KFACPreconditioner(model, **{**SETTINGS, **options})
-    for x, y in batches:
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        pre.step()
+    run_steps(model, batches, pre=pre)
     return pre
 
 
@@ -296,14 +292,7 @@ def test_grouped_conv_randomized_equals_separate_convolutions(method):
 
 
 def test_depthwise_factors_are_decomposed_in_one_batched_call(monkeypatch):
-    stacks = []
-    real = rnla_kfac.inverse._decompose_stack
-
-    def recording(stack, *args):
-        stacks.append(tuple(stack.shape))
-        return real(stack, *args)
-
-    monkeypatch.setattr(rnla_kfac.inverse, "_decompose_stack", recording)
+    calls = record_decompositions(monkeypatch, "eigh")
     channels = 16
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -313,6 +302,7 @@ def test_depthwise_factors_are_decomposed_in_one_batched_call(monkeypatch):
     pre = KFACPreconditioner(model, method="eigh")
     F.cross_entropy(model(x), y).backward()
     pre.step()
+    stacks = [call["shape"] for call in calls]
     # One call per distinct size: the 16 A blocks (3*3 + bias) and the 16 G blocks (1).
     assert (channels, 10, 10) in stacks and (channels, 1, 1) in stacks
     assert len(stacks) == len(set(stacks)) == 4  # + the head's A (257) and G (3)
@@ -434,20 +424,13 @@ def test_embedding_max_norm_uses_the_renormalized_rows():
 
 
 def test_embedding_A_is_never_decomposed_nor_stored_dense(monkeypatch):
-    stacks = []
-    real = rnla_kfac.inverse._decompose_stack
-
-    def recording(stack, *args):
-        stacks.append(tuple(stack.shape))
-        return real(stack, *args)
-
-    monkeypatch.setattr(rnla_kfac.inverse, "_decompose_stack", recording)
+    calls = record_decompositions(monkeypatch, "eigh")
     model, _ = embedding_and_linear(50, 6, 4)
-    pre = run_steps(model, token_batches(50, 4), method="eigh")
-    layer = pre._layers[0]
+    pre = preconditioner_after(model, token_batches(50, 4), method="eigh")
+    layer = pre.layers[0]
     assert layer.A.matrix.shape == (50,) and layer.A.diagonal
     assert isinstance(layer.A.inverse, DiagonalInverse)
-    assert all(50 not in shape for shape in stacks)
+    assert all(50 not in call["shape"] for call in calls)
     state = pre.state_dict()["layers"]["0"]
     assert state["A"].shape == (50,) and state["A_inverse"]["diagonal"].shape == (50,)
 
@@ -484,7 +467,7 @@ def test_state_dict_round_trip_resumes_identically():
     options = dict(method="rsvd", rank=4, oversample=2, factor_update_period=1)
     options.update(inverse_update_period=2, seed=1)
     model = MixedModel()
-    pre = run_steps(model, mixed_batches(3), **options)
+    pre = preconditioner_after(model, mixed_batches(3), **options)
     buffer = io.BytesIO()
     torch.save(pre.state_dict(), buffer)
     resumed_model = MixedModel()

@@ -87,7 +87,7 @@ def test_hooks_work_only_on_factor_update_steps(mlp, data):
     x, y = data("mlp")
     pre = KFACPreconditioner(model, method="eigh", factor_update_period=3)
     calls = []
-    layer = pre._layers[0]
+    layer = pre.layers[0]
     original = layer.helper.input_factor
     layer.helper.input_factor = lambda *args: calls.append(pre.steps) or original(*args)
     for _ in range(7):
@@ -103,7 +103,7 @@ def test_no_recording_without_grad(mlp, data):
     pre = KFACPreconditioner(model, method="eigh")
     with torch.no_grad():
         model(x)
-    assert not any(layer.has_batch or layer.A.count for layer in pre._layers)
+    assert not any(layer.has_batch or layer.A.count for layer in pre.layers)
 
 
 def test_remove_detaches_every_hook(mlp, data):
@@ -116,7 +116,7 @@ def test_remove_detaches_every_hook(mlp, data):
     assert not any(m._backward_hooks or m._forward_pre_hooks for m in model.modules())
     x, y = data("mlp")
     backward(model, x, y)
-    assert not any(layer.A.count or layer.G.count for layer in pre._layers)
+    assert not any(layer.A.count or layer.G.count for layer in pre.layers)
     with pytest.raises(RuntimeError, match="step: this preconditioner was removed"):
         pre.step()
 
@@ -176,7 +176,7 @@ def test_schedules_are_called_with_the_step(mlp, data):
         backward(model, x, y)
         pre.step()
     assert seen == [0, 1, 2, 3]
-    assert pre._layers[0].updates == 3  # steps 0, 1, 2
+    assert pre.layers[0].updates == 3  # steps 0, 1, 2
 
 
 def test_bad_schedule_value_names_argument_and_step(mlp, data):
@@ -304,8 +304,8 @@ def test_auto_rank_adapts_per_factor(data):
         pre.step()
     A_inv, G_inv = pre.inverses()["2"]
     assert not A_inv.exact and A_inv.rank < 64
-    assert pre._layers[1].A.rank_hint >= A_inv.rank
-    values = torch.linalg.eigvalsh(pre._layers[1].A.matrix.double()).flip(0)
+    assert pre.layers[1].A.rank_hint >= A_inv.rank
+    values = torch.linalg.eigvalsh(pre.layers[1].A.matrix.double()).flip(0)
     assert A_inv.rank == pytest.approx(int((values >= 0.05 * values[0]).sum()), abs=2)
 
 
@@ -320,7 +320,7 @@ def test_auto_rank_ignores_the_identity_start(data):
     )
     backward(model, x, y)
     pre.step()
-    layer = pre._layers[1]
+    layer = pre.layers[1]
     assert layer.identity_weight == pytest.approx(0.9)
     statistics = torch.linalg.eigvalsh(layer.A.matrix.double() - 0.9 * torch.eye(151)).flip(0)
     expected = int((statistics >= statistics[0] / 33).sum())
@@ -340,7 +340,7 @@ def test_state_dict_round_trip_and_mismatch_errors(mlp, data):
     other = KFACPreconditioner(mlp(seed=5), method="rsvd", rank=3)
     other.load_state_dict(state)
     assert other.steps == 2
-    assert [layer.identity_weight for layer in other._layers] == [0.95**2] * 3
+    assert [layer.identity_weight for layer in other.layers] == [0.95**2] * 3
     for (A, G), (A2, G2) in zip(pre.factors().values(), other.factors().values(), strict=True):
         assert torch.equal(A, A2) and torch.equal(G, G2)
     with pytest.raises(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -12,6 +11,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from rnla_kfac import SENG
+from tests.kfac.helpers import checkpoint, train
 
 N = 8
 
@@ -244,14 +244,6 @@ def digits_task():
     return x, torch.tensor(data.target)
 
 
-def train(model, opt, x, y, steps, batch=64, start=0):
-    for step in range(start, start + steps):
-        rows = torch.arange(step * batch, (step + 1) * batch) % x.shape[0]
-        opt.zero_grad()
-        F.cross_entropy(model(x[rows]), y[rows]).backward()
-        opt.step()
-
-
 def digits_mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
@@ -304,16 +296,13 @@ def test_state_dict_round_trip_resumes_bit_exact():
     model = cnn()
     opt = SENG(model, lr=0.05, curvature_update_freq=2, fim_col_sample_size=4, seed=3)
     train(model, opt, x, y, steps=3)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    saved_model, saved_opt = checkpoint(model, opt)
     train(model, opt, x, y, steps=4, start=3)
 
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=False)
     resumed_model = cnn()
-    resumed_model.load_state_dict(saved["model"])
+    resumed_model.load_state_dict(saved_model)
     resumed = SENG(resumed_model, lr=0.05, curvature_update_freq=2, fim_col_sample_size=4)
-    resumed.load_state_dict(saved["opt"])
+    resumed.load_state_dict(saved_opt)
     assert resumed.steps == 3
     train(resumed_model, resumed, x, y, steps=4, start=3)
     for a, b in zip(model.parameters(), resumed_model.parameters(), strict=True):

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-import rnla_kfac.inverse
-import rnla_kfac.preconditioner
+import rnla_kfac.inverse_updater
 from rnla_kfac import KFAC, KFACPreconditioner
-from rnla_kfac.inverse import decompose_factors
+from rnla_kfac.decomposers import decompose_factors
 from rnla_kfac.rank_policy import RankPolicy
+from tests.kfac.helpers import checkpoint, record_decompositions, run_steps
 
 RANDOMIZED = ("rsvd", "srevd", "nystrom")
 DAMPING = 0.01
@@ -97,14 +94,7 @@ def test_warm_start_is_as_accurate_as_cold_and_close_to_eigh(method):
 
 def test_start_block_is_the_first_columns_of_the_test_matrix(monkeypatch):
     """A start of j columns (cut to the sketch width) seeds rnla; warm_n_iter is used."""
-    calls = []
-    real = rnla_kfac.inverse._decompose_stack
-
-    def recording(stack, method, rank, exact, oversample, n_iter, rng, start=None):
-        calls.append((tuple(stack.shape), n_iter, None if start is None else tuple(start.shape)))
-        return real(stack, method, rank, exact, oversample, n_iter, rng, start)
-
-    monkeypatch.setattr(rnla_kfac.inverse, "_decompose_stack", recording)
+    calls = record_decompositions(monkeypatch, "srevd")
     sequence = factor_sequence(n=60, steps=1)
     F_t = sequence[0]
     wide = torch.linalg.qr(torch.randn(60, 20, generator=torch.Generator().manual_seed(0)))[0]
@@ -120,6 +110,7 @@ def test_start_block_is_the_first_columns_of_the_test_matrix(monkeypatch):
     )
     assert [r.rank for r in results] == [5, 5, 5, 8]
     # Grouped by start width: 5 columns, cold, 20 cut to k = 8; the exact path ignores it.
+    calls = [(call["shape"], call["n_iter"], call["start"]) for call in calls]
     assert sorted(calls, key=str) == sorted(
         [((1, 60, 60), 1, (1, 60, 5)), ((1, 60, 60), 4, None), ((1, 60, 60), 1, (1, 60, 8)),
          ((1, 8, 8), 4, None)],
@@ -147,20 +138,14 @@ def test_grouping_does_not_change_warm_results():
 
 
 def test_a_saturated_auto_sketch_is_redone_cold(monkeypatch):
-    calls = []
-    real = rnla_kfac.inverse._decompose_stack
-
-    def recording(stack, method, rank, exact, oversample, n_iter, rng, start=None):
-        calls.append((rank, n_iter, start is not None))
-        return real(stack, method, rank, exact, oversample, n_iter, rng, start)
-
-    monkeypatch.setattr(rnla_kfac.inverse, "_decompose_stack", recording)
+    recorded = record_decompositions(monkeypatch, "nystrom")
     F_t = torch.diag(torch.linspace(1.0, 0.5, 200))  # every mode passes: saturated
     start = torch.eye(200)[:, :10]
     (result,) = decompose_factors(
         [F_t], "nystrom", RankPolicy("auto"), hints=[10], oversample=2, rng=0,
         starts=[start], warm_n_iter=0,
     )  # fmt: skip
+    calls = [(call["rank"], call["n_iter"], call["start"] is not None) for call in recorded]
     assert calls[0] == (10, 0, True)
     assert all(n_iter == 4 and not warm for _, n_iter, warm in calls[1:]) and len(calls) > 1
     assert result.rank > 10
@@ -181,26 +166,12 @@ def batches(steps, n=96, seed=1):
             for _ in range(steps)]  # fmt: skip
 
 
-def run(model, pre, data, optimizer=None):
-    """Steps of ``pre`` (or of ``optimizer``, a KFAC whose step runs ``pre``'s); the grads."""
-    grads = []
-    for x, y in data:
-        model.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if optimizer is None:
-            pre.step()
-        else:
-            optimizer.step()
-        grads.append([p.grad.clone() for p in model.parameters()])
-    return grads
-
-
 class StartSpy:
     """Records the start blocks and warm_n_iter the preconditioner hands decompose_factors."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        real = rnla_kfac.preconditioner.decompose_factors
+        real = rnla_kfac.inverse_updater.decompose_factors
 
         def spy(factors, *args, starts=None, warm_n_iter=None, **kwargs):
             self.calls.append(
@@ -209,7 +180,7 @@ class StartSpy:
             )  # fmt: skip
             return real(factors, *args, starts=starts, warm_n_iter=warm_n_iter, **kwargs)
 
-        monkeypatch.setattr(rnla_kfac.preconditioner, "decompose_factors", spy)
+        monkeypatch.setattr(rnla_kfac.inverse_updater, "decompose_factors", spy)
 
 
 OPTIONS = {"rank": 6, "oversample": 4, "factor_update_period": 1, "inverse_update_period": 2}
@@ -220,10 +191,10 @@ def test_first_decomposition_is_cold_then_warm_from_the_previous_eigenvectors(mo
     model = wide_mlp()
     pre = KFACPreconditioner(model, method="srevd", warm_n_iter=2, **OPTIONS)
     data = batches(5)
-    run(model, pre, data[:1])
+    run_steps(model, data[:1], pre=pre)
     assert spy.calls[0]["starts"] == [None] * 6
     previous = {name: pair for name, pair in pre.inverses().items()}
-    run(model, pre, data[1:3])
+    run_steps(model, data[1:3], pre=pre)
     warm = spy.calls[1]
     assert warm["warm_n_iter"] == 2
     flat = [inverse for pair in previous.values() for inverse in pair]
@@ -240,13 +211,13 @@ def test_warm_start_off_reproduces_the_cold_path(monkeypatch):
     for warm_start in (False, True):
         model = wide_mlp()
         pre = KFACPreconditioner(model, method="rsvd", warm_start=warm_start, **OPTIONS)
-        grads[warm_start] = run(model, pre, data)
+        grads[warm_start] = run_steps(model, data, pre=pre)
         if not warm_start:
             # Every decomposition equals a direct cold call with the step's seed.
             matrices = [m for A, G in pre.factors().values() for m in (A, G)]
             expected = decompose_factors(
                 matrices, "rsvd", RankPolicy(6), oversample=4, n_iter=4,
-                floors=[pre.identity_weights()["0"]] * 6, rng=pre._sketch_seed(4),
+                floors=[pre.identity_weights()["0"]] * 6, rng=pre.updater.sketch_seed(4),
             )  # fmt: skip
             got = [inverse for pair in pre.inverses().values() for inverse in pair]
             for want, have in zip(expected, got, strict=True):
@@ -273,7 +244,8 @@ def test_warm_preconditioned_gradients_match_cold_and_eigh(method):
     }.items():
         model = wide_mlp()
         options = dict(OPTIONS, rank=30, oversample=6)
-        grads[name] = run(model, KFACPreconditioner(model, **kwargs, **options), data)[-1]
+        pre = KFACPreconditioner(model, **kwargs, **options)
+        grads[name] = run_steps(model, data, pre=pre)[-1]
     for e, c, w in zip(grads["eigh"], grads["cold"], grads["warm"], strict=True):
         scale = torch.linalg.norm(e)
         assert torch.linalg.norm(c - e) <= 0.1 * scale
@@ -287,7 +259,7 @@ def test_a_growing_rank_schedule_starts_cold(monkeypatch):
     pre = KFACPreconditioner(
         model, method="nystrom", **dict(OPTIONS, rank=lambda step: rank[step - step % 2])
     )
-    run(model, pre, batches(7))
+    run_steps(model, batches(7), pre=pre)
     randomized = [i for i, n in enumerate(spy.calls[0]["sizes"]) if n > 12]
     warm = [[call["starts"][i] is not None for i in randomized] for call in spy.calls]
     assert warm == [[False] * 5, [False] * 5, [True] * 5, [True] * 5]
@@ -302,15 +274,15 @@ def test_auto_rank_starts_warm_unless_its_hint_grew(monkeypatch):
     model = nn.Sequential(nn.Linear(40, 160), nn.Tanh(), nn.Linear(160, 5))
     pre = KFACPreconditioner(model, method="rsvd", **dict(OPTIONS, rank="auto", oversample=2))
     data = batches(5)
-    run(model, pre, data[:2])
-    factors = [factor for layer in pre._layers for factor in layer.factors]
+    run_steps(model, data[:2], pre=pre)
+    factors = [factor for layer in pre.layers for factor in layer.factors]
     low_rank = [f for f in factors if not f.inverse.exact]
     assert low_rank and all(f.sketch_rank is not None for f in low_rank)
     grown = low_rank[0]
     grown.rank_hint = grown.sketch_rank + 1  # as if more modes passed last time
     for factor in low_rank[1:]:
         factor.rank_hint = factor.sketch_rank
-    run(model, pre, data[2:3])
+    run_steps(model, data[2:3], pre=pre)
     starts = dict(zip([f.name for f in factors], spy.calls[-1]["starts"], strict=True))
     assert starts[grown.name] is None
     assert all(starts[f.name] is not None for f in low_rank[1:])
@@ -335,8 +307,8 @@ def test_grouped_convolution_stacks_start_warm(monkeypatch):
             fresh, method="srevd", warm_start=warm_start,
             **dict(OPTIONS, rank=4, oversample=2),
         )  # fmt: skip
-        grads[warm_start] = run(fresh, pre, data)[-1]
-    conv_A = pre._layers[0].A
+        grads[warm_start] = run_steps(fresh, data, pre=pre)[-1]
+    conv_A = pre.layers[0].A
     assert conv_A.matrix.shape == (2, 21, 21)
     starts = spy.calls[-1]["starts"]
     assert starts[0] is not None and starts[0].shape == (2, 21, 4)
@@ -348,8 +320,8 @@ def test_eigh_and_the_exact_path_never_start_warm(monkeypatch):
     spy = StartSpy(monkeypatch)
     for method, rank in (("eigh", 6), ("rsvd", 100)):
         model = wide_mlp()
-        run(model, KFACPreconditioner(model, method=method, **dict(OPTIONS, rank=rank)),
-            batches(5))  # fmt: skip
+        pre = KFACPreconditioner(model, method=method, **dict(OPTIONS, rank=rank))
+        run_steps(model, batches(5), pre=pre)
     assert all(start is None for call in spy.calls for start in call["starts"])
 
 
@@ -373,14 +345,7 @@ def test_a_bad_warm_n_iter_schedule_value_names_the_step():
     model = wide_mlp()
     pre = KFACPreconditioner(model, warm_n_iter=lambda step: -step, **OPTIONS)
     with pytest.raises(ValueError, match=r"warm_n_iter \(schedule value at step 2\)"):
-        run(model, pre, batches(3))
-
-
-def checkpoint(*objects):
-    buffer = io.BytesIO()
-    torch.save([o.state_dict() for o in objects], buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+        run_steps(model, batches(3), pre=pre)
 
 
 @pytest.mark.parametrize("method,rank", [("rsvd", 6), ("nystrom", "auto")])
@@ -396,12 +361,12 @@ def test_resume_is_bit_exact_across_warm_updates(method, rank, monkeypatch):
         return model, KFAC(model, lr=0.05, momentum=0.9, method=method, **options)
 
     model, opt = fresh(0)
-    run(model, opt.preconditioner, data, optimizer=opt)
+    run_steps(model, data, optimizer=opt)
     uninterrupted = [p.detach().clone() for p in model.parameters()]
     final_inverses = opt.preconditioner.inverses()
 
     model, opt = fresh(0)
-    run(model, opt.preconditioner, data[:3], optimizer=opt)
+    run_steps(model, data[:3], optimizer=opt)
     saved = checkpoint(model, opt)
     assert "sketch_ranks" in saved[1]["kfac"]["preconditioner"]["layers"]["0"]
 
@@ -409,7 +374,7 @@ def test_resume_is_bit_exact_across_warm_updates(method, rank, monkeypatch):
     model.load_state_dict(saved[0])
     opt.load_state_dict(saved[1])
     spy.calls.clear()
-    run(model, opt.preconditioner, data[3:], optimizer=opt)
+    run_steps(model, data[3:], optimizer=opt)
     # Steps 4, 6, 8: the 160 and 161 wide factors warm (with "auto": those whose hint
     # did not grow).
     assert len(spy.calls) == 3
@@ -426,7 +391,7 @@ def test_a_state_without_sketch_ranks_resumes_cold(monkeypatch):
     model = wide_mlp()
     pre = KFACPreconditioner(model, method="rsvd", **OPTIONS)
     data = batches(4)
-    run(model, pre, data[:3])
+    run_steps(model, data[:3], pre=pre)
     state = pre.state_dict()
     for layer_state in state["layers"].values():
         del layer_state["sketch_ranks"]  # a checkpoint written before warm starts
@@ -434,5 +399,5 @@ def test_a_state_without_sketch_ranks_resumes_cold(monkeypatch):
     other = KFACPreconditioner(model, method="rsvd", **OPTIONS)
     pre.remove()
     other.load_state_dict(state)
-    run(model, other, data[3:] + data[:1])
+    run_steps(model, data[3:] + data[:1], pre=other)
     assert all(start is None for start in spy.calls[0]["starts"])

@@ -1,0 +1,354 @@
+"""The second phase of a K-FAC step: new inverses of the averaged factors.
+
+On inverse-update steps an :class:`InverseUpdater` makes the step's
+:class:`DecompositionPlan` (the decomposer, the rank rule, the sketch sizes, the seed
+and the warm starts), hands it with the factors to the distribution strategy (which
+runs the plan here or shares it out between processes,
+:mod:`rnla_kfac.distributed`), and writes the results onto the factors: the inverse,
+the sketch rank a warm start compares against, and the next ``rank="auto"`` hint.
+Diagonal factors are inverted exactly, without a decomposition. Nothing calls back
+into the preconditioner.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from torch import Tensor
+
+from ._checks import Schedule
+from .decomposers import Decomposer, decompose_factors
+from .distributed import DistributionStrategy, LocalStrategy
+from .inverse import FactorInverse
+from .layers import Factor, KFACLayer
+from .rank_policy import RankPolicy
+from .statistics import step_seed
+
+__all__ = ["DEFAULT_WARM_N_ITER", "DecompositionPlan", "InverseUpdater"]
+
+DEFAULT_WARM_N_ITER = 2
+"""Default power iterations of a warm-started decomposition (``warm_n_iter``)."""
+
+
+class DecompositionPlan:
+    """How one inverse-update step decomposes factors: a job a strategy runs anywhere.
+
+    Its inputs are the same on every process (the previous inverses are shared), so
+    every process decides alike which factors start warm and what each one costs.
+
+    Parameters
+    ----------
+    decomposer : Decomposer
+        The method.
+    policy : RankPolicy
+        The step's rank rule.
+    oversample, n_iter : int
+        Sketch oversampling and power iterations of a cold start.
+    warm_n_iter : int or None
+        Power iterations of a warm start; ``None``: every decomposition starts cold.
+    tail_compensation : bool
+        Model the discarded eigenvalues by their mean.
+    seed : int
+        Seed of the step's sketches.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac.decomposers import decomposer_for
+    >>> from rnla_kfac.inverse_updater import DecompositionPlan
+    >>> from rnla_kfac.layers import Factor
+    >>> from rnla_kfac.rank_policy import RankPolicy
+    >>> plan = DecompositionPlan(decomposer_for("srevd"), RankPolicy(4), 2, 1, None, True, 0)
+    >>> factor = Factor("A", "fc", 30, torch.float32, torch.device("cpu"))
+    >>> plan.cost(factor)
+    5400.0
+    >>> [inverse.rank for inverse in plan.run([factor])]
+    [4]
+    """
+
+    def __init__(
+        self,
+        decomposer: Decomposer,
+        policy: RankPolicy,
+        oversample: int,
+        n_iter: int,
+        warm_n_iter: int | None,
+        tail_compensation: bool,
+        seed: int,
+    ):
+        self.decomposer = decomposer
+        self.policy = policy
+        self.oversample = oversample
+        self.n_iter = n_iter
+        self.warm_n_iter = warm_n_iter
+        self.tail_compensation = tail_compensation
+        self.seed = seed
+
+    def sketch_rank(self, factor: Factor) -> int | None:
+        """The rank asked of ``factor``'s decomposition (``None``: exact).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("rsvd"), RankPolicy(8), 2, 1, None, True, 0)
+        >>> plan.sketch_rank(Factor("A", "fc", 5, torch.float32, torch.device("cpu")))
+        5
+        """
+        return self.policy.sketch_rank(factor.size, factor.rank_hint)
+
+    def cost(self, factor: Factor) -> float:
+        """Estimated flops of ``factor``'s decomposition (all its blocks).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
+        >>> plan.cost(Factor("A", "fc", 10, torch.float32, torch.device("cpu"), blocks=2))
+        2000.0
+        """
+        rank = self.sketch_rank(factor)
+        return factor.blocks * self.decomposer.cost(factor.size, rank or 0, self.oversample)
+
+    def start_block(self, factor: Factor) -> Tensor | None:
+        """The previous eigenvectors of ``factor`` if its decomposition starts warm, else None.
+
+        Warm: warm starts are on, the decomposer warm-starts, the decomposition is
+        randomized (not the exact path), the factor has a previous low-rank inverse of
+        its size, batch, dtype and device, and the sketch rank is not larger than the
+        previous one's.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("srevd"), RankPolicy(4), 2, 1, 0, True, 0)
+        >>> factor = Factor("A", "fc", 30, torch.float32, torch.device("cpu"))
+        >>> plan.start_block(factor) is None  # no previous decomposition: cold
+        True
+        >>> (factor.inverse,) = plan.run([factor])
+        >>> factor.sketch_rank = 4
+        >>> plan.start_block(factor).shape
+        torch.Size([30, 4])
+        """
+        if self.warm_n_iter is None or not self.decomposer.warm_starts:
+            return None
+        inverse = factor.inverse
+        if factor.sketch_rank is None or not isinstance(inverse, FactorInverse) or inverse.exact:
+            return None
+        rank = self.sketch_rank(factor)
+        if rank is None or self.decomposer.is_exact(rank, self.oversample, factor.size):
+            return None
+        vectors, matrix = inverse.eigenvectors, factor.matrix
+        if (
+            rank > factor.sketch_rank
+            or vectors.shape[:-1] != matrix.shape[:-1]
+            or vectors.dtype != matrix.dtype
+            or vectors.device != matrix.device
+        ):
+            return None
+        return vectors
+
+    def run(self, factors: list[Factor]) -> list[FactorInverse | None]:
+        """Decompose ``factors`` in this process (undamped; None where one failed).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> from rnla_kfac.rank_policy import RankPolicy
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
+        >>> plan.run([Factor("G", "fc", 3, torch.float32, torch.device("cpu"))])
+        [FactorInverse(size=3, rank=3)]
+        """
+        return decompose_factors(
+            [factor.matrix for factor in factors],
+            self.decomposer,
+            self.policy,
+            hints=[factor.rank_hint for factor in factors],
+            floors=[factor.identity_weight for factor in factors],
+            oversample=self.oversample,
+            n_iter=self.n_iter,
+            tail_compensation=self.tail_compensation,
+            rng=self.seed,
+            starts=[self.start_block(factor) for factor in factors],
+            warm_n_iter=self.n_iter if self.warm_n_iter is None else self.warm_n_iter,
+        )
+
+
+class InverseUpdater:
+    """Decomposes the layers' averaged factors and stores their inverses on them.
+
+    Parameters
+    ----------
+    decomposer : Decomposer
+        The method (:func:`rnla_kfac.decomposers.decomposer_for`).
+    rank, oversample, n_iter, warm_n_iter : Schedule
+        Sketch parameters per step (see :class:`~rnla_kfac.KFACPreconditioner`).
+    warm_start : bool, default True
+        Start sketches from the factors' previous eigenvectors.
+    tail_compensation : bool, default True
+        Model the discarded eigenvalues by their mean.
+    rank_rtol : float
+        Tolerance of ``rank="auto"``.
+    seed : int, default 0
+        Seed of the sketches (combined with the step).
+    strategy : DistributionStrategy, optional
+        Where the decompositions run (default: all in this process).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac._checks import Schedule, check_count, check_rank
+    >>> from rnla_kfac.decomposers import decomposer_for
+    >>> from rnla_kfac.inverse_updater import InverseUpdater
+    >>> from rnla_kfac.layers import find_layers
+    >>> layers, _ = find_layers(torch.nn.Linear(30, 20), (), None)
+    >>> updater = InverseUpdater(
+    ...     decomposer_for("rsvd"), rank=Schedule(4, "rank", check_rank),
+    ...     oversample=Schedule(2, "oversample", check_count),
+    ...     n_iter=Schedule(1, "n_iter", check_count),
+    ...     warm_n_iter=Schedule(1, "warm_n_iter", check_count), rank_rtol=1 / 33)
+    >>> layers[0].A.fold(torch.eye(31), 0.5)  # an averaged factor to decompose
+    >>> layers[0].G.fold(torch.eye(20), 0.5)
+    >>> updater.update(layers, step=0)
+    >>> layers[0].A.inverse.rank, layers[0].A.sketch_rank
+    (4, 4)
+    """
+
+    def __init__(
+        self,
+        decomposer: Decomposer,
+        *,
+        rank: Schedule,
+        oversample: Schedule,
+        n_iter: Schedule,
+        warm_n_iter: Schedule,
+        rank_rtol: float,
+        warm_start: bool = True,
+        tail_compensation: bool = True,
+        seed: int = 0,
+        strategy: DistributionStrategy | None = None,
+    ):
+        self.decomposer = decomposer
+        self.rank = rank
+        self.oversample = oversample
+        self.n_iter = n_iter
+        self.warm_n_iter = warm_n_iter
+        self.rank_rtol = rank_rtol
+        self.warm_start = warm_start
+        self.tail_compensation = tail_compensation
+        self.seed = seed
+        self.strategy = LocalStrategy() if strategy is None else strategy
+
+    def sketch_seed(self, step: int) -> int:
+        """Seed of the step's sketches: the same on every process and after a resume.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2), seed=1).updater.sketch_seed(2)
+        1000005
+        """
+        return step_seed(self.seed, step)
+
+    def plan(self, step: int) -> DecompositionPlan:
+        """The step's :class:`DecompositionPlan`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), rank=lambda step: 4 + step)
+        >>> pre.updater.plan(3).policy
+        RankPolicy(rank=7, rtol=0.030303030303030304)
+        """
+        return DecompositionPlan(
+            self.decomposer,
+            self.decomposer.rank_policy(self.rank(step), self.rank_rtol),
+            self.oversample(step),
+            self.n_iter(step),
+            self.warm_n_iter(step) if self.warm_start else None,
+            self.tail_compensation,
+            self.sketch_seed(step),
+        )
+
+    def update(self, layers: list[KFACLayer], step: int) -> None:
+        """Decompose the averaged factors of ``layers``, keeping old ones on failure.
+
+        Only layers with at least one factor update are decomposed. A failed
+        decomposition (also in float64) keeps its factor's previous one, with a warning.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model, method="eigh")
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.recorder.fold(step=0)
+        >>> pre.updater.update(pre.layers, step=0)
+        >>> pre.inverses()[""]
+        (FactorInverse(size=4, rank=4), FactorInverse(size=2, rank=2))
+        """
+        for layer in layers:
+            layer.follow_module()
+        updated = [factor for layer in layers if layer.updates for factor in layer.factors]
+        for factor in updated:
+            if factor.diagonal:
+                factor.invert_diagonal()
+        factors = [factor for factor in updated if not factor.diagonal]
+        if not factors:
+            return
+        plan = self.plan(step)
+        results = self.strategy.decompose(factors, plan, phase=f"decomposition (step {step})")
+        failed = []
+        for factor, result in zip(factors, results, strict=True):
+            if result is None:
+                failed.append(factor.name)
+                continue
+            factor.inverse = result
+            factor.sketch_rank = None
+            if not result.exact:
+                factor.sketch_rank = plan.sketch_rank(factor)
+                factor.rank_hint = plan.policy.next_hint(result)
+        if failed:
+            warnings.warn(
+                f"step {step}: the {self.decomposer.name} decomposition of factors {failed} "
+                "failed (also in float64); keeping their previous decomposition",
+                stacklevel=3,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The decomposer's state (see :meth:`Decomposer.state_dict`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).updater.state_dict()
+        {}
+        """
+        return self.decomposer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> updater = KFACPreconditioner(torch.nn.Linear(3, 2)).updater
+        >>> updater.load_state_dict(updater.state_dict())
+        """
+        self.decomposer.load_state_dict(state)

@@ -1,0 +1,542 @@
+"""The first phase of a K-FAC step: recording the batch statistics and folding them.
+
+A :class:`StatisticsRecorder` puts a forward hook on each layer's module (and a tensor
+hook on its output), records the batch factors of every forward and backward pass of a
+factor-update step (:meth:`~rnla_kfac.layers.KFACLayer.record_input`,
+:meth:`~rnla_kfac.layers.KFACLayer.record_output_grad`), counts the backward passes,
+undoes the loss division of gradient accumulation and the loss scale of a gradient
+scaler, samples the Monte-Carlo Fisher's labels, and on :meth:`StatisticsRecorder.fold`
+averages the batch factors over the processes and folds them into the exponential
+averages (skipping non-finite ones). Layers whose hooks saw nothing on the first
+factor-update step with statistics are dropped (:attr:`StatisticsRecorder.dropped`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import Schedule, check_choice
+from .distributed import DistributionStrategy, LocalStrategy
+from .layers import KFACLayer, skipped_message
+
+__all__ = ["LIKELIHOODS", "GradScalerLike", "StatisticsRecorder", "sampled_loss", "step_seed"]
+
+LIKELIHOODS = ("categorical", "gaussian")
+"""Predictive distributions :meth:`StatisticsRecorder.mc_backward` samples labels from."""
+
+GradScalerLike = torch.amp.GradScaler | Callable[[], float | Tensor]
+
+# Distinguishes one backward pass from the next (all hooks of a pass share its id).
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", None)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of a step's random draws: the same on every process and after a resume.
+
+    Examples
+    --------
+    >>> from rnla_kfac.statistics import step_seed
+    >>> step_seed(0, 5), step_seed(1, 0)
+    (5, 1000003)
+    """
+    return (seed * 1_000_003 + step) % 2**62
+
+
+class StatisticsRecorder:
+    """Hooks recording each layer's batch factors, and their folding into the averages.
+
+    Parameters
+    ----------
+    layers : list of KFACLayer
+        The layers to record (see :func:`rnla_kfac.layers.find_layers`).
+    factor_update_period : Schedule
+        Steps between factor updates; statistics are recorded on those steps only.
+    factor_decay : Schedule
+        ``rho`` of the exponential averages.
+    fisher : {"empirical", "mc"}, default "empirical"
+        Record ``G`` from the user's backward, or only from :meth:`mc_backward`'s.
+    accumulation_steps : int, default 1
+        Number of micro-batches per step, each back-propagating ``loss /
+        accumulation_steps``; ``G`` is multiplied by ``accumulation_steps^2`` to undo
+        the division. A warning names the step when the number of backward passes
+        seen on a factor-update step differs. (With ``fisher="mc"`` the sampled
+        losses are batch means: nothing to undo.)
+    grad_scaler : torch.amp.GradScaler or callable, optional
+        The gradient scaler of a mixed-precision loop, or a callable returning the
+        current loss scale (a float or 0-d tensor). ``G`` recorded during a scaled
+        backward is divided by ``scale^2``. A step in which the scaler found an Inf or
+        NaN updates no factor (one host sync on factor-update steps).
+    strategy : DistributionStrategy, optional
+        Averages the batch factors over the processes (default: a single process).
+    seed : int, default 0
+        Seed of the generator of the sampled labels.
+
+    Attributes
+    ----------
+    layers : list of KFACLayer
+        The layers recorded (fewer once silent layers are dropped).
+    dropped : dict
+        ``{layer name: reason}`` of the layers dropped for recording nothing.
+    generator : torch.Generator
+        The generator of the sampled labels (checkpointed by the preconditioner).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac._checks import Schedule, check_decay, check_positive_int
+    >>> from rnla_kfac.layers import find_layers
+    >>> from rnla_kfac.statistics import StatisticsRecorder
+    >>> model = torch.nn.Linear(3, 2)
+    >>> layers, _ = find_layers(model, (), None)
+    >>> recorder = StatisticsRecorder(
+    ...     layers, factor_update_period=Schedule(1, "period", check_positive_int),
+    ...     factor_decay=Schedule(0.5, "decay", check_decay))
+    >>> model(torch.randn(8, 3)).square().mean().backward()
+    >>> recorder.fold(step=0)
+    >>> recorder.layers[0].updates
+    1
+    >>> recorder.remove()
+    """
+
+    def __init__(
+        self,
+        layers: list[KFACLayer],
+        *,
+        factor_update_period: Schedule,
+        factor_decay: Schedule,
+        fisher: str = "empirical",
+        accumulation_steps: int = 1,
+        grad_scaler: GradScalerLike | None = None,
+        strategy: DistributionStrategy | None = None,
+        seed: int = 0,
+    ):
+        self._scaler = _GradScalerWatch(grad_scaler, accumulation_steps)
+        self.layers = list(layers)
+        self.factor_update_period = factor_update_period
+        self.factor_decay = factor_decay
+        self.fisher = fisher
+        self.accumulation_steps = accumulation_steps
+        self.grad_scaler = grad_scaler
+        self.strategy = LocalStrategy() if strategy is None else strategy
+        self.seed = seed
+        self.dropped: dict[str, str] = {}
+        device = self.layers[0].helper.module.weight.device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self._handles = {
+            layer.name: layer.helper.module.register_forward_hook(
+                partial(self._forward_hook, layer), with_kwargs=True
+            )
+            for layer in self.layers
+        }
+        self._statistics_checked = False  # layers without statistics found yet?
+        self._mc_active = False
+        self._g_scale: float | Tensor = 1.0  # (accumulation_steps / loss scale)^2
+        self.start_step(0)
+
+    def start_step(self, step: int) -> None:
+        """Begin recording ``step``: its passes are counted from zero.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2)).recorder
+        >>> recorder.start_step(7)
+        >>> recorder.step
+        7
+        """
+        self.step = step
+        self._collecting_now: bool | None = None  # decided at the step's first forward
+        self._backward_passes = 0
+        self._backward_task: int | None = None
+        self._scaler.start_iteration()
+
+    @property
+    def gradient_scale(self) -> float | Tensor:
+        """What the batch ``G`` of the current backward pass is multiplied by.
+
+        ``(accumulation_steps / loss scale)^2`` (1 for :meth:`mc_backward`'s pass).
+        """
+        return self._g_scale
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is a factor-update step.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2), factor_update_period=5).recorder
+        >>> recorder.due(10), recorder.due(11)
+        (True, False)
+        """
+        return step % self.factor_update_period(step) == 0
+
+    def collecting(self) -> bool:
+        """Whether the hooks record statistics in the current step.
+
+        Decided at the step's first forward pass, not at construction, so a schedule
+        may refer to objects built after the preconditioner (e.g. ``KFAC.epoch``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2)).recorder
+        >>> recorder.collecting()  # step 0 is a factor-update step
+        True
+        """
+        if self._collecting_now is None:
+            self._collecting_now = self.due(self.step)
+        return self._collecting_now
+
+    # ------------------------------------------------------------------ recording
+
+    def record_input(self, layer: KFACLayer, x: Tensor) -> None:
+        """Record the batch ``A`` of one forward pass of ``layer`` (its input ``x``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> layer = pre.layers[0]
+        >>> pre.recorder.record_input(layer, torch.randn(8, 3))
+        >>> layer.A.count
+        1
+        """
+        self._discard_stale_statistics()
+        layer.follow_module()
+        if torch.is_autocast_enabled(x.device.type):  # the Grams in the factor dtype
+            with torch.autocast(x.device.type, enabled=False):
+                layer.record_input(x)
+        else:
+            layer.record_input(x)
+
+    def record_output_grad(self, layer: KFACLayer, grad: Tensor) -> None:
+        """Record the batch ``G`` of one backward pass of ``layer`` (its output's gradient).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> layer = pre.layers[0]
+        >>> pre.recorder.record_output_grad(layer, torch.randn(8, 2))
+        >>> layer.G.count
+        1
+        """
+        if self.fisher == "mc" and not self._mc_active:
+            return
+        task = _graph_task_id() if _graph_task_id is not None else None
+        if task is None or task != self._backward_task:  # the first hook of a backward pass
+            self._backward_task = task
+            self._backward_passes += 1
+            self._discard_stale_statistics()
+            # mc_backward's own loss is an unscaled batch mean: nothing to undo.
+            self._g_scale = 1.0 if self._mc_active else self._scaler.correction()
+        layer.record_output_grad(grad, self._g_scale)
+
+    def _discard_stale_statistics(self) -> None:
+        """Forget statistics of an iteration the grad scaler skipped without a step."""
+        if self._scaler.skipped_an_iteration():
+            self.reset()
+            self._backward_passes = 0
+
+    def _forward_hook(
+        self, layer: KFACLayer, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> None:
+        if not module.training or not torch.is_grad_enabled() or not self.collecting():
+            return
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if not isinstance(x, Tensor):
+            return
+        self.record_input(layer, x)
+        if isinstance(output, Tensor) and output.requires_grad:
+            # A tensor hook on the output (not a module backward hook) stays correct when
+            # an in-place activation modifies the output afterwards.
+            output.register_hook(partial(self.record_output_grad, layer))
+
+    def mc_backward(self, output: Tensor, likelihood: str = "categorical") -> None:
+        """Back-propagate a loss of labels sampled from ``output`` so the hooks record ``G``.
+
+        On factor-update steps, samples labels from the predictive distribution given by
+        ``output``, and back-propagates their loss (averaged over the batch) with
+        ``torch.autograd.grad`` so the hooks record ``G``; parameters' ``.grad`` are not
+        touched and the graph is kept for the user's own ``loss.backward()``. On other
+        steps it does nothing.
+
+        Parameters
+        ----------
+        output : Tensor
+            The model's output for the current batch.
+        likelihood : {"categorical", "gaussian"}, default "categorical"
+            ``"categorical"``: logits of shape ``(n, C)`` or ``(n, C, ...)`` (like
+            ``cross_entropy``); ``"gaussian"``: means of a unit-variance Gaussian, loss
+            ``0.5 ||output - y||^2`` summed per example.
+
+        Raises
+        ------
+        RuntimeError
+            If ``fisher`` is not ``"mc"``.
+        TypeError
+            If ``output`` is not a tensor.
+        ValueError
+            For an unknown ``likelihood``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(4, 3)
+        >>> pre = KFACPreconditioner(model, fisher="mc")
+        >>> pre.recorder.mc_backward(model(torch.randn(8, 4)))
+        >>> pre.layers[0].G.count
+        1
+        """
+        if self.fisher != "mc":
+            raise RuntimeError(f"mc_backward: needs fisher='mc', this one has {self.fisher!r}")
+        check_choice(likelihood, "likelihood", LIKELIHOODS)
+        if not isinstance(output, Tensor):
+            raise TypeError(f"output: expected a tensor, got {type(output).__name__}")
+        if not self.collecting() or not output.requires_grad:
+            return
+        if self.generator.device != output.device:  # the model moved since construction
+            self.generator = torch.Generator(device=output.device).manual_seed(
+                step_seed(self.seed, self.step)
+            )
+        loss = sampled_loss(output, likelihood, self.generator)
+        weights = [layer.helper.module.weight for layer in self.layers]
+        self._mc_active = True
+        try:
+            torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+        finally:
+            self._mc_active = False
+
+    # ------------------------------------------------------------------ folding
+
+    def reset(self) -> None:
+        """Forget every layer's batch statistics recorded in this step.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> pre.recorder.record_input(pre.layers[0], torch.randn(8, 3))
+        >>> pre.recorder.reset()
+        >>> pre.layers[0].A.count
+        0
+        """
+        for layer in self.layers:
+            layer.reset_batch()
+
+    def fold(self, step: int) -> None:
+        """Fold the step's batch factors into the averages (a factor-update step).
+
+        Nothing is folded in a step the grad scaler skips (an Inf or NaN in its
+        gradients). The batch factors are averaged over the processes; a layer with a
+        non-finite batch factor is skipped with a warning, as is a step that recorded
+        nothing, or a different number of backward passes than ``accumulation_steps``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model)
+        >>> model(torch.randn(8, 3)).square().mean().backward()
+        >>> pre.recorder.fold(step=0)
+        >>> pre.identity_weights()
+        {'': 0.95}
+        """
+        if self.grad_scaler is not None and self._scaler.found_inf():
+            self.reset()  # the scaler skips this step: so do the factors
+            return
+        passes = self._backward_passes
+        counted = self.fisher == "empirical" and _graph_task_id is not None
+        if counted and passes and passes != self.accumulation_steps:
+            warnings.warn(
+                f"step {step}: {passes} backward passes were recorded on this factor-update "
+                f"step, but accumulation_steps={self.accumulation_steps}; G is corrected "
+                f"for a loss divided by {self.accumulation_steps}",
+                stacklevel=3,
+            )
+        collected = [layer for layer in self.layers if layer.has_batch]
+        if collected and not self._statistics_checked:
+            self._statistics_checked = True
+            self._drop_silent_layers()
+        for layer in self.layers:
+            if not layer.has_batch:
+                layer.reset_batch()
+        if not collected:
+            hint = " (with fisher='mc', call mc_backward(output) each step)" * (self.fisher == "mc")
+            warnings.warn(
+                f"step {step}: no layer statistics were recorded on this factor-update step" + hint,
+                stacklevel=3,
+            )
+            return
+        batches = self.strategy.average_batch_factors(
+            [batch for layer in collected for batch in layer.take_batches()]
+        )
+        per_layer, start = [], 0
+        for layer in collected:
+            per_layer.append(batches[start : start + len(layer.factors)])
+            start += len(layer.factors)
+        device = batches[0].device
+        flags = [layer.batches_finite(b).to(device) for layer, b in zip(collected, per_layer)]
+        finite = torch.stack(flags).tolist()  # one host sync
+        if self.grad_scaler is not None and not all(finite):
+            return  # an overflow of the scaled backward: the scaler skips this step too
+        decay = self.factor_decay(step)
+        skipped = []
+        for layer, layer_batches, ok in zip(collected, per_layer, finite, strict=True):
+            if ok:
+                layer.fold(layer_batches, decay)
+            else:
+                skipped.append(layer.name)
+        if skipped:
+            warnings.warn(
+                f"step {step}: NaN or Inf in the activations or output gradients of layers "
+                f"{skipped}; their factor update was skipped",
+                stacklevel=3,
+            )
+
+    def _drop_silent_layers(self) -> None:
+        """Stop recording layers whose hooks saw nothing while others recorded.
+
+        A layer whose forward hook never fired has its weight used functionally (or was
+        not called), so it would never get factors of its own. Its hook is removed and
+        it is listed in :attr:`dropped`, with one warning.
+        """
+        silent = {
+            layer.name: "no statistics on the first factor-update step (its hooks never saw "
+            "an input: a weight used functionally, or a module not called)"
+            for layer in self.layers
+            if layer.updates == 0 and all(factor.count == 0 for factor in layer.factors)
+        }
+        if not silent:
+            return
+        for name in silent:
+            self._handles.pop(name).remove()
+        self.layers = [layer for layer in self.layers if layer.name not in silent]
+        self.dropped.update(silent)
+        warnings.warn(skipped_message(silent), stacklevel=4)
+
+    def remove(self) -> None:
+        """Detach every hook from the model.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> KFACPreconditioner(model).recorder.remove()
+        >>> len(model._forward_hooks)
+        0
+        """
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()
+
+
+def sampled_loss(output: Tensor, likelihood: str, generator: torch.Generator) -> Tensor:
+    """The batch-mean loss of labels sampled from the model's predictive distribution.
+
+    ``"categorical"``: labels drawn from ``softmax(output)`` along dimension 1, the
+    cross-entropy; ``"gaussian"``: ``y = output + noise`` (unit variance), the loss
+    ``0.5 ||output - y||^2`` summed per example; its gradient is that of ``output``
+    only (the labels are constants).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac.statistics import sampled_loss
+    >>> logits = torch.zeros(4, 3, requires_grad=True)
+    >>> loss = sampled_loss(logits, "categorical", torch.Generator().manual_seed(0))
+    >>> round(loss.item(), 4)  # log(3): every label equally likely
+    1.0986
+    """
+    logits = output.detach().float()
+    if likelihood == "categorical":
+        probs = logits.movedim(1, -1).softmax(-1).reshape(-1, logits.shape[1])
+        labels = torch.multinomial(probs, 1, generator=generator)
+        labels = labels.reshape(logits.movedim(1, -1).shape[:-1])
+        return F.cross_entropy(output, labels)
+    noise = torch.randn(logits.shape, generator=generator, device=logits.device)
+    noise = noise.to(output.dtype)
+    return 0.5 * noise.sub(output - output.detach()).square().sum() / output.shape[0]
+
+
+class _GradScalerWatch:
+    """What the recorder reads of a gradient scaler: the loss scale, iterations, inf checks.
+
+    ``grad_scaler`` is a ``torch.amp.GradScaler``, a callable returning the loss scale,
+    or None (no scaling).
+    """
+
+    def __init__(self, grad_scaler: GradScalerLike | None, accumulation_steps: int):
+        if grad_scaler is not None and not callable(grad_scaler):
+            if not isinstance(grad_scaler, torch.amp.GradScaler):
+                raise TypeError(
+                    "grad_scaler: expected a torch.amp.GradScaler or a callable returning the "
+                    f"loss scale, got {type(grad_scaler).__name__}"
+                )
+        self.grad_scaler = grad_scaler
+        self.accumulation_steps = accumulation_steps
+        self._iteration: object | None = None
+
+    def start_iteration(self) -> None:
+        """A step ended: the next scaler iteration is the step's own."""
+        self._iteration = None
+
+    def correction(self) -> float | Tensor:
+        """``(accumulation_steps / loss scale)^2``: what makes a recorded ``G`` unscaled."""
+        scaler, scale = self.grad_scaler, 1.0
+        if isinstance(scaler, torch.amp.GradScaler):
+            if scaler.is_enabled():
+                scale = scaler._get_scale_async()  # None before the first scaler.scale()
+                scale = scaler.get_scale() if scale is None else scale
+        elif scaler is not None:
+            scale = scaler()
+        if isinstance(scale, Tensor):
+            return (self.accumulation_steps / scale.detach().float()).square()
+        return (self.accumulation_steps / scale) ** 2
+
+    def skipped_an_iteration(self) -> bool:
+        """Whether the statistics recorded so far belong to an iteration the scaler skipped.
+
+        ``scaler.step(KFAC optimizer)`` does not call the optimizer's step when it
+        found an Inf or NaN, so that step never ends. A ``GradScaler`` starts new
+        per-iteration state in every ``update()``: statistics recorded under another
+        iteration's state are stale.
+        """
+        iteration = getattr(self.grad_scaler, "_per_optimizer_states", None)
+        if iteration is None or iteration is self._iteration:
+            return False
+        stale = self._iteration is not None
+        self._iteration = iteration
+        return stale
+
+    def found_inf(self) -> bool | None:
+        """Whether the scaler found an Inf/NaN this iteration (None: not known yet).
+
+        Known once ``scaler.unscale_(optimizer)`` ran (``scaler.step`` runs it too);
+        read from the scaler's per-optimizer inf checks, one host sync.
+        """
+        states = getattr(self.grad_scaler, "_per_optimizer_states", None)
+        if not states:
+            return None
+        found = [
+            flag for state in states.values() for flag in state["found_inf_per_device"].values()
+        ]
+        if not found:
+            return None
+        return bool(sum(flag.to(found[0].device) for flag in found).item())
