@@ -343,7 +343,7 @@ def precondition_each(items: list[PreparedLayer], keep_gradient: bool) -> list[P
     for layer, sides, (weight, bias) in items:
         out = None
         if not keep_gradient:
-            out = layer.helper.weight_view(layer.helper.module.weight.grad)
+            out = layer.helper.weight_view(layer.helper.weight.grad)
         P_w, P_b, scale = precondition_parts(weight, bias, *sides, owned=not keep_gradient, out=out)
         results.append(Preconditioned(layer, weight, bias, P_w, P_b, scale))
     return results

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .attention import attention_helpers
+from .diagonal import ParameterHelper, bare_parameters
 from .inverse import DiagonalInverse, FactorInverse, Inverse
 from .modules import LayerHelper, helper_for
 
@@ -20,6 +22,7 @@ __all__ = [
     "factor_dtype",
     "find_layers",
     "load_layer_states",
+    "preconditioned_share",
     "skipped_message",
 ]
 
@@ -254,12 +257,14 @@ class KFACLayer:
         self.helper = helper
         self.dtype = dtype
         self.statistics_dtype = statistics_dtype
-        device = helper.module.weight.device
+        device = helper.weight.device
         blocks = helper.blocks
         self.A = Factor(
             "A", name, helper.a_size, dtype, device, blocks=blocks, diagonal=helper.diagonal_input
         )
-        self.G = Factor("G", name, helper.g_size, dtype, device, blocks=blocks)
+        self.G = Factor(
+            "G", name, helper.g_size, dtype, device, blocks=blocks, diagonal=helper.diagonal_output
+        )
 
     @property
     def factors(self) -> tuple[Factor, ...]:
@@ -293,7 +298,7 @@ class KFACLayer:
         moved or cast after the preconditioner was built (``model.double()``,
         ``model.to(device)``) keeps working; the cost is two attribute comparisons.
         """
-        weight = self.helper.module.weight
+        weight = self.helper.weight
         dtype = factor_dtype(weight.dtype)
         if dtype == self.dtype and weight.device == self.A.matrix.device:
             return
@@ -382,6 +387,30 @@ class KFACLayer:
             factor.reset_batch()
 
 
+def preconditioned_share(layers: Iterable[KFACLayer], model: nn.Module) -> float:
+    """The share of ``model``'s trainable parameter entries that ``layers`` precondition.
+
+    Each layer preconditions the entries of its gradient matrix (``g_size x a_size``
+    per block: weight and bias, or the parameters of a diagonal layer); a tied
+    Parameter counts once. ``preconditioned_share(pre.layers, model)`` reports a
+    :class:`~rnla_kfac.KFACPreconditioner`'s coverage; what it leaves is in its
+    ``skipped_layers``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LSTM(4, 4))
+    >>> layers, _ = find_layers(model, "1", None)
+    >>> round(preconditioned_share(layers, model), 3)
+    0.16
+    """
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    covered = sum(
+        (layer.helper.blocks or 1) * layer.helper.g_size * layer.helper.a_size for layer in layers
+    )
+    return covered / max(total, 1)
+
+
 def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The dtype of a layer's factors: float64 for float64 weights, float32 otherwise.
 
@@ -403,12 +432,26 @@ def find_layers(
     module's qualified name or it equals the module's class name (``"decoder"`` skips
     ``module.decoder`` and its children under ``DistributedDataParallel``;
     ``"Embedding"`` skips every ``nn.Embedding``). Warns about patterns that match
-    nothing. Modules that hold trainable parameters of their own but are not
-    preconditioned are returned with the reason: a skip pattern, an unsupported type,
-    a frozen weight, a Parameter shared with another module (never preconditioned
-    twice), or a layer that ``nn.MultiheadAttention`` applies functionally (its hooks
-    never see the input); one warning names those not skipped by a pattern. The
-    factors are float64 for float64 layers, float32 otherwise.
+    nothing.
+
+    Besides the registered layer types (:func:`~rnla_kfac.modules.register_layer_helper`:
+    ``nn.Linear``, convolutions, ``nn.Embedding``, ``transformers``' ``Conv1D``),
+    ``nn.MultiheadAttention`` gives four layers, ``<name>.in_proj.q``, ``.k``, ``.v``
+    and ``<name>.out_proj`` (:mod:`rnla_kfac.attention`); normalization layers, and
+    the Parameters a module that is not a ``torch.nn`` layer holds directly (position
+    embeddings, class tokens, layer scales: layer ``<module>.<parameter>``), follow
+    the diagonal rule of :mod:`rnla_kfac.diagonal`. A bare Parameter is skipped by a
+    pattern found in its qualified name or equal to ``"Parameter"``.
+
+    Tied parameters: a Parameter held by several modules (an embedding and the output
+    head that shares its weight) is preconditioned by the first of them in model order
+    that supports it, with that module's factors, on its whole gradient (the sum over
+    the uses); the others are skipped with the reason "shares a Parameter with ...,
+    which preconditions it". Modules that hold trainable parameters of their own but
+    are not preconditioned are returned with the reason: a skip pattern, an
+    unsupported ``torch.nn`` type, a frozen weight or a tied Parameter; one warning
+    names those not skipped by a pattern. The factors are float64 for float64 layers,
+    float32 otherwise.
 
     Raises
     ------
@@ -419,49 +462,17 @@ def find_layers(
     Examples
     --------
     >>> import torch
-    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4),
-    ...                             torch.nn.Linear(4, 2))
-    >>> layers, skipped = find_layers(model, "2", None)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LSTM(4, 4),
+    ...                             torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    >>> layers, skipped = find_layers(model, "3", None)
     >>> [layer.name for layer in layers], skipped
-    (['0'], {'1': 'unsupported type LayerNorm', '2': "skip_layers pattern '2'"})
+    (['0', '2'], {'1': 'unsupported type LSTM', '3': "skip_layers pattern '3'"})
     """
     patterns = _compile_patterns(skip_layers)
-    owners = _parameter_owners(model)
-    functional = {
-        id(module.out_proj)
-        for module in model.modules()
-        if isinstance(module, nn.MultiheadAttention)
-    }
-    layers, skipped, matched = [], {}, set()
+    found = _LayerSearch(patterns, statistics_dtype)
     for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-        hits = [
-            p.pattern
-            for p in patterns
-            if p.search(name) is not None or p.pattern == type(module).__name__
-        ]
-        if hits:
-            matched.update(hits)
-            if own:
-                skipped[name] = f"{SKIP_PATTERN_REASON} {hits[0]!r}"
-            continue
-        helper = helper_for(module)
-        if isinstance(module, nn.MultiheadAttention) and own:
-            skipped[name] = "nn.MultiheadAttention applies its input projection functionally"
-        elif id(module) in functional and own:
-            skipped[name] = (
-                "applied functionally by its nn.MultiheadAttention: its hooks never see the input"
-            )
-        elif isinstance(helper, str):
-            skipped[name] = helper
-        elif helper is None:
-            if own:
-                skipped[name] = f"unsupported type {type(module).__name__}"
-        elif shared := sorted({other for p in own for other in owners[id(p)] if other != name}):
-            skipped[name] = f"shares a Parameter with {', '.join(map(repr, shared))}"
-        else:
-            dtype = factor_dtype(module.weight.dtype)
-            layers.append(KFACLayer(name, helper, dtype, statistics_dtype))
+        found.visit(name, module)
+    layers, skipped, matched = found.layers, found.skipped, found.matched
     unmatched = [p.pattern for p in patterns if p.pattern not in matched]
     if unmatched:
         warnings.warn(f"skip_layers: no module matches {unmatched}", stacklevel=3)
@@ -478,13 +489,86 @@ def find_layers(
     return layers, skipped
 
 
-def _parameter_owners(model: nn.Module) -> dict[int, list[str]]:
-    """``{id(parameter): names of the distinct modules holding it directly}``."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules():
-        for parameter in module.parameters(recurse=False):
-            owners.setdefault(id(parameter), []).append(name)
-    return owners
+class _LayerSearch:
+    """The walk of :func:`find_layers` over a model's modules, in order.
+
+    Each trainable Parameter is preconditioned once: by the first module in model
+    order that holds it and can (tied weights: see :func:`find_layers`).
+    """
+
+    def __init__(self, patterns: list[re.Pattern], statistics_dtype: torch.dtype | None):
+        self.patterns = patterns
+        self.statistics_dtype = statistics_dtype
+        self.layers: list[KFACLayer] = []
+        self.skipped: dict[str, str] = {}
+        self.matched: set[str] = set()
+        self.claimed: dict[int, str] = {}  # id(parameter) -> the layer preconditioning it
+        self.attention_parts: set[int] = set()  # out_proj modules taken by their attention
+
+    def _hits(self, name: str, class_name: str) -> list[str]:
+        """The patterns found in ``name`` or equal to ``class_name``."""
+        hits = [p.pattern for p in self.patterns if p.search(name) or p.pattern == class_name]
+        self.matched.update(hits)
+        return hits
+
+    def _add(self, name: str, helper: LayerHelper, parameters: list[Tensor]) -> None:
+        dtype = factor_dtype(helper.weight.dtype)
+        self.layers.append(KFACLayer(name, helper, dtype, self.statistics_dtype))
+        for parameter in parameters:
+            self.claimed[id(parameter)] = name
+
+    def visit(self, name: str, module: nn.Module) -> None:
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        hits = self._hits(name, type(module).__name__)
+        if hits:
+            if own:
+                self.skipped[name] = f"{SKIP_PATTERN_REASON} {hits[0]!r}"
+            return
+        if id(module) in self.attention_parts:
+            return
+        tied = sorted({self.claimed[id(p)] for p in own if id(p) in self.claimed})
+        if tied:
+            self.skipped[name] = _tied_reason(tied)
+            return
+        if isinstance(module, nn.MultiheadAttention):
+            self._visit_attention(name, module)
+            return
+        helper = helper_for(module)
+        if isinstance(helper, str):
+            self.skipped[name] = helper
+        elif helper is not None:
+            self._add(name, helper, own)
+        elif own and type(module).__module__.startswith("torch.nn."):
+            self.skipped[name] = f"unsupported type {type(module).__name__}"
+        else:
+            self._visit_bare(name, module)
+
+    def _visit_attention(self, name: str, attention: nn.MultiheadAttention) -> None:
+        prefix = f"{name}." if name else ""
+        self.attention_parts.add(id(attention.out_proj))
+        for role, helper in attention_helpers(attention).items():
+            if role == "out":
+                self._add(f"{prefix}out_proj", helper, list(attention.out_proj.parameters()))
+            else:
+                self._add(f"{prefix}in_proj.{role}", helper, [helper.weight])
+        self._visit_bare(name, attention)
+
+    def _visit_bare(self, name: str, module: nn.Module) -> None:
+        prefix = f"{name}." if name else ""
+        for parameter_name in bare_parameters(module):
+            qualified = prefix + parameter_name
+            hits = self._hits(qualified, "Parameter")
+            parameter = getattr(module, parameter_name)
+            if hits:
+                self.skipped[qualified] = f"{SKIP_PATTERN_REASON} {hits[0]!r}"
+            elif id(parameter) in self.claimed:
+                self.skipped[qualified] = _tied_reason([self.claimed[id(parameter)]])
+            else:
+                self._add(qualified, ParameterHelper(module, parameter_name), [parameter])
+
+
+def _tied_reason(owners: list[str]) -> str:
+    return f"shares a Parameter with {', '.join(map(repr, owners))} (tied: preconditioned there)"
 
 
 def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:

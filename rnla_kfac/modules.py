@@ -51,8 +51,11 @@ __all__ = [
     "EmbeddingHelper",
     "LayerHelper",
     "LinearHelper",
+    "TransposedLinearHelper",
     "conv_patches",
     "helper_for",
+    "register_layer_helper",
+    "registered_helper",
 ]
 
 
@@ -85,10 +88,14 @@ class LayerHelper:
         ``None`` for a single pair of factors.
     diagonal_input : bool
         Whether ``A`` is diagonal and kept as its diagonal (``nn.Embedding``).
+    diagonal_output : bool
+        Whether ``G`` is diagonal and kept as its diagonal (the diagonal rule of
+        :mod:`rnla_kfac.diagonal`).
     """
 
     blocks: int | None = None
     diagonal_input = False
+    diagonal_output = False
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -96,6 +103,15 @@ class LayerHelper:
         weight = module.weight
         self.g_size = weight.shape[0]
         self.a_size = weight[0].numel() + int(self.has_bias)
+
+    @property
+    def weight(self) -> Tensor:
+        """The Parameter whose device and dtype the factors follow (``module.weight``).
+
+        Also what :meth:`~rnla_kfac.statistics.StatisticsRecorder.mc_backward`
+        differentiates to run the sampled backward pass through the layer.
+        """
+        return self.module.weight
 
     def input_rows(self, x: Tensor) -> tuple[Tensor, float]:
         """Input rows ``a`` (without the bias column) and the divisor of ``a^T a``.
@@ -425,13 +441,142 @@ class EmbeddingHelper(LayerHelper):
         return grad.T
 
 
+class TransposedLinearHelper(LinearHelper):
+    """A linear layer whose weight is stored transposed, ``(d_in, d_out)``.
+
+    The layer computes ``x @ weight + bias`` on inputs of any leading shape (Hugging
+    Face ``transformers``' ``Conv1D``, used by GPT-2). Its factors are those of the
+    ``nn.Linear`` with weight ``weight.T``; the gradient matrix is ``weight.grad.T``
+    (always a view) with the bias column.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Conv1D(torch.nn.Module):  # transformers.pytorch_utils.Conv1D's layout
+    ...     def __init__(self, d_out, d_in):
+    ...         super().__init__()
+    ...         self.weight = torch.nn.Parameter(torch.randn(d_in, d_out))
+    ...         self.bias = torch.nn.Parameter(torch.zeros(d_out))
+    ...     def forward(self, x):
+    ...         return x @ self.weight + self.bias
+    >>> helper = TransposedLinearHelper(Conv1D(2, 3))
+    >>> helper.g_size, helper.a_size
+    (2, 4)
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        d_in, self.g_size = module.weight.shape
+        self.a_size = d_in + int(self.has_bias)
+
+    def grad_matrix(self, dtype: torch.dtype) -> Tensor | None:
+        weight_grad = self.module.weight.grad
+        if weight_grad is None:
+            return None
+        J = weight_grad.T
+        if self.has_bias:
+            bias_grad = self.module.bias.grad
+            bias_grad = torch.zeros_like(self.module.bias) if bias_grad is None else bias_grad
+            J = torch.cat([J, bias_grad[:, None]], dim=1)
+        return J.to(dtype)
+
+    def set_grad_matrix(self, matrix: Tensor) -> None:
+        n_weight = self.a_size - int(self.has_bias)
+        self.module.weight.grad.copy_(matrix[:, :n_weight].T)
+        if self.has_bias and self.module.bias.grad is not None:
+            self.module.bias.grad.copy_(matrix[:, -1])
+
+    def weight_view(self, grad: Tensor) -> Tensor | None:
+        """``weight.grad.T``: the ``d_out x d_in`` weight part, always a view."""
+        return grad.T
+
+
+_LAYER_HELPERS: dict[type | str, type[LayerHelper]] = {}
+"""Registered layer types: classes, or ``"module.QualName"`` strings matched lazily."""
+
+
+def register_layer_helper(module_type: type | str, helper_type: type[LayerHelper]) -> None:
+    """Precondition modules of ``module_type`` (and its subclasses) with ``helper_type``.
+
+    The helper tells the preconditioner how to read a layer's statistics and gradient:
+    subclass :class:`LayerHelper` (or :class:`LinearHelper`, :class:`ConvHelper`) and
+    define :meth:`LayerHelper.input_rows` (the rows ``a`` of the layer's input and the
+    divisor of ``a^T a``), :meth:`LayerHelper.output_rows` (the rows ``g`` of its
+    output's gradient and the multiplier of ``g^T g``) and, when the weight is not
+    stored ``(d_out, ...)``, the gradient matrix (:meth:`LayerHelper.grad_matrix`,
+    :meth:`LayerHelper.set_grad_matrix`, :meth:`LayerHelper.weight_view`). The
+    module's forward hook sees its first positional input, and a hook on its output
+    sees the output's gradient.
+
+    A registration replaces an earlier one of the same type and takes precedence over
+    the built-in types. ``module_type`` may be the ``"package.module.ClassName"`` of a
+    class never imported here: it is matched against the qualified names of a module's
+    classes, so registering a third-party type costs no import (``transformers``'
+    ``Conv1D`` is registered so, with :class:`TransposedLinearHelper`).
+
+    Parameters
+    ----------
+    module_type : type or str
+        An ``nn.Module`` subclass, or a class's ``"module.QualName"``.
+    helper_type : type
+        A :class:`LayerHelper` subclass, constructed with the module.
+
+    Raises
+    ------
+    TypeError
+        If ``module_type`` is not a class or a string, or ``helper_type`` not a
+        :class:`LayerHelper` subclass.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Scaled(torch.nn.Linear):  # a Linear that doubles its output
+    ...     def forward(self, x):
+    ...         return 2 * super().forward(x)
+    >>> class ScaledHelper(LinearHelper):
+    ...     def output_rows(self, grad_output):
+    ...         rows, multiplier = super().output_rows(grad_output)
+    ...         return 2 * rows, multiplier  # the gradient of the inner Linear's output
+    >>> register_layer_helper(Scaled, ScaledHelper)
+    >>> type(helper_for(Scaled(3, 2))).__name__
+    'ScaledHelper'
+    """
+    if not isinstance(module_type, type | str):
+        raise TypeError(
+            f"module_type: expected a class or a 'module.ClassName' string, got {module_type!r}"
+        )
+    if not (isinstance(helper_type, type) and issubclass(helper_type, LayerHelper)):
+        raise TypeError(f"helper_type: expected a LayerHelper subclass, got {helper_type!r}")
+    _LAYER_HELPERS[module_type] = helper_type
+
+
+def registered_helper(module: nn.Module) -> type[LayerHelper] | None:
+    """The helper type registered for ``module``'s class or a base class, or None.
+
+    Examples
+    --------
+    >>> import torch
+    >>> registered_helper(torch.nn.ReLU()) is None
+    True
+    """
+    for cls in type(module).__mro__:
+        for key in (cls, f"{cls.__module__}.{cls.__qualname__}"):
+            if key in _LAYER_HELPERS:
+                return _LAYER_HELPERS[key]
+    return None
+
+
+register_layer_helper("transformers.pytorch_utils.Conv1D", TransposedLinearHelper)
+
+
 def helper_for(module: nn.Module) -> LayerHelper | str | None:
     """The helper of a supported module, a reason string if skipped, or None.
 
-    Supported: ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` (any groups) and
-    ``nn.Embedding`` (not ``sparse=True``, whose gradients are sparse tensors, nor
+    Supported: the types of :func:`register_layer_helper` (first), ``nn.Linear``,
+    ``nn.Conv1d`` and ``nn.Conv2d`` (any groups) and ``nn.Embedding`` (not
+    ``sparse=True``, whose gradients are sparse tensors, nor
     ``scale_grad_by_freq=True``, whose gradient is not the one K-FAC models). ``None``
-    for other modules and frozen layers.
+    for other modules; a reason string for frozen layers.
 
     Examples
     --------
@@ -443,8 +588,11 @@ def helper_for(module: nn.Module) -> LayerHelper | str | None:
     >>> helper_for(torch.nn.ReLU()) is None
     True
     """
-    if isinstance(module, nn.Linear):
-        helper_type: type[LayerHelper] = LinearHelper
+    registered = registered_helper(module)
+    if registered is not None:
+        helper_type: type[LayerHelper] = registered
+    elif isinstance(module, nn.Linear):
+        helper_type = LinearHelper
     elif isinstance(module, nn.Conv1d | nn.Conv2d):
         helper_type = ConvHelper
     elif isinstance(module, nn.Embedding):
@@ -454,6 +602,8 @@ def helper_for(module: nn.Module) -> LayerHelper | str | None:
             return "scale_grad_by_freq=True is not supported"
         helper_type = EmbeddingHelper
     else:
+        return None
+    if getattr(module, "weight", None) is None:
         return None
     if not module.weight.requires_grad:
         return "frozen (weight.requires_grad is False)"

@@ -127,14 +127,9 @@ class StatisticsRecorder:
         self.strategy = LocalStrategy() if strategy is None else strategy
         self.seed = seed
         self.dropped: dict[str, str] = {}
-        device = self.layers[0].helper.module.weight.device
+        device = self.layers[0].helper.weight.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self._handles = {
-            layer.name: layer.helper.module.register_forward_hook(
-                partial(self._forward_hook, layer), with_kwargs=True
-            )
-            for layer in self.layers
-        }
+        self._handles = {layer.name: self._attach(layer) for layer in self.layers}
         self._statistics_checked = False  # layers without statistics found yet?
         self._mc_active = False
         self._g_scale: float | Tensor = 1.0  # (accumulation_steps / loss scale)^2
@@ -250,15 +245,48 @@ class StatisticsRecorder:
             self.reset()
             self._backward_passes = 0
 
+    def _attach(self, layer: KFACLayer) -> Any:
+        """Hook ``layer``'s module; a handle with ``remove()``.
+
+        A helper with an ``attach_hooks(observe_input, record_output_grad)`` method
+        places its own hooks (a layer whose module applies its weights functionally,
+        :mod:`rnla_kfac.attention`): it calls ``observe_input(module, x)`` with each
+        input, which records it and returns whether the step collects statistics, and
+        ``record_output_grad(grad)`` with the gradient of each output it observed.
+        """
+        attach = getattr(layer.helper, "attach_hooks", None)
+        if attach is not None:
+            observe = partial(self.observe_input, layer)
+            return attach(observe, partial(self.record_output_grad, layer))
+        hook = partial(self._forward_hook, layer)
+        return layer.helper.module.register_forward_hook(hook, with_kwargs=True)
+
+    def observe_input(self, layer: KFACLayer, module: nn.Module, x: Tensor) -> bool:
+        """Record ``x`` as an input of ``layer`` if this pass collects statistics.
+
+        Returns whether it did: ``module`` in training mode, gradients enabled and a
+        factor-update step.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model)
+        >>> pre.recorder.observe_input(pre.layers[0], model, torch.randn(8, 3))
+        True
+        """
+        if not module.training or not torch.is_grad_enabled() or not self.collecting():
+            return False
+        self.record_input(layer, x)
+        return True
+
     def _forward_hook(
         self, layer: KFACLayer, module: nn.Module, args: tuple, kwargs: dict, output: Any
     ) -> None:
-        if not module.training or not torch.is_grad_enabled() or not self.collecting():
-            return
         x = args[0] if args else next(iter(kwargs.values()), None)
-        if not isinstance(x, Tensor):
+        if not isinstance(x, Tensor) or not self.observe_input(layer, module, x):
             return
-        self.record_input(layer, x)
         if isinstance(output, Tensor) and output.requires_grad:
             # A tensor hook on the output (not a module backward hook) stays correct when
             # an in-place activation modifies the output afterwards.
@@ -313,7 +341,7 @@ class StatisticsRecorder:
                 step_seed(self.seed, self.step)
             )
         loss = sampled_loss(output, likelihood, self.generator)
-        weights = [layer.helper.module.weight for layer in self.layers]
+        weights = [layer.helper.weight for layer in self.layers]
         self._mc_active = True
         try:
             torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
