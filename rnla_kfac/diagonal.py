@@ -167,7 +167,7 @@ class NormHelper(DiagonalHelper):
         return F.rms_norm(x, module.normalized_shape, eps=module.eps)
 
     def _remember(self, x: Tensor) -> None:
-        x_hat = self._normalized(x.float())
+        x_hat = self._normalized(x)
         if not isinstance(self.module, nn.LayerNorm | nn.RMSNorm):
             x_hat = self._channels_last(x_hat)
         self._pending.append(x_hat)

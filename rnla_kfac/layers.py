@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 SKIP_PATTERN_REASON = "skip_layers pattern"
+TIED_REASON = "(tied: preconditioned there)"
 
 
 class Factor:
@@ -447,10 +448,11 @@ def find_layers(
     head that shares its weight) is preconditioned by the first of them in model order
     that supports it, with that module's factors, on its whole gradient (the sum over
     the uses); the others are skipped with the reason "shares a Parameter with ...,
-    which preconditions it". Modules that hold trainable parameters of their own but
-    are not preconditioned are returned with the reason: a skip pattern, an
-    unsupported ``torch.nn`` type, a frozen weight or a tied Parameter; one warning
-    names those not skipped by a pattern. The factors are float64 for float64 layers,
+    (tied: preconditioned there)" and no warning. Modules that hold trainable
+    parameters of their own but are not preconditioned are returned with the reason: a
+    skip pattern, an unsupported ``torch.nn`` type, a frozen weight or a tied
+    Parameter; one warning names those left with a plain gradient and not skipped by a
+    pattern. The factors are float64 for float64 layers,
     float32 otherwise.
 
     Raises
@@ -482,7 +484,9 @@ def find_layers(
             f"nn.Conv2d or nn.Embedding, not in skip_layers) in {type(model).__name__}"
         )
     unexpected = {
-        name: why for name, why in skipped.items() if not why.startswith(SKIP_PATTERN_REASON)
+        name: why
+        for name, why in skipped.items()
+        if not why.startswith(SKIP_PATTERN_REASON) and not why.endswith(TIED_REASON)
     }
     if unexpected:
         warnings.warn(skipped_message(unexpected), stacklevel=3)
@@ -568,7 +572,7 @@ class _LayerSearch:
 
 
 def _tied_reason(owners: list[str]) -> str:
-    return f"shares a Parameter with {', '.join(map(repr, owners))} (tied: preconditioned there)"
+    return f"shares a Parameter with {', '.join(map(repr, owners))} {TIED_REASON}"
 
 
 def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:
