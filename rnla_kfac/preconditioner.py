@@ -244,9 +244,9 @@ class KFACPreconditioner:
         Examples
         --------
         >>> import torch
-        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LSTM(4, 4))
         >>> KFACPreconditioner(model).skipped_layers
-        {'1': 'unsupported type LayerNorm'}
+        {'1': 'unsupported type LSTM'}
         """
         return {**self._skipped, **self.recorder.dropped}
 

@@ -273,18 +273,20 @@ class TinyTransformer(nn.Module):
 def test_transformer_encoder_layer_end_to_end():
     torch.manual_seed(0)
     model = TinyTransformer()
-    with pytest.warns(UserWarning, match="keep their plain gradient") as caught:
+    with no_warnings():
         pre = KFACPreconditioner(model, **EXACT)
-    assert len(caught) == 1
-    attention = "nn.MultiheadAttention applies its input projection functionally"
-    assert pre.skipped_layers == {
-        "encoder.self_attn": attention,
-        "encoder.self_attn.out_proj": "applied functionally by its nn.MultiheadAttention: "
-        "its hooks never see the input",
-        "encoder.norm1": "unsupported type LayerNorm",
-        "encoder.norm2": "unsupported type LayerNorm",
-    }
-    assert pre.layer_names == ("embed", "encoder.linear1", "encoder.linear2", "head")
+    assert pre.skipped_layers == {}
+    attention = [f"encoder.self_attn.in_proj.{role}" for role in "qkv"]
+    assert pre.layer_names == (
+        "embed",
+        *attention,
+        "encoder.self_attn.out_proj",
+        "encoder.linear1",
+        "encoder.linear2",
+        "encoder.norm1",
+        "encoder.norm2",
+        "head",
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(32, 5, 6, generator=g)
@@ -306,7 +308,7 @@ def test_skipped_layers_reasons_and_one_warning():
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(4, 4),
-        nn.LayerNorm(4),
+        nn.LSTM(4, 4),
         nn.Linear(4, 4),
         nn.Linear(4, 4),
         nn.Linear(4, 4),
@@ -319,28 +321,13 @@ def test_skipped_layers_reasons_and_one_warning():
         pre = KFACPreconditioner(model, skip_layers="4")
     assert len(caught) == 1
     assert pre.skipped_layers == {
-        "0": "shares a Parameter with '3'",
-        "1": "unsupported type LayerNorm",
+        "1": "unsupported type LSTM",
         "2": "frozen (weight.requires_grad is False)",
-        "3": "shares a Parameter with '0'",
+        "3": "shares a Parameter with '0' (tied: preconditioned there)",
         "4": "skip_layers pattern '4'",
     }
     message = str(caught[0].message)
-    assert "4 module(s)" in message and "'0'" in message and "'4'" not in message
-
-
-def test_shared_parameter_is_left_alone(data):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Linear(6, 4))
-    model[2].weight = model[0].weight
-    with pytest.warns(UserWarning, match="shares a Parameter with '2': '0'"):
-        pre = KFACPreconditioner(model, **EXACT)
-    x, y = data("mlp")
-    F.cross_entropy(model(x), y).backward()
-    plain = model[0].weight.grad.clone()
-    pre.step()
-    assert pre.layer_names == ("3",)
-    assert torch.equal(model[0].weight.grad, plain)
+    assert "2 module(s)" in message and "'1'" in message and "'3'" not in message
 
 
 # ---------------------------------------------------------------- 6. keyword and unbatched inputs
@@ -443,9 +430,10 @@ class Wrapped(nn.Module):
 @pytest.mark.parametrize(
     "pattern, kept",
     [
-        ("decoder", ("module.encoder",)),
-        (r"enc.d", ("module.decoder",)),
-        ("Linear", None),
+        ("decoder", ("module.encoder", "module.norm")),
+        (r"enc.d", ("module.norm", "module.decoder")),
+        ("Linear", ("module.norm",)),
+        (["Linear", "LayerNorm"], None),
         ("LayerNorm", ("module.encoder", "module.decoder")),
     ],
 )

@@ -74,7 +74,7 @@ def test_model_must_be_a_module():
 
 
 def test_model_without_supported_layers():
-    model = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3))
+    model = nn.Sequential(nn.ReLU(), nn.LSTM(3, 3))
     with pytest.raises(ValueError, match="model: no supported layer to precondition .* Sequential"):
         KFACPreconditioner(model)
     with pytest.raises(ValueError, match="model: no supported layer"):
