@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._checks import Schedule, ScheduleLike, check_non_negative
+from .attention import attention_helpers
 from .preconditioner import KFACPreconditioner
 
 __all__ = ["KFAC"]
@@ -101,18 +102,32 @@ class KFAC(torch.optim.SGD):
         )
 
     def _layer_learning_rates(self, model: nn.Module) -> dict[str, Callable[[int], float]]:
-        """``{module name: lr(step)}``, read live from the group holding the weight."""
+        """``{layer name: lr(step)}``, read live from the group holding the layer's weight.
+
+        Layer names are those of :func:`~rnla_kfac.layers.find_layers`: a module with a
+        weight, ``<attention>.in_proj.q/k/v`` and ``<module>.<parameter>``.
+        """
         group_of = {
             id(parameter): index
             for index, group in enumerate(self.param_groups)
             for parameter in group["params"]
         }
+
+        def rate(parameter: torch.Tensor) -> Callable[[int], float]:
+            index = group_of.get(id(parameter))
+            return _no_lr if index is None else partial(self._group_lr, index)
+
         rates = {}
         for name, module in model.named_modules():
+            prefix = f"{name}." if name else ""
+            for parameter_name, parameter in module.named_parameters(recurse=False):
+                rates[prefix + parameter_name] = rate(parameter)
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor):
-                index = group_of.get(id(weight))
-                rates[name] = _no_lr if index is None else partial(self._group_lr, index)
+                rates[name] = rate(weight)
+            if isinstance(module, nn.MultiheadAttention):
+                for role, helper in attention_helpers(module).items():
+                    rates[f"{prefix}in_proj.{role}"] = rate(helper.weight)
         return rates
 
     def _group_lr(self, index: int, step: int) -> float:

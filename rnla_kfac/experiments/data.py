@@ -1,12 +1,13 @@
-"""Offline datasets for the experiments: MNIST-1D, scikit-learn digits and CIFAR-10.
+"""Offline datasets for the experiments: MNIST-1D, scikit-learn digits, CIFAR-10, Markov text.
 
 Nothing here touches the network. MNIST-1D is generated locally with the
 ``mnist1d`` package (``make_dataset``, never its download path), the digits ship
 with scikit-learn, and CIFAR-10 is read from a local ``cifar-10-batches-py``
 directory (the standard Python pickle format) that the user already has.
 
-All loaders return a :class:`Dataset` of ``float32`` inputs and ``int64`` labels
-as torch tensors; :func:`iterate_batches` draws shuffled mini-batches from it.
+All loaders return a :class:`Dataset` of ``float32`` inputs (``int64`` tokens for the
+Markov text) and ``int64`` labels as torch tensors; :func:`iterate_batches` draws
+shuffled mini-batches from it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("mnist1d", "digits", "cifar10")
+DATASETS = ("mnist1d", "digits", "cifar10", "markov")
 """Names accepted by :func:`load_dataset`."""
 
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
@@ -120,6 +121,54 @@ def load_mnist1d(n_samples: int = 10_000, *, seed: int = 42) -> Dataset:
         torch.as_tensor(data["y_test"], dtype=torch.int64),
         10,
     )
+
+
+def load_markov(
+    n_samples: int = 4096, *, length: int = 32, vocabulary: int = 32, seed: int = 42
+) -> Dataset:
+    """Sequences of a random second-order Markov chain: a text corpus made here.
+
+    Each pair of previous tokens ``(a, b)`` has its own next-token distribution, a
+    softmax of Gaussian logits times 3 (a few likely successors): a model must look
+    two positions back, through attention. The task is next-token prediction: inputs
+    are a sequence's first ``length`` tokens, labels the ``length`` tokens after each
+    (``(n, length)`` both, ``int64``); 80/20 train/test split. The best achievable
+    loss is the chain's conditional entropy.
+
+    Parameters
+    ----------
+    n_samples : int
+        Number of sequences, train plus test.
+    length : int
+        Tokens per input sequence.
+    vocabulary : int
+        Number of tokens (the classes).
+    seed : int
+        Seed of the chain and the samples.
+
+    Returns
+    -------
+    Dataset
+
+    Examples
+    --------
+    >>> ds = load_markov(10, length=5, vocabulary=4)
+    >>> ds.x_train.shape, ds.y_train.shape, ds.n_classes
+    (torch.Size([8, 5]), torch.Size([8, 5]), 4)
+    >>> bool((ds.x_train[:, 1:] == ds.y_train[:, :-1]).all())
+    True
+    """
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(vocabulary, vocabulary, vocabulary, generator=g)
+    transition = logits.softmax(-1).reshape(vocabulary * vocabulary, vocabulary)
+    tokens = [torch.randint(0, vocabulary, (n_samples,), generator=g) for _ in range(2)]
+    for _ in range(length - 1):
+        previous = tokens[-2] * vocabulary + tokens[-1]
+        tokens.append(torch.multinomial(transition[previous], 1, generator=g)[:, 0])
+    sequences = torch.stack(tokens, 1)
+    x, y = sequences[:, :-1], sequences[:, 1:]
+    n_train = int(0.8 * n_samples)
+    return Dataset("markov", x[:n_train], y[:n_train], x[n_train:], y[n_train:], vocabulary)
 
 
 def load_digits(*, seed: int = 42) -> Dataset:
@@ -256,10 +305,11 @@ def load_dataset(
 
     Parameters
     ----------
-    name : {"mnist1d", "digits", "cifar10"}
+    name : {"mnist1d", "digits", "cifar10", "markov"}
         Which dataset.
     n_samples : int, optional
-        Total samples for MNIST-1D (default 10000); ignored by the others.
+        Total samples for MNIST-1D (default 10000) and the Markov text (default
+        4096); ignored by the others.
     data_dir : str or Path, optional
         Local CIFAR-10 directory; required for ``"cifar10"``.
     seed : int
@@ -276,12 +326,14 @@ def load_dataset(
     >>> load_dataset("mnist")
     Traceback (most recent call last):
     ...
-    ValueError: unknown dataset 'mnist'; choose one of mnist1d, digits, cifar10
+    ValueError: unknown dataset 'mnist'; choose one of mnist1d, digits, cifar10, markov
     """
     if name == "mnist1d":
         return load_mnist1d(10_000 if n_samples is None else n_samples, seed=seed)
     if name == "digits":
         return load_digits(seed=seed)
+    if name == "markov":
+        return load_markov(4096 if n_samples is None else n_samples, seed=seed)
     if name == "cifar10":
         if data_dir is None:
             raise ValueError(

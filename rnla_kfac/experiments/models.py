@@ -5,7 +5,10 @@ The wide MLP has hidden layers of ``width`` units, so its K-factors have sizes u
 effect (low-rank decompositions beating a full eigendecomposition) to show. The 1-D
 CNN is the paper's modified VGG16_bn in miniature (convolutions with batch norm, max
 pooling, a wide fully connected layer with dropout): its convolutions have input
-K-factors of size 1281-2305 (``C_in * kernel + 1``).
+K-factors of size 1281-2305 (``C_in * kernel + 1``). The small GPT (pre-norm
+Transformer decoder: ``nn.MultiheadAttention`` with a causal mask, LayerNorms, a
+learned position embedding Parameter) is the language model of the ``gpt-markov``
+preset.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from math import prod
 
+import torch
 from torch import nn
 
-MODELS = ("mlp", "cnn1d", "vgg16_bn")
+MODELS = ("mlp", "cnn1d", "vgg16_bn", "gpt")
 """Names accepted by :func:`build_model`."""
 
 VGG16_CONFIG: tuple[int | str, ...] = (
@@ -203,6 +207,50 @@ class CNN1D(nn.Module):
         return self.classifier(self.features(x))
 
 
+class SmallGPT(nn.Module):
+    """A small GPT: token embedding, position Parameter, pre-norm causal Transformer layers.
+
+    Returns next-token logits of shape ``(n, vocabulary, length)`` (classes second, as
+    ``cross_entropy`` takes them with ``(n, length)`` labels).
+
+    Parameters
+    ----------
+    vocabulary, length : int
+        Number of tokens and the longest sequence.
+    width, depth, heads : int
+        Model width, number of layers and attention heads (feed-forward ``4 width``).
+
+    Examples
+    --------
+    >>> model = SmallGPT(10, 6, width=16, depth=1, heads=2)
+    >>> model(torch.zeros(3, 6, dtype=torch.long)).shape
+    torch.Size([3, 10, 6])
+    """
+
+    def __init__(self, vocabulary: int, length: int, *, width: int = 64, depth: int = 2,
+                 heads: int = 4):  # fmt: skip
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.position = nn.Parameter(0.02 * torch.randn(1, length, width))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocabulary)
+
+    def forward(self, tokens):
+        """Next-token logits ``(n, vocabulary, length)``."""
+        length = tokens.shape[1]
+        x = self.embedding(tokens) + self.position[:, :length]
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, is_causal=True)
+        return self.head(self.norm(x)).transpose(1, 2)
+
+
 def build_model(
     name: str, input_shape: Sequence[int], n_classes: int, *, width: int = 2048, depth: int = 2
 ) -> nn.Module:
@@ -210,9 +258,11 @@ def build_model(
 
     Parameters
     ----------
-    name : {"mlp", "cnn1d", "vgg16_bn"}
+    name : {"mlp", "cnn1d", "vgg16_bn", "gpt"}
         ``"mlp"``: :func:`wide_mlp`; ``"cnn1d"``: :class:`CNN1D` (sequences);
-        ``"vgg16_bn"``: :class:`VGG16BN` (needs ``(3, 32, 32)`` inputs).
+        ``"vgg16_bn"``: :class:`VGG16BN` (needs ``(3, 32, 32)`` inputs); ``"gpt"``:
+        :class:`SmallGPT` of width ``width`` and ``depth`` layers on token sequences of
+        ``input_shape = (length,)`` with ``n_classes`` tokens.
     input_shape : sequence of int
         Shape of one input sample.
     n_classes : int
@@ -232,7 +282,7 @@ def build_model(
     >>> build_model("resnet", (64,), 10)
     Traceback (most recent call last):
     ...
-    ValueError: unknown model 'resnet'; choose one of mlp, cnn1d, vgg16_bn
+    ValueError: unknown model 'resnet'; choose one of mlp, cnn1d, vgg16_bn, gpt
     """
     if name == "mlp":
         return wide_mlp(input_shape, n_classes, width=width, depth=depth)
@@ -242,4 +292,6 @@ def build_model(
         if tuple(input_shape) != (3, 32, 32):
             raise ValueError(f"vgg16_bn needs inputs of shape (3, 32, 32), got {input_shape}")
         return VGG16BN(n_classes, width=width)
+    if name == "gpt":
+        return SmallGPT(n_classes, input_shape[0], width=width, depth=depth)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")

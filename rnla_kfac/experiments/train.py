@@ -75,6 +75,7 @@ def make_optimizer(
     """The optimizer of ``method`` for ``model`` with the preset's hyperparameters.
 
     ``"sgd"``: ``torch.optim.SGD`` with momentum; ``"adam"``: ``torch.optim.Adam``;
+    ``"adamw"``: ``torch.optim.AdamW`` (decoupled weight decay);
     the K-FAC methods: :class:`rnla_kfac.KFAC` (its preconditioner with the method's
     decomposition); ``"seng"``: :class:`rnla_kfac.SENG` with the preset's ``seng``
     keyword arguments (its ``weight_decay`` there, else the preset's). Learning rates
@@ -97,6 +98,8 @@ def make_optimizer(
         )
     if method == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
+    if method == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
     if method == "seng":
         from rnla_kfac import SENG
 
@@ -126,6 +129,8 @@ def _sync(device: torch.device) -> None:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024):
     """Mean cross-entropy and accuracy (percent) of ``model`` on ``(x, y)``.
 
+    Per label: a sequence model's ``(n, length)`` labels count ``n length`` each.
+
     Examples
     --------
     >>> model = nn.Linear(3, 2)
@@ -141,7 +146,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         total_loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
         correct += (out.argmax(1) == yb).sum().item()
     model.train(was_training)
-    n = max(len(y), 1)
+    n = max(y.numel(), 1)
     return total_loss / n, 100.0 * correct / n
 
 
@@ -307,17 +312,17 @@ def train_run(
             _sync(device)
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            # The sum over the shard divided by the mean shard size: DDP's gradient
-            # average is then the mean gradient of the global batch (of the plain mean
-            # loss for a single process).
+            # The sum over the shard divided by the mean shard size (in labels: a
+            # sequence has one per token): DDP's gradient average is then the mean
+            # gradient of the global batch (of the plain mean loss for one process).
             loss_of_shard = nn.functional.cross_entropy(forward(xs), ys, reduction="sum")
-            loss = loss_of_shard / (len(yb) / parallel.world_size)
+            loss = loss_of_shard / (yb.numel() / parallel.world_size)
             loss.backward()
             optimizer.step()
             _sync(device)
             epoch_time += time.perf_counter() - start
             loss_sum += loss_of_shard.detach()
-            n_seen += len(yb)
+            n_seen += yb.numel()
             steps += 1
         wall += epoch_time
         loss_sum = parallel.sum(loss_sum)
