@@ -16,6 +16,11 @@ $(PY):
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,bench,docs,experiments]'
+	# curvlinops pulls torchvision in (through backpack), and a PyPI torchvision does not
+	# import beside this torch; transformers imports it whenever it is installed. Neither
+	# curvlinops nor transformers needs it: remove it, and check both still import.
+	$(PY) -m pip uninstall --quiet --yes torchvision
+	$(PY) -c "import curvlinops, transformers.pytorch_utils"
 	touch $(STAMP)
 
 demo: $(STAMP)

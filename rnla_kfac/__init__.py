@@ -10,6 +10,10 @@ K-FACs".
 * :class:`KFACPreconditioner`: hooks on a model; ``pre.step()`` between
   ``loss.backward()`` and any torch optimizer's ``step()``.
 * :class:`KFAC`: the thin optimizer (SGD with momentum and weight decay on top).
+* :func:`register_layer_helper`: precondition a layer type of your own;
+  :func:`preconditioned_share`: the share of a model's parameters preconditioned
+  (attention, normalization layers, bare Parameters and tied weights: the user
+  guide's "Modern architectures").
 * :class:`FactorInverse`, :class:`DiagonalInverse` and :func:`precondition`: the
   functional layer, usable without hooks in your own K-FAC or Shampoo-style code.
 * :class:`StatisticsRecorder`, :class:`InverseUpdater` and :class:`GradientApplier`:
@@ -67,6 +71,8 @@ from .decomposers import Decomposer
 from .gradient_applier import GradientApplier
 from .inverse import DiagonalInverse, FactorInverse, precondition
 from .inverse_updater import InverseUpdater
+from .layers import preconditioned_share
+from .modules import register_layer_helper
 from .optim import KFAC
 from .preconditioner import KFACPreconditioner
 from .seng import SENG
@@ -85,4 +91,6 @@ __all__ = [
     "batch_same_shapes",
     "explicit_is_cheaper",
     "precondition",
+    "preconditioned_share",
+    "register_layer_helper",
 ]

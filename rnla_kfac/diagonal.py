@@ -138,9 +138,7 @@ class NormHelper(DiagonalHelper):
     """
 
     def __init__(self, module: nn.Module):
-        parameters = [
-            p for p in (module.weight, getattr(module, "bias", None)) if p is not None
-        ]
+        parameters = [p for p in (module.weight, getattr(module, "bias", None)) if p is not None]
         super().__init__(module, [p for p in parameters if p.requires_grad])
         self._pending: list[Tensor] = []
 

@@ -124,7 +124,7 @@ def load_mnist1d(n_samples: int = 10_000, *, seed: int = 42) -> Dataset:
 
 
 def load_markov(
-    n_samples: int = 4096, *, length: int = 32, vocabulary: int = 32, seed: int = 42
+    n_samples: int = 4096, *, length: int = 32, vocabulary: int = 16, seed: int = 42
 ) -> Dataset:
     """Sequences of a random second-order Markov chain: a text corpus made here.
 

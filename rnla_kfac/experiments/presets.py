@@ -23,7 +23,7 @@ Presets
     A small GPT (:class:`~rnla_kfac.experiments.models.SmallGPT`: width 64, 2 pre-norm
     layers of ``nn.MultiheadAttention`` with a causal mask, LayerNorms, a position
     Parameter; every parameter preconditioned) on next-token prediction of a random
-    second-order Markov chain generated here (4096 sequences of 32 tokens, 32
+    second-order Markov chain generated here (4096 sequences of 32 tokens, 16
     tokens), batch 128: RS-KFAC, SRE-KFAC and K-FAC against SGD and AdamW, minutes
     on 2 CPU cores. Targets are per-token test accuracies.
 ``cifar10-paper``
@@ -420,10 +420,12 @@ PRESETS: dict[str, Preset] = {
         spectra_layers=("features.conv3", "features.conv4"),
         full={"seeds": 10, "epochs": 20, "spectra_epochs": (1, 10, 20)},
     ),
-    # Settings (pilot on seed 0, 6 epochs, nothing else tried yet): see the user guide.
+    # Settings from a 60-step pilot on seed 0 (not a tuning): relative damping 0.01
+    # diverged within 60 steps at lr 0.01-0.1 unless the attention projections were
+    # skipped (their G factors start near zero); 0.1 was stable at lr 0.03-0.3.
     "gpt-markov": Preset(
         name="gpt-markov",
-        description="second-order Markov text (4096 x 32 tokens, 32 tokens), GPT width 64 x 2",
+        description="second-order Markov text (4096 x 32 tokens, 16 tokens), GPT width 64 x 2",
         dataset="markov",
         n_samples=4096,
         model="gpt",
@@ -432,12 +434,12 @@ PRESETS: dict[str, Preset] = {
         epochs=6,
         batch_size=128,
         seeds=2,
-        targets=(40.0, 45.0, 50.0),
+        targets=(20.0, 25.0, 30.0),
         methods=("sgd", "adamw", "kfac", "rs-kfac", "sre-kfac"),
         lr={"sgd": 0.3, "adamw": 3e-3, **{m: 0.1 for m in _KFAC_FAMILY}},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}},
         weight_decay=0.0,
-        kfac={**SMALL_KFAC, "inverse_update_period": 8},
+        kfac={**SMALL_KFAC, "damping": 0.1, "inverse_update_period": 8},
         spectra_epochs=(1, 6),
         spectra_layers=("layers.0.linear1", "layers.0.self_attn.in_proj.q"),
         full={"seeds": 5, "epochs": 12},

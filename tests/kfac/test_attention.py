@@ -98,7 +98,7 @@ def test_attention_equals_separate_linear_layers(batch_first, need_weights, mask
     pre_separate = KFACPreconditioner(separate, **EXACT)
     assert pre.layer_names == ("in_proj.q", "in_proj.k", "in_proj.v", "out_proj")
     assert pre.skipped_layers == {}
-    for step in range(2):
+    for _ in range(2):
         attention.zero_grad()
         separate.zero_grad()
         out, weights = attention(query, key, value, need_weights=need_weights, **kwargs)
