@@ -222,6 +222,7 @@ def test_repeated_calls_equal_one_call_on_the_stacked_input(approx, terms):
     the same layer on the stacked input, i.e. 1/4 for two calls)."""
     x, y = call_batch(2)
     options = {"kfac_approx": approx, "num_per_example_loss_terms": terms}
+    options = {key: value for key, value in options.items() if value not in ("expand", None)}
     repeated = one_step_factors(TwoCalls(), x, y, **options)
     stacked = one_step_factors(Stacked(), x, y, **options)
     for name in ("shared", "head"):
@@ -268,16 +269,20 @@ class UnrolledCell(nn.Module):
         return self.head(h)
 
 
-def test_unrolled_cell_is_curvlinops_over_the_steps():
+@pytest.mark.parametrize("terms", [None, 1])
+def test_unrolled_cell_is_curvlinops_over_the_steps(terms):
     """Regression: the 8 calls were averaged as micro-batches, 1/64 of curvlinops'
-    product; the rule gives curvlinops' over the 8 steps (its per-call ``A``, see above)."""
+    product; the rule gives curvlinops' over the 8 steps (its per-call ``A``, see above).
+    ``T`` unset counts each of the cell's 8 rows per example as a loss term."""
     steps = 8
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(8, steps, 3, generator=g), torch.randint(0, 4, (8,), generator=g)
     model = UnrolledCell(steps)
-    ours = our_products(model, x, y, num_per_example_loss_terms=1)
-    theirs = curvlinops_products(model, x, y, "expand", 1)
+    options = {} if terms is None else {"num_per_example_loss_terms": terms}
+    ours = our_products(model, x, y, **options)
+    theirs = curvlinops_products(model, x, y, "expand", terms or steps)
     torch.testing.assert_close(ours["cell"], theirs["cell"] / steps, rtol=1e-5, atol=1e-10)
+    theirs = curvlinops_products(model, x, y, "expand", 1)  # the head: one row per example
     assert_products_equal(ours, theirs, names=["head"])
 
 
