@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -582,6 +583,24 @@ class StatisticsRecorder:
         self._handles.clear()
 
 
+@dataclass
+class _Pass:
+    """One forward or backward pass's rows of a layer, summed over its calls."""
+
+    value: Tensor | None = None  # Gram or per-example row sums; a complete diagonal factor
+    positions: int = 0  # rows per example, over the calls (0 for a diagonal factor)
+    examples: int = 1
+    calls: int = 0
+    task: int | None = None  # the backward pass's graph task
+    scale: float | Tensor = 1.0  # the backward pass's correction of G
+
+    def add(self, value: Tensor, positions: int, examples: int) -> None:
+        self.value = value if self.value is None else self.value.add_(value)
+        self.positions += positions
+        self.examples = examples
+        self.calls += 1
+
+
 class _LayerStep:
     """One layer's statistics of one factor-update step, and their batch factors.
 
@@ -608,10 +627,10 @@ class _LayerStep:
         self.a_weight = 0.0
         self.g_sum: Tensor | None = None  # sum of the finished backward passes' G
         self.backward_passes = 0
-        self.a_pass: list | None = None  # reduce: [per-example row sums, rows per example]
-        self.g_pass: list | None = None  # [task, sum, rows per example, calls, N, scale]
+        self.forward_pass: _Pass | None = None  # "reduce": the open forward pass
+        self.backward_pass: _Pass | None = None
         self.input_calls = self.output_calls = 0
-        self._backward_seen = False  # since the current reduce A pass began
+        self._backward_seen = False  # since the open forward pass began
 
     def _compute_dtype(self) -> torch.dtype:
         return self.layer.statistics_dtype or self.layer.dtype
@@ -631,74 +650,67 @@ class _LayerStep:
             return
         examples = helper.examples(x)
         sums = _example_sums(rows.to(dtype), examples)
-        positions = rows.shape[-2] // examples
-        if self.a_pass is not None and (self._backward_seen or self.a_pass[0].shape != sums.shape):
-            self._close_input_pass()
-        if self.a_pass is None:
-            self.a_pass, self._backward_seen = [sums, positions], False
-        else:
-            self.a_pass[0].add_(sums)
-            self.a_pass[1] += positions
+        current = self.forward_pass
+        if current is not None and (self._backward_seen or current.value.shape != sums.shape):
+            self._close_forward_pass()
+        if self.forward_pass is None:
+            self.forward_pass, self._backward_seen = _Pass(), False
+        self.forward_pass.add(sums, rows.shape[-2] // examples, examples)
 
     def _add_a(self, value: Tensor, weight: float) -> None:
         self.a_sum = value if self.a_sum is None else self.a_sum.add_(value)
         self.a_weight += weight
 
-    def _close_input_pass(self) -> None:
-        sums, positions = self.a_pass
-        self._add_a(_scaled_gram(sums / positions, 1 / sums.shape[-2]), 1.0)
-        self.a_pass = None
+    def _close_forward_pass(self) -> None:
+        done, self.forward_pass = self.forward_pass, None
+        self._add_a(_scaled_gram(done.value / done.positions, 1 / done.examples), 1.0)
 
     def add_output_grad(self, grad: Tensor, task: int | None, scale: float | Tensor) -> None:
         """Add one call's output-gradient rows, of backward pass ``task``."""
         helper, dtype = self.layer.helper, self.layer.dtype
         self.output_calls += 1
         self._backward_seen = True
-        if self.g_pass is None or task is None or self.g_pass[0] != task:
-            self._close_output_pass()
+        current = self.backward_pass
+        if current is None or task is None or current.task != task:
+            self._close_backward_pass()
             self.backward_passes += 1
-            self.g_pass = [task, None, 0, 0, 1, scale]
-        current = self.g_pass
-        if self.diagonal_output:
-            value = helper.output_factor(grad, dtype, self._compute_dtype())
-            current[2] = current[4] = 0  # the factor is complete: no rule to apply
-        else:
-            rows, multiplier = helper.output_rows(grad.detach().to(self._compute_dtype()))
-            examples = helper.examples(grad)
-            positions = rows.shape[-2] // examples
-            if self.reduce:
-                value = _example_sums(rows.to(dtype), examples)
-            else:  # the helper's G of a single call, without its own loss-term count
-                legacy_terms = 1 if helper.location_split else positions
-                value = _scaled_gram(rows, multiplier / legacy_terms).to(dtype)
-            current[2] += positions
-            current[4] = examples
-        current[1] = value if current[1] is None else current[1].add_(value)
-        current[3] += 1
-
-    def _close_output_pass(self) -> None:
-        if self.g_pass is None:
+            current = self.backward_pass = _Pass(task=task, scale=scale)
+        if self.diagonal_output:  # a complete factor: no rule to apply
+            current.add(helper.output_factor(grad, dtype, self._compute_dtype()), 0, 1)
             return
-        _, value, positions, calls, examples, scale = self.g_pass
-        if positions:  # not a diagonal factor: the weight-sharing rule
+        rows, multiplier = helper.output_rows(grad.detach().to(self._compute_dtype()))
+        examples = helper.examples(grad)
+        positions = rows.shape[-2] // examples
+        if self.reduce:
+            value = _example_sums(rows.to(dtype), examples)
+        else:  # the helper's G of this call, over its own count of loss terms
+            legacy_terms = 1 if helper.location_split else positions
+            value = _scaled_gram(rows, multiplier / legacy_terms).to(dtype)
+        current.add(value, positions, examples)
+
+    def _close_backward_pass(self) -> None:
+        done, self.backward_pass = self.backward_pass, None
+        if done is None:
+            return
+        value = done.value
+        if not done.positions:  # diagonal: the mean of the calls' factors
+            value = value.div_(done.calls)
+        else:
             split = self.layer.helper.location_split
-            terms = self.loss_terms or (1 if split else positions)
+            terms = self.loss_terms or (1 if split else done.positions)
             if self.reduce:
-                value = _scaled_gram(value, examples * terms)
+                value = _scaled_gram(value, done.examples * terms)
             else:
                 value = value.mul_(terms)
-        else:
-            value = value.div_(calls)
-        if isinstance(scale, Tensor) or scale != 1:
-            value = value.mul_(scale)
+        if isinstance(done.scale, Tensor) or done.scale != 1:
+            value = value.mul_(done.scale)
         self.g_sum = value if self.g_sum is None else self.g_sum.add_(value)
-        self.g_pass = None
 
     def hand_over(self) -> None:
         """Record the step's batch factors into the layer's factors; forget the step."""
-        if self.a_pass is not None:
-            self._close_input_pass()
-        self._close_output_pass()
+        if self.forward_pass is not None:
+            self._close_forward_pass()
+        self._close_backward_pass()
         layer = self.layer
         if self.a_sum is not None:
             layer.A.record(self.a_sum.div_(self.a_weight))
