@@ -10,6 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedTensorMixin
+from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .attention import attention_helpers
 from .diagonal import ParameterHelper, bare_parameters
@@ -451,15 +455,20 @@ def find_layers(
     (tied: preconditioned there)" and no warning. Modules that hold trainable
     parameters of their own but are not preconditioned are returned with the reason: a
     skip pattern, an unsupported ``torch.nn`` type, a frozen weight or a tied
-    Parameter; one warning names those left with a plain gradient and not skipped by a
-    pattern. The factors are float64 for float64 layers,
-    float32 otherwise.
+    Parameter, or a parametrized weight (``torch.nn.utils.parametrize``, the legacy
+    ``weight_norm`` and ``spectral_norm``: the weight is computed from other Parameters
+    and has no gradient of its own); one warning names those left with a plain gradient
+    and not skipped by a pattern. The factors are float64 for float64 layers, float32
+    otherwise.
 
     Raises
     ------
     TypeError, ValueError
         For ``skip_layers`` that are not strings or invalid regular expressions;
         ``ValueError`` when no layer is left to precondition.
+    RuntimeError
+        For a lazy module (``nn.LazyLinear``, ...) whose parameters are not initialized
+        yet: build the preconditioner after the model's first forward pass.
 
     Examples
     --------
@@ -530,6 +539,10 @@ class _LayerSearch:
             return
         if id(module) in self.attention_parts:
             return
+        _check_initialized(name, module)
+        if (why := _parametrized(module)) and any(p.requires_grad for p in module.parameters()):
+            self.skipped[name] = why
+            return
         tied = sorted({self.claimed[id(p)] for p in own if id(p) in self.claimed})
         if tied:
             self.skipped[name] = _tied_reason(tied)
@@ -573,6 +586,29 @@ class _LayerSearch:
 
 def _tied_reason(owners: list[str]) -> str:
     return f"shares a Parameter with {', '.join(map(repr, owners))} {TIED_REASON}"
+
+
+def _check_initialized(name: str, module: nn.Module) -> None:
+    """Raise ``RuntimeError`` naming a lazy module whose parameters are uninitialized."""
+    if any(isinstance(p, UninitializedTensorMixin) for p in module.parameters(recurse=False)):
+        raise RuntimeError(
+            f"model: module {name!r} ({type(module).__name__}) has uninitialized (lazy) "
+            "parameters; run one forward pass of the model before building the preconditioner"
+        )
+
+
+def _parametrized(module: nn.Module) -> str | None:
+    """Why a module's weight is parametrized, or it holds a parametrization's originals."""
+    if isinstance(module, parametrize.ParametrizationList):
+        return "the originals of a parametrized tensor (its module is listed)"
+    if parametrize.is_parametrized(module):
+        names = ", ".join(module.parametrizations)
+        return f"parametrized {names} (torch.nn.utils.parametrize): no gradient of its own"
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm | SpectralNorm):
+            kind = type(hook).__name__
+            return f"legacy {kind} on {hook.name!r}: a weight computed before each forward"
+    return None
 
 
 def _compile_patterns(skip_layers: Any) -> list[re.Pattern]:

@@ -127,6 +127,6 @@ def test_attention_output_unchanged_and_eval_untouched():
     attention.eval()
     with torch.no_grad():
         attention(x, x, x)
-    assert all(layer.A.count == 1 for layer in pre.layers)
+    assert all(pre.recorder.recorded(layer) == (1, 0) for layer in pre.layers)
     pre.remove()
     assert not attention._forward_pre_hooks and not attention._forward_hooks
