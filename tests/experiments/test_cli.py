@@ -56,14 +56,25 @@ def test_kfac_method_writes_spectra_figure(tmp_path, capsys):
     assert "modes above lambda_max/33" in capsys.readouterr().out
 
 
+def test_gpt_preset_trains_every_method(tmp_path, capsys):
+    argv = ["--preset", "gpt-markov", "--seeds", "1", "--epochs", "1", "--no-progress"]
+    assert cli.main(argv + ["--max-batches", "3", "--out-dir", str(tmp_path)]) == 0
+    records = load_records(single_run_dir(tmp_path))
+    assert {r["method"] for r in records} == set(get_preset("gpt-markov").methods)
+    assert all(r["steps"] == 3 and 0 < r["test_loss"] < 10 for r in records)
+    (spectra,) = load_spectra(single_run_dir(tmp_path))
+    assert "layers.0.self_attn.in_proj.q/G" in spectra["eigenvalues"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--methods", "lbfgs"], "invalid choice: lbfgs (choose from sgd, adam, kfac, rs-kfac"),
-        (["--dataset", "mnist"], "invalid choice: mnist (choose from mnist1d, digits, cifar10)"),
+        (["--methods", "lbfgs"], "invalid choice: lbfgs (choose from sgd, adam, adamw, kfac, rs-kfac"),
+        (["--dataset", "mnist"], "invalid choice: mnist (choose from mnist1d, digits, cifar10, markov)"),
         (
             ["--preset", "fast"],
-            "invalid choice: fast (choose from demo, digits, mnist1d-cnn, cifar10-paper)",
+            "invalid choice: fast (choose from demo, digits, mnist1d-cnn, gpt-markov, "
+            "cifar10-paper)",
         ),
         (["--epochs", "0"], "--epochs must be at least 1, got 0"),
         (["--dataset", "cifar10"], "needs data_dir (--data-dir)"),
