@@ -69,8 +69,14 @@ def test_gpt_preset_trains_every_method(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--methods", "lbfgs"], "invalid choice: lbfgs (choose from sgd, adam, adamw, kfac"),
-        (["--dataset", "mnist"], "invalid choice: mnist (choose from mnist1d, digits, cifar10,"),
+        (
+            ["--methods", "lbfgs"],
+            "invalid choice: lbfgs (choose from sgd, adam, adamw, kfac, rs-kfac",
+        ),
+        (
+            ["--dataset", "mnist"],
+            "invalid choice: mnist (choose from mnist1d, digits, cifar10, markov)",
+        ),
         (
             ["--preset", "fast"],
             "invalid choice: fast (choose from demo, digits, mnist1d-cnn, gpt-markov, "
