@@ -130,3 +130,28 @@ def test_attention_output_unchanged_and_eval_untouched():
     assert all(pre.recorder.recorded(layer) == (1, 0) for layer in pre.layers)
     pre.remove()
     assert not attention._forward_pre_hooks and not attention._forward_hooks
+
+
+def test_attention_with_other_key_and_value_widths():
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(8, 2, kdim=5, vdim=6, batch_first=True, add_bias_kv=True)
+    pre = KFACPreconditioner(attention, **EXACT)
+    assert pre.layer_names == (
+        "in_proj.q",
+        "in_proj.k",
+        "in_proj.v",
+        "out_proj",
+        "bias_k",
+        "bias_v",
+    )
+    assert [layer.helper.a_size for layer in pre.layers[:3]] == [9, 6, 7]
+    query, key, value = torch.randn(3, 4, 8), torch.randn(3, 7, 5), torch.randn(3, 7, 6)
+    hooked, _ = attention(query, key, value)  # a factor-update step: intercepted
+    with torch.no_grad():
+        plain, _ = attention(query, key, value)  # no gradient: the module's own path
+    torch.testing.assert_close(hooked, plain)
+    hooked.square().mean().backward()
+    gradient = attention.k_proj_weight.grad.clone()
+    pre.step()
+    assert not torch.allclose(attention.k_proj_weight.grad, gradient)
+    assert all(torch.isfinite(p.grad).all() for p in attention.parameters())
