@@ -129,6 +129,11 @@ class NormHelper(DiagonalHelper):
     input ``x_hat`` is recomputed in the forward hook (kept until the backward hook of
     the same call).
 
+    Parameters
+    ----------
+    module : nn.Module
+        The normalization layer.
+
     Examples
     --------
     >>> import torch

@@ -401,6 +401,18 @@ def preconditioned_share(layers: Iterable[KFACLayer], model: nn.Module) -> float
     :class:`~rnla_kfac.KFACPreconditioner`'s coverage; what it leaves is in its
     ``skipped_layers``.
 
+    Parameters
+    ----------
+    layers : iterable of KFACLayer
+        The preconditioned layers (``pre.layers``).
+    model : nn.Module
+        The model they belong to.
+
+    Returns
+    -------
+    float
+        Preconditioned entries over trainable entries, between 0 and 1.
+
     Examples
     --------
     >>> import torch

@@ -492,6 +492,11 @@ class TransposedLinearHelper(LinearHelper):
     ``nn.Linear`` with weight ``weight.T``; the gradient matrix is ``weight.grad.T``
     (always a view) with the bias column.
 
+    Parameters
+    ----------
+    module : nn.Module
+        The layer, with ``weight`` of shape ``(d_in, d_out)`` and an optional ``bias``.
+
     Examples
     --------
     >>> import torch
@@ -595,6 +600,12 @@ def register_layer_helper(module_type: type | str, helper_type: type[LayerHelper
 
 def registered_helper(module: nn.Module) -> type[LayerHelper] | None:
     """The helper type registered for ``module``'s class or a base class, or None.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The module; its classes are looked up in method-resolution order, each by the
+        class and by its ``"module.QualName"``.
 
     Examples
     --------
