@@ -209,6 +209,7 @@ class KFACPreconditioner:
             strategy=choose_strategy(process_group),
         )
         layers, self._skipped = find_layers(model, skip_layers, self.statistics_dtype)
+        self.updater.prepare(layers)
         self.applier.check_learning_rates(layers)
         self.recorder = StatisticsRecorder(
             layers,
@@ -311,6 +312,22 @@ class KFACPreconditioner:
         [torch.Size([4, 4])]
         """
         return {layer.name: (layer.A.matrix, layer.G.matrix) for layer in self.recorder.layers}
+
+    @property
+    def factor_storage(self) -> dict[str, tuple[str, str]]:
+        """How each layer's ``(A, G)`` averages are kept: ``"dense"`` or ``"brand"``.
+
+        ``"brand"``: only the low-rank state (``method="brand"``, for a factor of size
+        ``d`` with ``rank + n < d``); a Brand candidate reads ``"undecided"`` until its
+        first factor update. See :class:`~rnla_kfac.decomposers.BrandDecomposer`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).factor_storage
+        {'': ('dense', 'dense')}
+        """
+        return {layer.name: (layer.A.storage, layer.G.storage) for layer in self.recorder.layers}
 
     def identity_weights(self) -> dict[str, float]:
         """Weight ``rho^k`` of the identity start left in each layer's averages.
