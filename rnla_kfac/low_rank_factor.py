@@ -116,13 +116,15 @@ class LowRankFactor:
     --------
     >>> import torch
     >>> import rnla
-    >>> x = torch.randn(30, 4, dtype=torch.float64)
+    >>> x, y = torch.randn(2, 30, 3, dtype=torch.float64)
     >>> state = LowRankFactor(rnla.LowRankAverage.scaled_identity(x, 1.0), rank=8, window=2)
     >>> state.fold(x, 0.9)
+    >>> state.fold(y, 0.9)
     >>> state.rank, state.average.rank, len(state.rows)
-    (8, 4, 1)
+    (8, 6, 2)
     >>> corrected = state.corrected()
-    >>> torch.allclose(corrected.dense(), 0.9 * torch.eye(30) + 0.1 * x @ x.T)
+    >>> dense = 0.81 * torch.eye(30) + 0.09 * x @ x.T + 0.1 * y @ y.T
+    >>> torch.allclose(corrected.dense(), dense)
     True
     """
 
@@ -137,13 +139,16 @@ class LowRankFactor:
     def fold(self, columns: Tensor, decay: float) -> None:
         """``M <- decay M + (1 - decay) C C^T`` for columns ``C`` ``(d, m)`` (a Brand update).
 
-        The block is stored for the correction; a full window makes the current average
-        the anchor instead (the correction then covers the batches after it).
+        The block is stored for the correction; a full window, or stored rows that would
+        reach the size (``rank + rows >= d``: the correction's update would no longer be
+        low-rank), makes the current average the anchor instead (the correction then
+        covers the batches after it).
         """
         self.average = rnla.brand_update(
             self.average, columns, decay=decay, rank=min(self.rank, self.size), check_finite=False
         )
-        if len(self.rows) >= self.window:
+        stored = sum(block.shape[-1] for block in self.rows) + columns.shape[-1]
+        if len(self.rows) >= self.window or self.rank + stored >= self.size:
             self.anchor, self.rows, self.decays = self.average, [], []
         else:
             self.rows.append(columns)
@@ -159,10 +164,10 @@ class LowRankFactor:
 
         ``M = (prod rho_j) M_anchor + sum_j (1 - rho_j) prod_{i > j} rho_i C_j C_j^T`` is
         one :func:`rnla.brand_update` with decay ``prod rho_j`` of the blocks scaled to
-        their weights. Without stored batches, or when the weights vanish, the current
-        average.
+        their weights. With fewer than two stored batches (the re-fold would repeat the
+        last update), or when the weights vanish, the current average.
         """
-        if not self.rows:
+        if len(self.rows) < 2:
             return self.average
         total = math.prod(self.decays)
         if total >= 1:
