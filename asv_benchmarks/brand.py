@@ -80,37 +80,40 @@ def update_times(
     repeats: int = 3,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Seconds per factor update of a ``d``-wide factor, Brand and dense (see the module)."""
-    results = []
-    for d in sizes:
-        g = torch.Generator().manual_seed(d)
-        batches = [_rows(d, rows, g) for _ in range(repeats + 1)]
-        state = rnla.LowRankAverage.scaled_identity(batches[0].T, 1.0)
-        state = rnla.brand_update(state, batches[0].T, decay=0.95, rank=rank)
-        pending = iter(batches[1:])
-        result = {"d": d, "brand": _median_time(
-            lambda: rnla.brand_update(state, next(pending).T, decay=0.95, rank=rank), repeats
-        )}  # fmt: skip
-        if d <= dense_max:
-            average = torch.eye(d)
-            pending = iter(batches[1:])
+    return [_update_time(d, rank, rows, d <= dense_max, repeats) for d in sizes]
 
-            def statistics_step() -> None:
-                x = next(pending)
-                average.lerp_(torch.addmm(average, x.T, x, beta=0, alpha=1.0), 0.05)
 
-            result["statistics"] = _median_time(statistics_step, repeats)
-            policy = RankPolicy(rank)
-            result["decomposition"] = _median_time(
-                lambda: decompose_factors(
-                    [average], "rsvd", policy, oversample=OVERSAMPLE, n_iter=N_ITER, rng=0
-                ),
-                repeats,
-            )
-            result["dense per update"] = (
-                result["statistics"] + result["decomposition"] / UPDATES_PER_INVERSE
-            )
-        results.append(result)
-    return results
+def _update_time(d: int, rank: int, rows: int, dense: bool, repeats: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(d)
+    batches = [_rows(d, rows, g) for _ in range(repeats + 1)]
+    state = rnla.LowRankAverage.scaled_identity(batches[0].T, 1.0)
+    state = rnla.brand_update(state, batches[0].T, decay=0.95, rank=rank)
+    pending = iter(batches[1:])
+
+    def brand_step() -> None:
+        rnla.brand_update(state, next(pending).T, decay=0.95, rank=rank)
+
+    result = {"d": d, "brand": _median_time(brand_step, repeats)}
+    if not dense:
+        return result
+    average = torch.eye(d)
+    pending = iter(batches[1:])
+
+    def statistics_step() -> None:
+        x = next(pending)
+        average.lerp_(torch.addmm(average, x.T, x, beta=0, alpha=1.0), 0.05)
+
+    def decomposition() -> None:
+        decompose_factors(
+            [average], "rsvd", RankPolicy(rank), oversample=OVERSAMPLE, n_iter=N_ITER, rng=0
+        )
+
+    result["statistics"] = _median_time(statistics_step, repeats)
+    result["decomposition"] = _median_time(decomposition, repeats)
+    result["dense per update"] = (
+        result["statistics"] + result["decomposition"] / UPDATES_PER_INVERSE
+    )
+    return result
 
 
 def factor_bytes(

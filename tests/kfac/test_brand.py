@@ -101,7 +101,7 @@ def test_inverse_apply_error_close_to_rsvd():
     factor_of["brand"].keep_low_rank(rank, 8)
     from rnla_kfac.low_rank_factor import BatchRows
 
-    for step in range(10):
+    for _ in range(10):
         x = torch.randn(rows, size, dtype=torch.float64) * scales @ basis.T / rows**0.5
         dense = 0.9 * dense + 0.1 * x.T @ x
         for method, factor in factor_of.items():
