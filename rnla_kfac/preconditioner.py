@@ -66,9 +66,11 @@ class KFACPreconditioner:
     model : nn.Module
         The model. Factors live on each layer's device in float32 (float64 for float64
         layers) and follow the model's moves.
-    method : {"rsvd", "eigh", "srevd", "nystrom"} or Decomposer, default "rsvd"
+    method : {"rsvd", "eigh", "srevd", "nystrom", "brand"} or Decomposer, default "rsvd"
         ``"eigh"``: K-FAC (exact); ``"rsvd"``: RS-KFAC (right singular vectors of a
-        randomized SVD); ``"srevd"``: SRE-KFAC; ``"nystrom"`` (:mod:`rnla_kfac.decomposers`).
+        randomized SVD); ``"srevd"``: SRE-KFAC; ``"nystrom"``; ``"brand"``: B-KFAC,
+        low-rank factors updated by Brand's method where ``rank + n < d``
+        (:mod:`rnla_kfac.decomposers`).
     rank : int or "auto", default 220
         Eigenpairs kept per factor by the randomized methods (exact when
         ``rank + oversample >= size``); ``"auto"``: the modes ``>= rank_rtol`` times
