@@ -190,3 +190,22 @@ def test_follows_the_model_to_another_dtype():
 def test_bad_window():
     with pytest.raises(ValueError, match="window"):
         BrandDecomposer(window=0)
+
+
+@pytest.mark.parametrize("tail_compensation", [True, False])
+def test_tail_of_the_inverse_is_the_state_tail_mean(tail_compensation):
+    """The inverse of a low-rank factor: the state's eigenpairs, its exact trace, and as
+    tail the mean of the rest of the trace (0 without tail compensation)."""
+    model = wide_head()
+    pre = KFACPreconditioner(
+        model, method="brand", rank=6, tail_compensation=tail_compensation, **OPTIONS
+    )
+    run_steps(model, data(3), pre=pre)
+    factor = pre.layers[1].G
+    dense = factor.matrix  # U D U^T + mu (I - U U^T) of the state
+    inverse = factor.inverse
+    torch.testing.assert_close(inverse.trace, torch.trace(dense))
+    mu = (torch.trace(dense) - inverse.eigenvalues.sum()) / (factor.size - inverse.rank)
+    tail = torch.as_tensor(inverse.tail, dtype=mu.dtype)
+    torch.testing.assert_close(tail, mu if tail_compensation else 0 * mu)
+    torch.testing.assert_close(factor.low_rank.average.eigenvalues, inverse.eigenvalues)
