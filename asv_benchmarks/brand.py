@@ -315,7 +315,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--error-steps", type=int, default=60)
     parser.add_argument("--demo-vocab", type=int, default=32768)
     parser.add_argument("--demo-steps", type=int, default=51)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out: dict[str, Any] = {}
     if "updates" in args.parts:
         out["updates"] = update_times(args.sizes, rank=args.rank, rows=args.rows,
