@@ -12,18 +12,19 @@ is shared, so compare rows within one run only):
   (``decomposition``, every inverse update); ``dense per update`` adds the
   decomposition amortized over ``T_KI / T_KU = 5`` factor updates. The dense columns
   stop at ``--dense-max``.
-* ``bytes``: bytes a factor holds: the Brand state alone (``U``, ``d``, trace), with
-  the correction's anchor and ``window`` stored batches, and the dense ``d x d`` float32
-  average (computed, not allocated).
+* ``bytes``: bytes a factor holds: the Brand state alone (``U``, ``d``, trace), its
+  peak with the correction's anchor and the 5 batches stored between inverse updates,
+  and the dense ``d x d`` float32 average (computed, not allocated).
 * ``errors``: on the demo model (:class:`WideHeadLM`) at a vocabulary small enough for a
   float64 ``eigh``, the head's ``G`` factor after training: the relative error of the
   damped inverse (``lam = 0.1 lambda_max``, the default relative damping) applied to a
   random block, Brand's (its corrected state) and RS-KFAC's (RSVD of the dense average
   at the same rank) against the float64 eigendecomposition of the dense average.
 * ``demo``: :class:`WideHeadLM` with a 32768-wide output layer trained a few steps with
-  ``KFAC(method="brand")``: bytes held by all factors, each factor's storage, and the
-  time per step (plain, factor-update and inverse-update steps, and their amortized
-  mean over the default periods 10 / 50) next to SGD.
+  ``KFAC(method="brand")``: bytes held by all factors (their peak, just before a
+  correction, and after the last step), each factor's storage, and the time per step
+  (median plain, factor-update and inverse-update steps after the first, and the mean
+  over the default periods 10 / 50) next to SGD.
 """
 
 from __future__ import annotations
@@ -120,9 +121,14 @@ def _update_time(d: int, rank: int, rows: int, dense: bool, repeats: int) -> dic
 
 
 def factor_bytes(
-    sizes: Sequence[int], *, rank: int = RANK, rows: int = ROWS, window: int = 4
+    sizes: Sequence[int], *, rank: int = RANK, rows: int = ROWS, window: int = UPDATES_PER_INVERSE
 ) -> list[dict[str, Any]]:
-    """Bytes held per float32 factor: Brand state, with its correction window, dense."""
+    """Bytes held per float32 factor: Brand state, its peak with the correction, dense.
+
+    The peak is just before a correction: the state, the anchor (the previous
+    correction's state) and the ``window`` batches folded since (``T_KI / T_KU = 5``
+    with the default periods).
+    """
     from rnla_kfac.low_rank_factor import LowRankFactor
 
     results = []
@@ -130,11 +136,13 @@ def factor_bytes(
         g = torch.Generator().manual_seed(d)
         start = rnla.LowRankAverage.scaled_identity(torch.empty(d, 1), 1.0)
         factor = LowRankFactor(start, rank=rank, window=window)
-        for _ in range(window):  # the first fills the rank; all are stored
+        factor.fold(_rows(d, rows, g).T, 0.95)
+        factor.adopt(*factor.average)  # a correction: the anchor is a full state
+        for _ in range(window):
             factor.fold(_rows(d, rows, g).T, 0.95)
         state = sum(t.numel() * t.element_size() for t in factor.average)
         results.append(
-            {"d": d, "brand state": state, "brand + window": factor.nbytes, "dense": d * d * 4}
+            {"d": d, "brand state": state, "brand peak": factor.nbytes, "dense": d * d * 4}
         )
     return results
 
@@ -185,7 +193,7 @@ def token_batches(
     return batches
 
 
-def _train(model, optimizer, batches) -> list[float]:
+def _train(model, optimizer, batches, after_step=None) -> list[float]:
     times = []
     for x, y in batches:
         start = time.perf_counter()
@@ -193,6 +201,8 @@ def _train(model, optimizer, batches) -> list[float]:
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
+        if after_step is not None:
+            after_step()
     return times
 
 
@@ -212,17 +222,22 @@ def demo_run(
         model, lr=0.1, momentum=0.9, method="brand", rank=rank,
         factor_update_period=factor_period, inverse_update_period=inverse_period,
     )  # fmt: skip
-    times = _train(model, kfac, batches)
     pre = kfac.preconditioner
-    # Bytes just before the last inverse update's correction: the window is full.
     factors = [f for layer in pre.layers for f in layer.factors]
+    peak = [0]
+
+    def measure_bytes() -> None:  # the most held, just before a correction
+        peak[0] = max(peak[0], sum(f.nbytes for f in factors))
+
+    times = _train(model, kfac, batches, measure_bytes)
     kinds = {"plain": [], "factor": [], "inverse": []}
-    for step, seconds in enumerate(times):
+    for step, seconds in enumerate(times[1:], start=1):  # step 0: warm-up
         kind = "inverse" if step % inverse_period == 0 else "factor"
         kinds[kind if step % factor_period == 0 else "plain"].append(seconds)
     return {
         "vocab": vocab,
         "storage": pre.factor_storage,
+        "peak factor bytes": peak[0],
         "factor bytes": sum(f.nbytes for f in factors),
         "inverse bytes": sum(_inverse_bytes(f.inverse) for f in factors),
         "head G bytes": pre.layers[-1].G.nbytes,
