@@ -10,6 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import UninitializedTensorMixin
+from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 import rnla
 
@@ -553,15 +557,20 @@ def find_layers(
     nothing. Modules that hold trainable parameters of their own but are not
     preconditioned are returned with the reason: a skip pattern, an unsupported type,
     a frozen weight, a Parameter shared with another module (never preconditioned
-    twice), or a layer that ``nn.MultiheadAttention`` applies functionally (its hooks
-    never see the input); one warning names those not skipped by a pattern. The
-    factors are float64 for float64 layers, float32 otherwise.
+    twice), a layer that ``nn.MultiheadAttention`` applies functionally (its hooks
+    never see the input), or a parametrized weight (``torch.nn.utils.parametrize``, the
+    legacy ``weight_norm`` and ``spectral_norm``: the weight is computed from other
+    Parameters and has no gradient of its own); one warning names those not skipped by
+    a pattern. The factors are float64 for float64 layers, float32 otherwise.
 
     Raises
     ------
     TypeError, ValueError
         For ``skip_layers`` that are not strings or invalid regular expressions;
         ``ValueError`` when no layer is left to precondition.
+    RuntimeError
+        For a lazy module (``nn.LazyLinear``, ...) whose parameters are not initialized
+        yet: build the preconditioner after the model's first forward pass.
 
     Examples
     --------
@@ -591,6 +600,10 @@ def find_layers(
             matched.update(hits)
             if own:
                 skipped[name] = f"{SKIP_PATTERN_REASON} {hits[0]!r}"
+            continue
+        _check_initialized(name, module)
+        if (why := _parametrized(module)) and any(p.requires_grad for p in module.parameters()):
+            skipped[name] = why
             continue
         helper = helper_for(module)
         if isinstance(module, nn.MultiheadAttention) and own:
@@ -623,6 +636,29 @@ def find_layers(
     if unexpected:
         warnings.warn(skipped_message(unexpected), stacklevel=3)
     return layers, skipped
+
+
+def _check_initialized(name: str, module: nn.Module) -> None:
+    """Raise ``RuntimeError`` naming a lazy module whose parameters are uninitialized."""
+    if any(isinstance(p, UninitializedTensorMixin) for p in module.parameters(recurse=False)):
+        raise RuntimeError(
+            f"model: module {name!r} ({type(module).__name__}) has uninitialized (lazy) "
+            "parameters; run one forward pass of the model before building the preconditioner"
+        )
+
+
+def _parametrized(module: nn.Module) -> str | None:
+    """Why a module's weight is parametrized, or it holds a parametrization's originals."""
+    if isinstance(module, parametrize.ParametrizationList):
+        return "the originals of a parametrized tensor (its module is listed)"
+    if parametrize.is_parametrized(module):
+        names = ", ".join(module.parametrizations)
+        return f"parametrized {names} (torch.nn.utils.parametrize): no gradient of its own"
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm | SpectralNorm):
+            kind = type(hook).__name__
+            return f"legacy {kind} on {hook.name!r}: a weight computed before each forward"
+    return None
 
 
 def _parameter_owners(model: nn.Module) -> dict[int, list[str]]:

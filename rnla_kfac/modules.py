@@ -32,6 +32,25 @@ Factor conventions (a loss averaged over the batch, the first dimension):
   ``max_norm`` the rows are renormalized in place before the lookup; the factors and
   gradient are those of the renormalized weight.
 
+Weight sharing (Eschenhagen et al., NeurIPS 2023). The conventions above are those of
+one call of the layer with the default options. In general an example's ``R`` rows
+(the positions of a sequence or an image, summed over every call of the layer in one
+forward pass: a module called ``K`` times adds the rows of all ``K`` calls to the same
+examples) share the weight, and the loss has ``T`` terms per example
+(``num_per_example_loss_terms``). With ``N`` examples, ``kfac_approx="expand"`` gives
+``A = sum a a^T / (N R)`` and ``G = N T sum g g^T`` over all rows (the convolutions
+keep KFC's split: ``A`` times ``S``, ``G`` over ``S``, ``S = R / K``);
+``kfac_approx="reduce"`` first averages each example's rows of ``a`` and sums its
+rows of ``g``: ``A = sum a_n a_n^T / N`` and ``G = N T sum g_n g_n^T``. Both equal
+curvlinops' ``KFACLinearOperator`` with the same ``kfac_approx`` and
+``num_per_example_loss_terms`` on one call of the layer, and the same layer on the
+stacked input of its calls. ``T`` unset means ``T = R`` for the linear layers (every
+row one loss term: the conventions above) and ``T = 1`` for the convolutions (KFC).
+:class:`~rnla_kfac.statistics.StatisticsRecorder` applies the rule; a helper gives
+its rows example by example (:meth:`LayerHelper.examples`) and says whether it keeps
+KFC's split (:attr:`LayerHelper.location_split`). A diagonal factor (the embedding's
+``A``) is always expanded.
+
 The gradient matrix of a layer is ``[W.grad.reshape(d_out, -1), b.grad]``
 (``d_out x d_in``), so its Fisher block is ``A (x) G`` with column-stacking ``vec``.
 """
@@ -85,10 +104,14 @@ class LayerHelper:
         ``None`` for a single pair of factors.
     diagonal_input : bool
         Whether ``A`` is diagonal and kept as its diagonal (``nn.Embedding``).
+    location_split : bool
+        Whether the factors keep KFC's split of the convolutions: ``A`` times and
+        ``G`` over the positions per example of one call (see the module docstring).
     """
 
     blocks: int | None = None
     diagonal_input = False
+    location_split = False
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -96,6 +119,21 @@ class LayerHelper:
         weight = module.weight
         self.g_size = weight.shape[0]
         self.a_size = weight[0].numel() + int(self.has_bias)
+
+    def examples(self, t: Tensor) -> int:
+        """Number of examples ``N`` in the layer's input or output gradient ``t``.
+
+        The rows of :meth:`input_rows` and :meth:`output_rows` are example-major: the
+        ``m = N R`` rows hold example 0's ``R`` rows first. Default: ``t``'s first
+        dimension (1 for a 1-D ``t``).
+
+        Examples
+        --------
+        >>> import torch
+        >>> LinearHelper(torch.nn.Linear(3, 2)).examples(torch.ones(4, 5, 3))
+        4
+        """
+        return t.shape[0] if t.ndim > 1 else 1
 
     def input_rows(self, x: Tensor) -> tuple[Tensor, float]:
         """Input rows ``a`` (without the bias column) and the divisor of ``a^T a``.
@@ -345,6 +383,8 @@ class ConvHelper(LayerHelper):
     torch.Size([6, 2, 2])
     """
 
+    location_split = True
+
     def __init__(self, module: nn.Conv1d | nn.Conv2d):
         super().__init__(module)
         groups = module.groups
@@ -357,6 +397,9 @@ class ConvHelper(LayerHelper):
     def _batched(self, t: Tensor) -> Tensor:
         """``t`` with a batch dimension (an unbatched ``(C, *spatial)`` input gets one)."""
         return t[None] if t.ndim == len(self.module.kernel_size) + 1 else t
+
+    def examples(self, t: Tensor) -> int:
+        return self._batched(t).shape[0]
 
     def input_rows(self, x: Tensor) -> tuple[Tensor, float]:
         x = self._batched(x)

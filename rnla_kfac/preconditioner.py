@@ -17,7 +17,6 @@ from ._checks import (
     check_bool,
     check_choice,
     check_count,
-    check_decay,
     check_floating_dtype,
     check_positive,
     check_positive_int,
@@ -29,7 +28,7 @@ from .distributed import choose_strategy
 from .gradient_applier import GradientApplier, learning_rates
 from .inverse import Inverse
 from .inverse_updater import DEFAULT_WARM_N_ITER, InverseUpdater
-from .layers import KFACLayer, find_layers, load_layer_states
+from .layers import KFACLayer, find_layers
 from .rank_policy import DEFAULT_RTOL
 from .statistics import GradScalerLike, StatisticsRecorder
 
@@ -103,6 +102,14 @@ class KFACPreconditioner:
     skip_layers : str or sequence of str, default ()
         Layers to leave alone: a pattern found by :func:`re.search` in a module's
         name, or equal to its class name (:func:`~rnla_kfac.layers.find_layers`).
+    kfac_approx : {"expand", "reduce"}, default "expand"
+    num_per_example_loss_terms : int, optional
+        Weight sharing (Eschenhagen et al. 2023; :mod:`rnla_kfac.modules`): the ``R`` rows
+        of an example in a layer (positions, calls of a module in one forward) and the
+        loss's ``T`` terms per example. ``T``: 1 for a per-example loss, the length for
+        a per-token loss; unset: ``T = R`` for linear layers, 1 for convolutions.
+        ``"expand"`` (KFC) suits ``T = R``; ``"reduce"`` (rows averaged per example
+        first) suits ``T = 1``.
     accumulation_steps : int, default 1
     grad_scaler : torch.amp.GradScaler or callable, optional
         Micro-batches per step and the loss scale of a mixed-precision loop, undone
@@ -175,9 +182,12 @@ class KFACPreconditioner:
         process_group: dist.ProcessGroup | None = None,
         accumulation_steps: int = 1,
         grad_scaler: GradScalerLike | None = None,
+        kfac_approx: str = "expand",
+        num_per_example_loss_terms: int | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        recording = {name: value for name, value in locals().items() if name in _RECORDER_SETTINGS}
         decomposer = decomposer_for(method)
         self.method = decomposer.name
         self.fisher = check_choice(fisher, "fisher", FISHER_TYPES)
@@ -189,16 +199,10 @@ class KFACPreconditioner:
         self.warm_n_iter = Schedule(warm_n_iter, "warm_n_iter", check_count)
         self.tail_compensation = check_bool(tail_compensation, "tail_compensation")
         self.rank_rtol = check_tolerance(rank_rtol, "rank_rtol")
-        self.factor_decay = Schedule(factor_decay, "factor_decay", check_decay)
-        self.factor_update_period = Schedule(
-            factor_update_period, "factor_update_period", check_positive_int
-        )
         self.inverse_update_period = Schedule(
             inverse_update_period, "inverse_update_period", check_positive_int
         )
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
-        self.accumulation_steps = check_positive_int(accumulation_steps, "accumulation_steps")
-        self.grad_scaler = grad_scaler
         self.damping = Schedule(damping, "damping", check_positive)
         self.damping_mode = check_choice(damping_mode, "damping_mode", DAMPING_MODES)
         self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
@@ -214,9 +218,7 @@ class KFACPreconditioner:
         self.updater.prepare(layers)
         self.applier.check_learning_rates(layers)
         self.recorder = StatisticsRecorder(
-            layers,
-            **{name: getattr(self, name) for name in _RECORDER_SETTINGS},
-            strategy=self.updater.strategy,
+            layers, **recording, fisher=self.fisher, seed=self.seed, strategy=self.updater.strategy
         )
         self.communication = self.updater.strategy.communication  # bytes and calls per kind
         self._steps = 0
@@ -254,7 +256,7 @@ class KFACPreconditioner:
         return {**self._skipped, **self.recorder.dropped}
 
     def step(self) -> None:
-        """Update factors and inverses when due, then precondition the gradients.
+        """Update factors and inverses when due, then precondition the new gradients.
 
         Raises
         ------
@@ -273,11 +275,14 @@ class KFACPreconditioner:
         if self._removed:
             raise RuntimeError("step: this preconditioner was removed (remove() was called)")
         step = self._steps
+        if (fresh := self.recorder.fresh_layers(step)) is None:  # no backward since the last
+            return
         if self.recorder.due(step):
             self.recorder.fold(step)
         if step % self.inverse_update_period(step) == 0:
             self.updater.update(self.recorder.layers, step)
-        self.applier.apply(self.recorder.layers, step)
+        self.applier.apply(fresh, step)
+        self.recorder.mark_preconditioned()
         self._steps += 1
         self.recorder.start_step(self._steps)
 
@@ -375,12 +380,8 @@ class KFACPreconditioner:
         >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), method="eigh")
         >>> pre.load_state_dict(pre.state_dict())
         """
-        return {
-            "steps": self._steps,
-            "generator": self.recorder.generator.get_state(),
-            "layers": {layer.name: layer.state_dict() for layer in self.recorder.layers},
-            "decomposer": self.updater.state_dict(),
-        }
+        state = {"steps": self._steps, **self.recorder.state_dict()}
+        return {**state, "decomposer": self.updater.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (also one saved before the decomposer's state was).
@@ -399,8 +400,7 @@ class KFACPreconditioner:
         ...
         ValueError: state_dict: layer '' has factor G of shape (2, 2) in the state dict, ...
         """
-        load_layer_states(self.recorder.layers, state_dict)
-        self.recorder.generator.set_state(state_dict["generator"])
+        self.recorder.load_state_dict(state_dict)
         self.updater.load_state_dict(state_dict.get("decomposer", {}))
         self._steps = int(state_dict["steps"])
         self.recorder.start_step(self._steps)
@@ -413,6 +413,6 @@ class KFACPreconditioner:
 _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_dtype")
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "rank_rtol", "warm_start",
                      "tail_compensation", "seed")  # fmt: skip
-_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "fisher", "accumulation_steps",
-                      "grad_scaler", "seed")  # fmt: skip
+_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
+                      "kfac_approx", "num_per_example_loss_terms")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""

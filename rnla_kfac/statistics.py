@@ -1,20 +1,26 @@
 """The first phase of a K-FAC step: recording the batch statistics and folding them.
 
 A :class:`StatisticsRecorder` puts a forward hook on each layer's module (and a tensor
-hook on its output), records the batch factors of every forward and backward pass of a
-factor-update step (:meth:`~rnla_kfac.layers.KFACLayer.record_input`,
-:meth:`~rnla_kfac.layers.KFACLayer.record_output_grad`), counts the backward passes,
-undoes the loss division of gradient accumulation and the loss scale of a gradient
-scaler, samples the Monte-Carlo Fisher's labels, and on :meth:`StatisticsRecorder.fold`
-averages the batch factors over the processes and folds them into the exponential
-averages (skipping non-finite ones). Layers whose hooks saw nothing on the first
-factor-update step with statistics are dropped (:attr:`StatisticsRecorder.dropped`).
+hook on its output) and records every call of the layer in a factor-update step: the
+calls of one forward pass add rows of the same examples (weight sharing, with the rule
+of ``kfac_approx`` and ``num_per_example_loss_terms`` in :mod:`rnla_kfac.modules`),
+while the forward and backward passes of a step (accumulation micro-batches) are
+averaged. It counts each layer's backward passes, undoes the loss division of gradient
+accumulation and the loss scale of a gradient scaler, samples the Monte-Carlo Fisher's
+labels, and on :meth:`StatisticsRecorder.fold` hands each layer its batch factors,
+averages them over the processes and folds them into the exponential averages
+(skipping non-finite ones). It also tells which layers got a new gradient since they
+were last preconditioned (:meth:`StatisticsRecorder.fresh_layers`). Layers whose hooks
+saw nothing on the first factor-update step with statistics are dropped
+(:attr:`StatisticsRecorder.dropped`).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,14 +28,26 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import Schedule, check_choice
+from ._checks import ScheduleLike, check_choice, check_decay, check_positive_int
 from .distributed import DistributionStrategy, LocalStrategy
-from .layers import KFACLayer, skipped_message
+from .gradient_applier import as_schedule
+from .layers import KFACLayer, load_layer_states, skipped_message
+from .modules import _scaled_gram
 
-__all__ = ["LIKELIHOODS", "GradScalerLike", "StatisticsRecorder", "sampled_loss", "step_seed"]
+__all__ = [
+    "KFAC_APPROXIMATIONS",
+    "LIKELIHOODS",
+    "GradScalerLike",
+    "StatisticsRecorder",
+    "sampled_loss",
+    "step_seed",
+]
 
 LIKELIHOODS = ("categorical", "gaussian")
 """Predictive distributions :meth:`StatisticsRecorder.mc_backward` samples labels from."""
+
+KFAC_APPROXIMATIONS = ("expand", "reduce")
+"""K-FAC approximations of a weight shared over positions and calls (Eschenhagen et al.)."""
 
 GradScalerLike = torch.amp.GradScaler | Callable[[], float | Tensor]
 
@@ -56,10 +74,10 @@ class StatisticsRecorder:
     ----------
     layers : list of KFACLayer
         The layers to record (see :func:`rnla_kfac.layers.find_layers`).
-    factor_update_period : Schedule
+    factor_update_period : int, callable or Schedule
         Steps between factor updates; statistics are recorded on those steps only.
-    factor_decay : Schedule
-        ``rho`` of the exponential averages.
+    factor_decay : float, callable or Schedule
+        ``rho`` of the exponential averages, in ``[0, 1)``.
     fisher : {"empirical", "mc"}, default "empirical"
         Record ``G`` from the user's backward, or only from :meth:`mc_backward`'s.
     accumulation_steps : int, default 1
@@ -77,6 +95,11 @@ class StatisticsRecorder:
         Averages the batch factors over the processes (default: a single process).
     seed : int, default 0
         Seed of the generator of the sampled labels.
+    kfac_approx : {"expand", "reduce"}, default "expand"
+        How rows sharing the weight (positions, calls) enter the factors.
+    num_per_example_loss_terms : int, optional
+        Terms of the loss per example ``T`` (unset: every row of a linear layer, one
+        per example for a convolution); the rule is in :mod:`rnla_kfac.modules`.
 
     Attributes
     ----------
@@ -90,14 +113,11 @@ class StatisticsRecorder:
     Examples
     --------
     >>> import torch
-    >>> from rnla_kfac._checks import Schedule, check_decay, check_positive_int
     >>> from rnla_kfac.layers import find_layers
     >>> from rnla_kfac.statistics import StatisticsRecorder
     >>> model = torch.nn.Linear(3, 2)
     >>> layers, _ = find_layers(model, (), None)
-    >>> recorder = StatisticsRecorder(
-    ...     layers, factor_update_period=Schedule(1, "period", check_positive_int),
-    ...     factor_decay=Schedule(0.5, "decay", check_decay))
+    >>> recorder = StatisticsRecorder(layers, factor_update_period=1, factor_decay=0.5)
     >>> model(torch.randn(8, 3)).square().mean().backward()
     >>> recorder.fold(step=0)
     >>> recorder.layers[0].updates
@@ -109,24 +129,39 @@ class StatisticsRecorder:
         self,
         layers: list[KFACLayer],
         *,
-        factor_update_period: Schedule,
-        factor_decay: Schedule,
+        factor_update_period: ScheduleLike,
+        factor_decay: ScheduleLike,
         fisher: str = "empirical",
         accumulation_steps: int = 1,
         grad_scaler: GradScalerLike | None = None,
         strategy: DistributionStrategy | None = None,
         seed: int = 0,
+        kfac_approx: str = "expand",
+        num_per_example_loss_terms: int | None = None,
     ):
-        self._scaler = _GradScalerWatch(grad_scaler, accumulation_steps)
+        self.kfac_approx = check_choice(kfac_approx, "kfac_approx", KFAC_APPROXIMATIONS)
+        if num_per_example_loss_terms is not None:
+            num_per_example_loss_terms = check_positive_int(
+                num_per_example_loss_terms, "num_per_example_loss_terms"
+            )
+        self.num_per_example_loss_terms = num_per_example_loss_terms
         self.layers = list(layers)
-        self.factor_update_period = factor_update_period
-        self.factor_decay = factor_decay
+        self.factor_update_period = as_schedule(
+            factor_update_period, "factor_update_period", check_positive_int
+        )
+        self.factor_decay = as_schedule(factor_decay, "factor_decay", check_decay)
         self.fisher = fisher
-        self.accumulation_steps = accumulation_steps
+        self.accumulation_steps = check_positive_int(accumulation_steps, "accumulation_steps")
         self.grad_scaler = grad_scaler
+        self._scaler = _GradScalerWatch(grad_scaler, self.accumulation_steps)
         self.strategy = LocalStrategy() if strategy is None else strategy
         self.seed = seed
         self.dropped: dict[str, str] = {}
+        reduce = self.kfac_approx == "reduce"
+        self._steps = {
+            layer.name: _LayerStep(layer, reduce, num_per_example_loss_terms) for layer in layers
+        }
+        self._preconditioned: dict[str, tuple[weakref.ref, int]] = {}
         device = self.layers[0].helper.module.weight.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._handles = {
@@ -154,7 +189,6 @@ class StatisticsRecorder:
         """
         self.step = step
         self._collecting_now: bool | None = None  # decided at the step's first forward
-        self._backward_passes = 0
         self._backward_task: int | None = None
         self._scaler.start_iteration()
 
@@ -200,7 +234,7 @@ class StatisticsRecorder:
     # ------------------------------------------------------------------ recording
 
     def record_input(self, layer: KFACLayer, x: Tensor) -> None:
-        """Record the batch ``A`` of one forward pass of ``layer`` (its input ``x``).
+        """Record the input ``x`` of one call of ``layer`` (its rows for the batch ``A``).
 
         Examples
         --------
@@ -209,19 +243,19 @@ class StatisticsRecorder:
         >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
         >>> layer = pre.layers[0]
         >>> pre.recorder.record_input(layer, torch.randn(8, 3))
-        >>> layer.A.count
-        1
+        >>> pre.recorder.recorded(layer)
+        (1, 0)
         """
         self._discard_stale_statistics()
         layer.follow_module()
         if torch.is_autocast_enabled(x.device.type):  # the Grams in the factor dtype
             with torch.autocast(x.device.type, enabled=False):
-                layer.record_input(x)
+                self._steps[layer.name].add_input(x)
         else:
-            layer.record_input(x)
+            self._steps[layer.name].add_input(x)
 
     def record_output_grad(self, layer: KFACLayer, grad: Tensor) -> None:
-        """Record the batch ``G`` of one backward pass of ``layer`` (its output's gradient).
+        """Record the gradient of one call's output of ``layer`` (its rows for ``G``).
 
         Examples
         --------
@@ -230,25 +264,37 @@ class StatisticsRecorder:
         >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
         >>> layer = pre.layers[0]
         >>> pre.recorder.record_output_grad(layer, torch.randn(8, 2))
-        >>> layer.G.count
-        1
+        >>> pre.recorder.recorded(layer)
+        (0, 1)
         """
         if self.fisher == "mc" and not self._mc_active:
             return
         task = _graph_task_id() if _graph_task_id is not None else None
         if task is None or task != self._backward_task:  # the first hook of a backward pass
             self._backward_task = task
-            self._backward_passes += 1
             self._discard_stale_statistics()
             # mc_backward's own loss is an unscaled batch mean: nothing to undo.
             self._g_scale = 1.0 if self._mc_active else self._scaler.correction()
-        layer.record_output_grad(grad, self._g_scale)
+        self._steps[layer.name].add_output_grad(grad, task, self._g_scale)
+
+    def recorded(self, layer: KFACLayer) -> tuple[int, int]:
+        """Calls of ``layer`` recorded in this step: ``(forward, backward)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> pre.recorder.recorded(pre.layers[0])
+        (0, 0)
+        """
+        step = self._steps[layer.name]
+        return step.input_calls, step.output_calls
 
     def _discard_stale_statistics(self) -> None:
         """Forget statistics of an iteration the grad scaler skipped without a step."""
         if self._scaler.skipped_an_iteration():
             self.reset()
-            self._backward_passes = 0
 
     def _forward_hook(
         self, layer: KFACLayer, module: nn.Module, args: tuple, kwargs: dict, output: Any
@@ -298,8 +344,8 @@ class StatisticsRecorder:
         >>> model = torch.nn.Linear(4, 3)
         >>> pre = KFACPreconditioner(model, fisher="mc")
         >>> pre.recorder.mc_backward(model(torch.randn(8, 4)))
-        >>> pre.layers[0].G.count
-        1
+        >>> pre.recorder.recorded(pre.layers[0])
+        (1, 1)
         """
         if self.fisher != "mc":
             raise RuntimeError(f"mc_backward: needs fisher='mc', this one has {self.fisher!r}")
@@ -332,11 +378,12 @@ class StatisticsRecorder:
         >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2))
         >>> pre.recorder.record_input(pre.layers[0], torch.randn(8, 3))
         >>> pre.recorder.reset()
-        >>> pre.layers[0].A.count
-        0
+        >>> pre.recorder.recorded(pre.layers[0])
+        (0, 0)
         """
         for layer in self.layers:
             layer.reset_batch()
+            self._steps[layer.name].clear()
 
     def fold(self, step: int) -> None:
         """Fold the step's batch factors into the averages (a factor-update step).
@@ -360,7 +407,11 @@ class StatisticsRecorder:
         if self.grad_scaler is not None and self._scaler.found_inf():
             self.reset()  # the scaler skips this step: so do the factors
             return
-        passes = self._backward_passes
+        # A reentrant checkpoint back-propagates its segment in a nested backward pass:
+        # passes are counted per layer, each layer seeing one per micro-batch.
+        passes = max((step.backward_passes for step in self._steps.values()), default=0)
+        for layer in self.layers:
+            self._steps[layer.name].hand_over()
         counted = self.fisher == "empirical" and _graph_task_id is not None
         if counted and passes and passes != self.accumulation_steps:
             warnings.warn(
@@ -430,6 +481,91 @@ class StatisticsRecorder:
         self.dropped.update(silent)
         warnings.warn(skipped_message(silent), stacklevel=4)
 
+    def fresh_layers(self, step: int) -> list[KFACLayer] | None:
+        """The layers whose gradient is not the one :meth:`mark_preconditioned` saw.
+
+        A ``.grad`` that is the same tensor, unmodified since it was preconditioned, saw
+        no backward pass since: preconditioning it again would apply the inverses twice.
+        None, with one warning naming ``step``, when every layer with a gradient is
+        such a one (a :meth:`~rnla_kfac.KFACPreconditioner.step` without a new backward).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model)
+        >>> model(torch.randn(8, 3)).sum().backward()
+        >>> [layer.name for layer in pre.recorder.fresh_layers(0)]
+        ['']
+        """
+        fresh, stale = [], []
+        for layer in self.layers:
+            grad = layer.helper.module.weight.grad
+            seen = self._preconditioned.get(layer.name)
+            if grad is not None and seen is not None and seen[0]() is grad:
+                if grad._version == seen[1]:
+                    stale.append(layer)
+                    continue
+            fresh.append(layer)
+        if stale and not any(layer.helper.module.weight.grad is not None for layer in fresh):
+            warnings.warn(
+                f"step {step}: no backward pass since the last step(); the gradients are "
+                "already preconditioned and are left as they are",
+                stacklevel=3,
+            )
+            return None
+        return fresh
+
+    def mark_preconditioned(self) -> None:
+        """Remember each layer's current gradient (see :meth:`fresh_layers`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> model = torch.nn.Linear(3, 2)
+        >>> pre = KFACPreconditioner(model)
+        >>> model(torch.randn(8, 3)).sum().backward()
+        >>> pre.recorder.mark_preconditioned()
+        >>> model(torch.randn(8, 3)).sum().backward()  # a new backward: fresh again
+        >>> len(pre.recorder.fresh_layers(1))
+        1
+        """
+        self._preconditioned = {
+            layer.name: (weakref.ref(grad), grad._version)
+            for layer in self.layers
+            if (grad := layer.helper.module.weight.grad) is not None
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state and each layer's :meth:`~rnla_kfac.layers.KFACLayer.state_dict`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> sorted(KFACPreconditioner(torch.nn.Linear(3, 2)).recorder.state_dict())
+        ['generator', 'layers']
+        """
+        return {
+            "generator": self.generator.get_state(),
+            "layers": {layer.name: layer.state_dict() for layer in self.layers},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (see :func:`~rnla_kfac.layers.load_layer_states`).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> recorder = KFACPreconditioner(torch.nn.Linear(3, 2)).recorder
+        >>> recorder.load_state_dict(recorder.state_dict())
+        """
+        load_layer_states(self.layers, state_dict)
+        self.generator.set_state(state_dict["generator"])
+
     def remove(self) -> None:
         """Detach every hook from the model.
 
@@ -445,6 +581,147 @@ class StatisticsRecorder:
         for handle in self._handles.values():
             handle.remove()
         self._handles.clear()
+
+
+@dataclass
+class _Pass:
+    """One forward or backward pass's rows of a layer, summed over its calls."""
+
+    value: Tensor | None = None  # Gram or per-example row sums; a complete diagonal factor
+    positions: int = 0  # rows per example, over the calls (0 for a diagonal factor)
+    examples: int = 1
+    calls: int = 0
+    task: int | None = None  # the backward pass's graph task
+    scale: float | Tensor = 1.0  # the backward pass's correction of G
+
+    def add(self, value: Tensor, positions: int, examples: int) -> None:
+        self.value = value if self.value is None else self.value.add_(value)
+        self.positions += positions
+        self.examples = examples
+        self.calls += 1
+
+
+class _LayerStep:
+    """One layer's statistics of one factor-update step, and their batch factors.
+
+    The calls of the layer in one forward pass add rows to the same examples; passes
+    (micro-batches) are averaged: ``A`` pools its rows over the step (``"expand"``) or
+    averages its passes (``"reduce"``, whose rows are averaged per example over a
+    pass's calls), ``G`` averages the step's backward passes (a new graph task starts
+    one) after scaling each by the rule of :mod:`rnla_kfac.modules`. A diagonal factor
+    is the mean of its calls' factors.
+    """
+
+    def __init__(self, layer: KFACLayer, reduce: bool, loss_terms: int | None):
+        self.layer = layer
+        helper = layer.helper
+        self.diagonal_input = helper.diagonal_input
+        self.diagonal_output = getattr(helper, "diagonal_output", False)
+        self.reduce = reduce and not (self.diagonal_input or self.diagonal_output)
+        self.loss_terms = loss_terms
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the step's statistics."""
+        self.a_sum: Tensor | None = None  # sum of contributions to A, and their weight
+        self.a_weight = 0.0
+        self.g_sum: Tensor | None = None  # sum of the finished backward passes' G
+        self.backward_passes = 0
+        self.forward_pass: _Pass | None = None  # "reduce": the open forward pass
+        self.backward_pass: _Pass | None = None
+        self.input_calls = self.output_calls = 0
+        self._backward_seen = False  # since the open forward pass began
+
+    def _compute_dtype(self) -> torch.dtype:
+        return self.layer.statistics_dtype or self.layer.dtype
+
+    def add_input(self, x: Tensor) -> None:
+        """Add one call's input rows."""
+        helper, dtype = self.layer.helper, self.layer.dtype
+        self.input_calls += 1
+        if self.diagonal_input:
+            self._add_a(helper.input_factor(x, dtype, self._compute_dtype()), 1.0)
+            return
+        rows, divisor = helper.input_rows(x.detach().to(self._compute_dtype()))
+        if helper.has_bias:
+            rows = torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
+        if not self.reduce:
+            self._add_a(_scaled_gram(rows, 1.0).to(dtype), divisor)
+            return
+        examples = helper.examples(x)
+        sums = _example_sums(rows.to(dtype), examples)
+        current = self.forward_pass
+        if current is not None and (self._backward_seen or current.value.shape != sums.shape):
+            self._close_forward_pass()
+        if self.forward_pass is None:
+            self.forward_pass, self._backward_seen = _Pass(), False
+        self.forward_pass.add(sums, rows.shape[-2] // examples, examples)
+
+    def _add_a(self, value: Tensor, weight: float) -> None:
+        self.a_sum = value if self.a_sum is None else self.a_sum.add_(value)
+        self.a_weight += weight
+
+    def _close_forward_pass(self) -> None:
+        done, self.forward_pass = self.forward_pass, None
+        self._add_a(_scaled_gram(done.value / done.positions, 1 / done.examples), 1.0)
+
+    def add_output_grad(self, grad: Tensor, task: int | None, scale: float | Tensor) -> None:
+        """Add one call's output-gradient rows, of backward pass ``task``."""
+        helper, dtype = self.layer.helper, self.layer.dtype
+        self.output_calls += 1
+        self._backward_seen = True
+        current = self.backward_pass
+        if current is None or task is None or current.task != task:
+            self._close_backward_pass()
+            self.backward_passes += 1
+            current = self.backward_pass = _Pass(task=task, scale=scale)
+        if self.diagonal_output:  # a complete factor: no rule to apply
+            current.add(helper.output_factor(grad, dtype, self._compute_dtype()), 0, 1)
+            return
+        rows, multiplier = helper.output_rows(grad.detach().to(self._compute_dtype()))
+        examples = helper.examples(grad)
+        positions = rows.shape[-2] // examples
+        if self.reduce:
+            value = _example_sums(rows.to(dtype), examples)
+        else:  # the helper's G of this call, over its own count of loss terms
+            legacy_terms = 1 if helper.location_split else positions
+            value = _scaled_gram(rows, multiplier / legacy_terms).to(dtype)
+        current.add(value, positions, examples)
+
+    def _close_backward_pass(self) -> None:
+        done, self.backward_pass = self.backward_pass, None
+        if done is None:
+            return
+        value = done.value
+        if not done.positions:  # diagonal: the mean of the calls' factors
+            value = value.div_(done.calls)
+        else:
+            split = self.layer.helper.location_split
+            terms = self.loss_terms or (1 if split else done.positions)
+            if self.reduce:
+                value = _scaled_gram(value, done.examples * terms)
+            else:
+                value = value.mul_(terms)
+        if isinstance(done.scale, Tensor) or done.scale != 1:
+            value = value.mul_(done.scale)
+        self.g_sum = value if self.g_sum is None else self.g_sum.add_(value)
+
+    def hand_over(self) -> None:
+        """Record the step's batch factors into the layer's factors; forget the step."""
+        if self.forward_pass is not None:
+            self._close_forward_pass()
+        self._close_backward_pass()
+        layer = self.layer
+        if self.a_sum is not None:
+            layer.A.record(self.a_sum.div_(self.a_weight))
+        if self.g_sum is not None:
+            layer.G.record(self.g_sum.div_(self.backward_passes))
+        self.clear()
+
+
+def _example_sums(rows: Tensor, examples: int) -> Tensor:
+    """Each example's sum of its rows: ``(..., N R, d) -> (..., N, d)``."""
+    return rows.reshape(*rows.shape[:-2], examples, -1, rows.shape[-1]).sum(-2)
 
 
 def sampled_loss(output: Tensor, likelihood: str, generator: torch.Generator) -> Tensor:

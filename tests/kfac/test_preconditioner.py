@@ -88,8 +88,8 @@ def test_hooks_work_only_on_factor_update_steps(mlp, data):
     pre = KFACPreconditioner(model, method="eigh", factor_update_period=3)
     calls = []
     layer = pre.layers[0]
-    original = layer.helper.input_factor
-    layer.helper.input_factor = lambda *args: calls.append(pre.steps) or original(*args)
+    original = layer.helper.input_rows  # what the recorder reads of each call's input
+    layer.helper.input_rows = lambda *args: calls.append(pre.steps) or original(*args)
     for _ in range(7):
         backward(model, x, y)
         pre.step()
