@@ -225,12 +225,7 @@ class Factor:
 
     def take_batch(self) -> Tensor | BatchRows:
         """The mean of the recorded batch factors; the recorded statistics are reset."""
-        batch = self._sum
-        if self.count > 1:
-            if isinstance(batch, BatchRows):
-                batch = BatchRows(batch.rows / self.count**0.5)
-            else:
-                batch = batch.div_(self.count)
+        batch = self._sum if self.count == 1 else self._sum.div_(self.count)
         self.reset_batch()
         return batch
 
@@ -439,9 +434,7 @@ class KFACLayer:
         """
         if self.G.records_rows:
             rows = batch_rows(self.helper, grad_output, "output", self.dtype, self.statistics_dtype)
-            if isinstance(scale, Tensor) or scale != 1:
-                rows.rows.mul_(torch.as_tensor(scale).sqrt().to(rows.rows.device))
-            self.G.record(rows)
+            self.G.record(rows.mul_(scale))
             return
         batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
         if not isinstance(scale, Tensor) and scale == 1:

@@ -34,25 +34,53 @@ __all__ = ["BatchRows", "LowRankFactor", "batch_rows"]
 class BatchRows:
     """A batch factor given by its rows: ``F_batch = rows^T rows`` (``rows`` is ``(m, d)``).
 
+    The arithmetic the statistics apply to a batch factor works on the rows: ``add_``
+    concatenates (a sum of Gram matrices), ``mul_`` and ``div_`` scale by the square
+    root (a non-negative factor), so the statistics never form the ``d x d`` matrix.
+
     Examples
     --------
     >>> import torch
-    >>> batch = BatchRows(torch.ones(3, 2))
-    >>> batch.gram()
-    tensor([[3., 3.],
-            [3., 3.]])
+    >>> batch = BatchRows.scaled(torch.ones(3, 2), 2.0).add_(BatchRows(torch.ones(1, 2)))
+    >>> batch.div_(7).gram()
+    tensor([[1., 1.],
+            [1., 1.]])
     """
 
     rows: Tensor
+
+    @classmethod
+    def scaled(cls, rows: Tensor, scale: float | Tensor) -> BatchRows:
+        """The rows of ``scale * rows^T rows``."""
+        return cls(rows).mul_(scale)
 
     @property
     def device(self) -> torch.device:
         """The device of the rows."""
         return self.rows.device
 
+    def add_(self, other: BatchRows) -> BatchRows:
+        """``F + F_other``: the rows of both."""
+        self.rows = torch.cat([self.rows, other.rows.to(self.rows.dtype)], dim=-2)
+        return self
+
+    def mul_(self, scale: float | Tensor) -> BatchRows:
+        """``scale F`` for ``scale >= 0``: the rows times ``sqrt(scale)``."""
+        if isinstance(scale, Tensor) or scale != 1:
+            self.rows = self.rows * (scale**0.5 if isinstance(scale, Tensor) else math.sqrt(scale))
+        return self
+
+    def div_(self, divisor: float | Tensor) -> BatchRows:
+        """``F / divisor`` for ``divisor > 0``."""
+        return self.mul_(1 / divisor)
+
+    def to(self, dtype: torch.dtype) -> BatchRows:
+        """The rows in ``dtype``."""
+        return BatchRows(self.rows.to(dtype))
+
     def gram(self) -> Tensor:
         """The dense batch factor ``rows^T rows``."""
-        return self.rows.T @ self.rows
+        return self.rows.mT @ self.rows
 
     def is_finite(self) -> Tensor:
         """Whether every row entry is finite, a 0-d bool tensor (no host sync)."""
@@ -86,7 +114,7 @@ def batch_rows(
         scale = 1 / divisor
     else:
         rows, scale = helper.output_rows(tensor)
-    return BatchRows(rows.to(dtype) * math.sqrt(scale))
+    return BatchRows.scaled(rows.to(dtype), scale)
 
 
 class LowRankFactor:

@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from ._checks import ScheduleLike, check_choice, check_decay, check_positive_int
 from .distributed import DistributionStrategy, LocalStrategy
 from .gradient_applier import as_schedule
-from .layers import KFACLayer, load_layer_states, skipped_message
+from .layers import Factor, KFACLayer, load_layer_states, skipped_message
+from .low_rank_factor import BatchRows
 from .modules import _scaled_gram
 
 __all__ = [
@@ -646,7 +647,7 @@ class _LayerStep:
         if helper.has_bias:
             rows = torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
         if not self.reduce:
-            self._add_a(_scaled_gram(rows, 1.0).to(dtype), divisor)
+            self._add_a(self._batch_factor(self.layer.A, rows, 1.0).to(dtype), divisor)
             return
         examples = helper.examples(x)
         sums = _example_sums(rows.to(dtype), examples)
@@ -663,7 +664,8 @@ class _LayerStep:
 
     def _close_forward_pass(self) -> None:
         done, self.forward_pass = self.forward_pass, None
-        self._add_a(_scaled_gram(done.value / done.positions, 1 / done.examples), 1.0)
+        rows = done.value / done.positions
+        self._add_a(self._batch_factor(self.layer.A, rows, 1 / done.examples), 1.0)
 
     def add_output_grad(self, grad: Tensor, task: int | None, scale: float | Tensor) -> None:
         """Add one call's output-gradient rows, of backward pass ``task``."""
@@ -685,7 +687,7 @@ class _LayerStep:
             value = _example_sums(rows.to(dtype), examples)
         else:  # the helper's G of this call, over its own count of loss terms
             legacy_terms = 1 if helper.location_split else positions
-            value = _scaled_gram(rows, multiplier / legacy_terms).to(dtype)
+            value = self._batch_factor(self.layer.G, rows, multiplier / legacy_terms).to(dtype)
         current.add(value, positions, examples)
 
     def _close_backward_pass(self) -> None:
@@ -699,12 +701,20 @@ class _LayerStep:
             split = self.layer.helper.location_split
             terms = self.loss_terms or (1 if split else done.positions)
             if self.reduce:
-                value = _scaled_gram(value, done.examples * terms)
+                value = self._batch_factor(self.layer.G, value, done.examples * terms)
             else:
                 value = value.mul_(terms)
         if isinstance(done.scale, Tensor) or done.scale != 1:
             value = value.mul_(done.scale)
         self.g_sum = value if self.g_sum is None else self.g_sum.add_(value)
+
+    @staticmethod
+    def _batch_factor(factor: Factor, rows: Tensor, scale: float) -> Tensor | BatchRows:
+        """``scale rows^T rows``: its Gram matrix, or for a factor recording rows
+        (``method="brand"``) the rows themselves, with the same arithmetic."""
+        if factor.records_rows:
+            return BatchRows.scaled(rows, scale)
+        return _scaled_gram(rows, scale)
 
     def hand_over(self) -> None:
         """Record the step's batch factors into the layer's factors; forget the step."""

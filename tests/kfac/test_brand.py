@@ -209,3 +209,26 @@ def test_tail_of_the_inverse_is_the_state_tail_mean(tail_compensation):
     tail = torch.as_tensor(inverse.tail, dtype=mu.dtype)
     torch.testing.assert_close(tail, mu if tail_compensation else 0 * mu)
     torch.testing.assert_close(factor.low_rank.average.eigenvalues, inverse.eigenvalues)
+
+
+@pytest.mark.parametrize("kfac_approx", ["expand", "reduce"])
+def test_weight_shared_rows_match_the_dense_statistics(kfac_approx):
+    """Sequences (5 positions per example) under both approximations: the rows a brand
+    factor records give the dense average of the same statistics."""
+    from tests.kfac.helpers import TokensToClasses
+
+    g = torch.Generator().manual_seed(3)
+    steps = [
+        (torch.randn(4, 5, 6, generator=g, dtype=torch.float64),
+         torch.randint(0, 120, (4, 5), generator=g))
+        for _ in range(3)
+    ]  # fmt: skip
+    factors = {}
+    for method in ("eigh", "brand"):
+        model = nn.Sequential(wide_head(), TokensToClasses())
+        pre = KFACPreconditioner(model, method=method, rank=90, kfac_approx=kfac_approx, **OPTIONS)
+        run_steps(model, steps, pre=pre)
+        factors[method] = [f.matrix for f in pre.layers[1].factors]
+    assert pre.factor_storage["0.2"][1] == "brand"
+    for want, got in zip(factors["eigh"], factors["brand"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
