@@ -211,16 +211,9 @@ class Factor:
         self.count = 0
 
     def record(self, batch: Tensor | BatchRows) -> None:
-        """Add the batch factor of one forward or backward pass (summed in place).
-
-        Rows (:class:`~rnla_kfac.low_rank_factor.BatchRows`) are concatenated instead.
-        """
-        if isinstance(batch, BatchRows):
-            self._sum = (
-                batch if self._sum is None else BatchRows(torch.cat([self._sum.rows, batch.rows]))
-            )
-        else:
-            self._sum = batch if self._sum is None else self._sum.add_(batch)
+        """Add the batch factor of one forward or backward pass (summed in place; rows,
+        :class:`~rnla_kfac.low_rank_factor.BatchRows`, are concatenated)."""
+        self._sum = batch if self._sum is None else self._sum.add_(batch)
         self.count += 1
 
     def take_batch(self) -> Tensor | BatchRows:

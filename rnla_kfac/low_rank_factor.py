@@ -41,10 +41,10 @@ class BatchRows:
     Examples
     --------
     >>> import torch
-    >>> batch = BatchRows.scaled(torch.ones(3, 2), 2.0).add_(BatchRows(torch.ones(1, 2)))
-    >>> batch.div_(7).gram()
-    tensor([[1., 1.],
-            [1., 1.]])
+    >>> batch = BatchRows.scaled(torch.ones(2, 2), 4.0).add_(BatchRows(torch.ones(1, 2)))
+    >>> batch.div_(4).gram()  # (4 * 2 + 1) / 4 in every entry
+    tensor([[2.2500, 2.2500],
+            [2.2500, 2.2500]])
     """
 
     rows: Tensor
