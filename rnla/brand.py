@@ -52,6 +52,15 @@ class LowRankAverage(NamedTuple):
     :attr:`tail_mean`. ``k`` may be 0 (the matrix is then ``trace / n`` times the
     identity): :meth:`scaled_identity` makes such a start.
 
+    Parameters
+    ----------
+    eigenvalues : array, shape (..., k)
+        Leading eigenvalues, descending and non-negative.
+    eigenvectors : array, shape (..., n, k)
+        Orthonormal eigenvectors as columns.
+    trace : array, shape (...)
+        The exact trace of the matrix.
+
     Examples
     --------
     >>> import numpy as np

@@ -38,6 +38,11 @@ class BatchRows:
     concatenates (a sum of Gram matrices), ``mul_`` and ``div_`` scale by the square
     root (a non-negative factor), so the statistics never form the ``d x d`` matrix.
 
+    Parameters
+    ----------
+    rows : Tensor, shape (m, d)
+        The rows.
+
     Examples
     --------
     >>> import torch
