@@ -232,3 +232,21 @@ def test_weight_shared_rows_match_the_dense_statistics(kfac_approx):
     assert pre.factor_storage["0.2"][1] == "brand"
     for want, got in zip(factors["eigh"], factors["brand"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_loss_scale_is_undone_on_the_rows():
+    """A scaled loss (a gradient scaler's, as a 0-d tensor): the rows are divided by the
+    scale, as the dense G is by its square."""
+    factors = {}
+    scale = torch.tensor(8.0, dtype=torch.float64)
+    for method in ("eigh", "brand"):
+        model = wide_head()
+        pre = KFACPreconditioner(
+            model, method=method, rank=40, grad_scaler=lambda: scale, **OPTIONS
+        )
+        for x, y in data(3):
+            model.zero_grad()
+            (nn.functional.cross_entropy(model(x), y) * scale).backward()
+            pre.step()
+        factors[method] = pre.layers[1].G.matrix
+    torch.testing.assert_close(factors["brand"], factors["eigh"], rtol=1e-10, atol=1e-12)
