@@ -107,7 +107,7 @@ class KFACPreconditioner:
         Weight sharing (Eschenhagen et al. 2023; :mod:`rnla_kfac.modules`): the ``R`` rows
         of an example in a layer (positions, calls of a module in one forward) and the
         loss's ``T`` terms per example. ``T``: 1 for a per-example loss, the length for
-        a per-token loss; unset: ``T = R`` for linear layers, 1 for convolutions.
+        a per-token loss; unset: 1 for an ``(N, C)`` output, else the rows' own rule.
         ``"expand"`` (KFC) suits ``T = R``; ``"reduce"`` (rows averaged per example
         first) suits ``T = 1``.
     accumulation_steps : int, default 1
@@ -414,5 +414,5 @@ _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_d
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "rank_rtol", "warm_start",
                      "tail_compensation", "seed")  # fmt: skip
 _RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
-                      "kfac_approx", "num_per_example_loss_terms")  # fmt: skip
+                      "kfac_approx", "num_per_example_loss_terms", "model")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""
