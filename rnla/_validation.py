@@ -413,6 +413,16 @@ def _first_non_finite_argument(arguments: tuple[Any, ...], names: tuple[str, ...
     return None
 
 
+class NonFiniteInputError(ValueError, RuntimeError):
+    """A computation failed on NaN or infinite entries that ``check_finite=False`` let through.
+
+    A ``ValueError`` by the input contract; also a ``RuntimeError``, as NumPy's
+    ``AxisError`` is also an ``IndexError``, so that code written against PyTorch's
+    ``LinAlgError`` (a ``RuntimeError``), which such failures raised before, still
+    catches it.
+    """
+
+
 def report_unchecked_non_finite(*names: str) -> Callable[[Function], Function]:
     """Decorate a public function so non-finite input skipped by ``check_finite=False``
     fails in one way.
@@ -421,8 +431,9 @@ def report_unchecked_non_finite(*names: str) -> Callable[[Function], Function]:
     infinity reaching a backend's factorization makes it raise its own error (NumPy's
     or PyTorch's ``LinAlgError``, SciPy's ``ValueError``). When the call fails with
     ``check_finite=False``, the positional arguments ``names`` are checked then, on the
-    failure path only, and a non-finite one turns the failure into a ``ValueError``
-    naming it (the backend's error chained); any other failure passes unchanged.
+    failure path only, and a non-finite one turns the failure into a
+    :class:`NonFiniteInputError` (a ``ValueError``) naming it, the backend's error
+    chained; any other failure passes unchanged.
     """
 
     def decorate(function: Function) -> Function:
@@ -436,7 +447,7 @@ def report_unchecked_non_finite(*names: str) -> Callable[[Function], Function]:
                 culprit = _first_non_finite_argument(args, names)
                 if culprit is None:
                     raise
-                raise ValueError(
+                raise NonFiniteInputError(
                     f"{culprit}: contains NaN or infinite entries, which check_finite=False "
                     f"let through; the computation failed ({type(exc).__name__}: {exc})"
                 ) from exc

@@ -115,3 +115,12 @@ def test_check_finite_false_never_fails_badly(xp, method, value):
     """check_finite=False on NaN / Inf: a result or a ValueError naming X, nothing else."""
     X = xp.asarray(with_entry(general_matrix(), value))
     assert_defined_failure(lambda: rnla.rsvd(X, 5, rng=0, method=method, check_finite=False))
+
+
+def test_check_finite_false_failure_is_still_a_runtime_error():
+    """The reported failure is also a RuntimeError, as PyTorch's LinAlgError was, so
+    callers that caught that (rnla_kfac's retries) keep working."""
+    torch = pytest.importorskip("torch")
+    X = torch.from_numpy(with_entry(general_matrix(), np.nan))
+    with pytest.raises(RuntimeError, match=r"X: contains NaN or infinite entries"):
+        rnla.rsvd(X, 5, rng=0, check_finite=False)
