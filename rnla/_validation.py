@@ -123,25 +123,26 @@ def check_square(shape: tuple[int, ...], name: str = "X") -> int:
 
 
 def check_symmetric(op: Operand, name: str = "X", *, rng: RandomState = None) -> None:
-    """Hermitian check: compare ``X P`` with ``X^H P`` for two random probe vectors ``P``.
+    """Hermitian check: compare ``X v`` with ``X^H v`` for a random probe vector ``v``.
 
-    The probes are Gaussian, drawn from the call's ``rng``, so no fixed vector can be
-    orthogonal to the asymmetry: any ``X - X^H != 0`` moves ``X P`` off ``X^H P`` with
-    probability one. The gap is measured relative to the size of ``X P`` and ``X^H P``
+    The probe is Gaussian, drawn from the call's ``rng``, so no fixed vector can be
+    orthogonal to the asymmetry: any ``X - X^H != 0`` moves ``X v`` off ``X^H v`` with
+    probability one. The gap is measured relative to the size of ``X v`` and ``X^H v``
     (a norm estimate of ``X``); asymmetries above ``sqrt(eps)`` of it raise. Costs two
-    products with a two-column block (O(n^2), negligible next to the O(n^2 k) of a
-    decomposition). An operator without an adjoint product is taken as Hermitian
-    (nothing to compare).
+    matrix-vector products (O(n^2), negligible next to the O(n^2 k) of a
+    decomposition; a second probe column would double it on PyTorch, whose
+    matrix-vector product is much faster than a two-column one). An operator without
+    an adjoint product is taken as Hermitian (nothing to compare).
     """
     if op.apply_adjoint is None:
         return
     xp = op.xp
-    probes = gaussian(xp, (op.shape[-1], 2), op.dtype, op.device, rng)
-    XP = op.apply(probes)
-    XHP = op.apply_adjoint(probes)
+    probe = gaussian(xp, (op.shape[-1], 1), op.dtype, op.device, rng)
+    Xv = op.apply(probe)
+    XHv = op.apply_adjoint(probe)
     tol = xp.finfo(op.dtype).eps ** 0.5
-    gap = xp.max(xp.abs(XP - XHP))
-    scale = xp.maximum(xp.max(xp.abs(XP)), xp.max(xp.abs(XHP)))
+    gap = xp.max(xp.abs(Xv - XHv))
+    scale = xp.maximum(xp.max(xp.abs(Xv)), xp.max(xp.abs(XHv)))
     try:
         asymmetric = bool(gap > tol * scale)
     except Exception as exc:  # a traced JAX array has no values

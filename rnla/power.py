@@ -75,7 +75,7 @@ def power_iteration(
         for every matrix of the stack. ``None`` runs all ``n_iter`` iterations.
     symmetric : bool, optional
         Treat ``X`` as Hermitian (``True``) or general (``False``). ``None`` decides by a
-        cheap Hermitian check of square input (random probes drawn from ``rng``).
+        cheap Hermitian check of square input (a random probe drawn from ``rng``).
     check_finite : bool, default True
         Raise ``ValueError`` if ``X`` holds NaN or Inf. ``False`` skips the
         check: on non-finite input the result is undefined (it may hold NaN or Inf,
