@@ -19,7 +19,6 @@ weight is still the whole tail) it is exact everywhere.
 
 from __future__ import annotations
 
-import numbers
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -36,7 +35,14 @@ from ._array_api import (
     small_eigh,
 )
 from ._orthonormalize import orthonormal_qr
-from ._validation import check_matrix, check_rank, require_finite
+from ._validation import (
+    as_plain_array,
+    check_flag,
+    check_matrix,
+    check_rank,
+    check_real,
+    require_finite,
+)
 
 __all__ = ["LowRankAverage", "brand_update"]
 
@@ -215,6 +221,7 @@ def brand_update(
     """
     if not isinstance(average, LowRankAverage):
         raise TypeError(f"average: expected a LowRankAverage, got {type(average).__name__}")
+    A = as_plain_array(A, "A")
     xp = check_matrix(A, "A")
     U = average.eigenvectors
     try:
@@ -230,12 +237,11 @@ def brand_update(
             f"A: expected shape {(*U.shape[:-2], n)} + (m,) to match the average, "
             f"got {tuple(A.shape)}"
         )
-    if isinstance(decay, bool) or not isinstance(decay, numbers.Real):
-        raise TypeError(f"decay: expected a real number, got {decay!r}")
+    decay = check_real(decay, "decay")
     if not 0 <= decay <= 1:
         raise ValueError(f"decay: must be in [0, 1], got {decay!r}")
     rank = check_rank(rank, n, n, "rank")
-    if check_finite:
+    if check_flag(check_finite, "check_finite"):
         require_finite(xp, A, "A")
 
     dtype = A.dtype
@@ -243,7 +249,6 @@ def brand_update(
     U, A = xp.astype(U, work), xp.astype(A, work)
     d = xp.astype(average.eigenvalues, _real_dtype(xp, work))
     mu = xp.astype(average.tail_mean, _real_dtype(xp, work))
-    decay = float(decay)
     trace = decay * average.trace + (1 - decay) * xp.astype(
         xp.sum(xp.real(A * xp.conj(A)) if _is_complex(xp, work) else A * A, axis=(-2, -1)),
         average.trace.dtype,

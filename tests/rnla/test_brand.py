@@ -144,3 +144,38 @@ def test_validation(xp):
         rnla.brand_update(start, xp.asarray(np.full((6, 2), np.nan)), decay=0.5, rank=2)
     with pytest.raises(TypeError, match="integer"):
         rnla.brand_update(start, A, decay=0.5, rank=2.0)
+    with pytest.raises(TypeError, match="check_finite: expected True or False"):
+        rnla.brand_update(start, A, decay=0.5, rank=2, check_finite="no")
+
+
+def test_masked_and_matrix_inputs():
+    """np.matrix and unmasked masked arrays act as plain arrays; masked entries raise."""
+    A = np.random.default_rng(6).standard_normal((6, 2))
+    start = rnla.LowRankAverage.scaled_identity(A, 1.0)
+    expected = rnla.brand_update(start, A, decay=0.5, rank=3)
+    for kind in (np.matrix(A), np.ma.masked_array(A, mask=False)):
+        got = rnla.brand_update(start, kind, decay=0.5, rank=3)
+        np.testing.assert_allclose(got.eigenvalues, expected.eigenvalues, rtol=1e-12)
+    with pytest.raises(ValueError, match="A: a masked array with 1 masked entries"):
+        rnla.brand_update(start, np.ma.masked_array(A, mask=A == A[0, 0]), decay=0.5, rank=3)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [("float32", 1e-15), ("float32", 1e15), ("float64", 1e-100), ("float64", 1e100)],
+)
+def test_scale_invariant(xp, dtype, scale):
+    """Blocks scaled by c give the average scaled by c^2 (whose range bounds c at about the
+    square root of the dtype's)."""
+    blocks = _blocks(40, 4, 3, seed=7)
+    reference, _ = _fold(xp, dtype, blocks, decay=0.8, rank=6, start=0.0)
+    scaled, _ = _fold(xp, dtype, [A * scale for A in blocks], decay=0.8, rank=6, start=0.0)
+    tol = 300 * eps_of(dtype)
+    np.testing.assert_allclose(
+        host(scaled.eigenvalues) / scale**2, host(reference.eigenvalues), rtol=tol
+    )
+    np.testing.assert_allclose(
+        host(scaled.dense()) / scale**2,
+        host(reference.dense()),
+        atol=tol * float(host(reference.eigenvalues)[0]),
+    )
