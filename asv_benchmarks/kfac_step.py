@@ -63,7 +63,7 @@ __all__ = [
     "time_methods",
 ]
 
-STEP_METHODS = ("sgd", "eigh", "rsvd", "srevd", "nystrom")
+STEP_METHODS = ("sgd", "eigh", "rsvd", "srevd", "nystrom", "brand")
 """The optimizers timed: plain SGD and K-FAC with each decomposition method."""
 
 SETTINGS: dict[str, dict[str, Any]] = {

@@ -7,6 +7,7 @@ namespace, device and dtype. Every function accepts a single matrix ``(m, n)`` o
 ``(..., m, n)``.
 """
 
+from .brand import LowRankAverage, brand_update
 from .eig import EighResult, nystrom, srevd
 from .error import ErrorEstimate, estimate_error
 from .operators import LinearOperator, centered
@@ -22,8 +23,10 @@ __all__ = [
     "EighResult",
     "ErrorEstimate",
     "LinearOperator",
+    "LowRankAverage",
     "PowerIterationResult",
     "SVDResult",
+    "brand_update",
     "centered",
     "ea_rank_bound",
     "estimate_error",

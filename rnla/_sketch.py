@@ -25,10 +25,12 @@ from ._range_finders import (
 )
 from ._validation import (
     check_adaptive_stack,
+    check_flag,
     check_int,
     check_method,
     check_normalizer,
     check_rank,
+    check_rng,
     check_square,
     check_start,
     check_tol,
@@ -179,7 +181,7 @@ def plan_sketch(
         rows=n if rows is None else rows,
         dtype=op.dtype,
         device=op.device,
-        rng=rng,
+        rng=check_rng(rng),
         start=start,
     )
 
@@ -205,8 +207,9 @@ def plan_symmetric_sketch(
     """
     op = as_operand(X, check_finite=check_finite)
     n = check_square(op.shape)
-    if check_symmetric:
-        require_symmetric(op)
+    rng = check_rng(rng)
+    if check_flag(check_symmetric, "check_symmetric"):
+        require_symmetric(op, rng=rng)
     r = check_rank(r, n, n)
     oversample = check_int(oversample, "oversample", minimum=0)
     sketch = plan_sketch(

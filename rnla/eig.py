@@ -17,7 +17,9 @@ from ._array_api import (
     take_along_last_axis,
 )
 from ._orthonormalize import orthonormal_qr
+from ._scaling import largest_magnitude, nonzero_divisor
 from ._sketch import plan_symmetric_sketch
+from ._validation import check_representable, report_unchecked_non_finite
 
 __all__ = ["EighResult", "srevd", "nystrom"]
 
@@ -40,6 +42,7 @@ class EighResult(NamedTuple):
     """Orthonormal eigenvectors as columns, shape (..., n, r)."""
 
 
+@report_unchecked_non_finite("X")
 def srevd(
     X: Array,
     r: int,
@@ -88,12 +91,14 @@ def srevd(
     start : array, shape (..., n, j), optional
         ``1 <= j <= r + oversample`` columns that seed the sketch in place of the first
         Gaussian columns, e.g. the eigenvectors of a previous decomposition of a slowly
-        changing matrix; the other columns are Gaussian. With ``n_iter=0`` it is a single
-        pass (two products).
+        changing matrix; the other columns are Gaussian. No column may be zero. With
+        ``n_iter=0`` it is a single pass (two products).
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
         Source of the Gaussian test matrix.
     check_finite : bool, default True
-        Raise ``ValueError`` if ``X`` holds NaN or Inf.
+        Raise ``ValueError`` if ``X`` (or ``start``) holds NaN or Inf. ``False`` skips the
+        check: on non-finite input the result is undefined (it may hold NaN or Inf,
+        or a ``ValueError`` is raised), but the call never hangs or crashes.
     check_symmetric : bool, default True
         Raise ``ValueError`` if ``X`` is visibly not Hermitian (two matrix-vector
         products; pass ``False`` to skip).
@@ -154,9 +159,11 @@ def srevd(
     descending = xp.argsort(values, axis=-1, descending=True, stable=True)
     values = take_along_last_axis(xp, values, descending, matrices=False)
     vectors = Q @ take_along_last_axis(xp, vectors, descending[..., None, :], matrices=True)
+    check_representable(xp, op.out_dtype, values, op.name)
     return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))
 
 
+@report_unchecked_non_finite("X")
 def nystrom(
     X: Array,
     r: int,
@@ -209,12 +216,14 @@ def nystrom(
     start : array, shape (..., n, j), optional
         ``1 <= j <= r + oversample`` columns that seed the sketch in place of the first
         Gaussian columns, e.g. the eigenvectors of a previous decomposition of a slowly
-        changing matrix; the other columns are Gaussian. With ``n_iter=0`` it is a single
-        pass (one product).
+        changing matrix; the other columns are Gaussian. No column may be zero. With
+        ``n_iter=0`` it is a single pass (one product).
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
         Source of the Gaussian test matrix.
     check_finite : bool, default True
-        Raise ``ValueError`` if ``X`` holds NaN or Inf.
+        Raise ``ValueError`` if ``X`` (or ``start``) holds NaN or Inf. ``False`` skips the
+        check: on non-finite input the result is undefined (it may hold NaN or Inf,
+        or a ``ValueError`` is raised), but the call never hangs or crashes.
     check_symmetric : bool, default True
         Raise ``ValueError`` if ``X`` is visibly not Hermitian.
 
@@ -260,6 +269,11 @@ def nystrom(
     xp, n = op.xp, op.shape[-1]
     omega, Y = sketch.hermitian_basis(op.apply, first_product=False)
     k = omega.shape[-1]
+    # Work on Y / max|Y|: the shift's absolute floor and ||Y||_F then neither dominate a
+    # tiny sketch nor overflow a huge one; an all-zero sketch keeps the scale 0, so its
+    # eigenvalues come back as exact zeros.
+    scale = largest_magnitude(xp, Y, (-2, -1))
+    Y = Y / nonzero_divisor(xp, scale)
     eps = xp.finfo(op.dtype).eps
     tiny = xp.finfo(op.dtype).smallest_normal ** 0.5
     norm_Y = xp.sqrt(xp.sum(xp.abs(Y) ** 2, axis=(-2, -1)))
@@ -273,6 +287,11 @@ def nystrom(
         largest = xp.max(xp.abs(core_eigenvalues), axis=-1)
         shift = shift + 2 * xp.maximum(-core_eigenvalues[..., 0], eps * largest)
         L = cholesky_lower(xp, core + xp.astype(shift, op.dtype)[..., None, None] * eye)
+    if L is None:
+        raise ValueError(
+            f"{op.name}: the shifted Nystrom core has no Cholesky factor, "
+            "so X or its sketch is not finite"
+        )
     shifted_Y = Y + xp.astype(shift, op.dtype)[..., None, None] * omega
     # Y L^-H by a triangular solve: batched torch.linalg.inv hangs with 2 MKL threads.
     B = solve_upper_right(xp, shifted_Y, conj_transpose(xp, L))
@@ -280,6 +299,7 @@ def nystrom(
     U_r, sigma, _ = small_svd(xp, R_b)
     values = xp.maximum(sigma**2 - shift[..., None], xp.zeros_like(sigma))
     rank = sketch.kept_rank(values, r)
-    values = values[..., :rank]
+    values = values[..., :rank] * scale[..., 0]
     vectors = Q_b @ U_r[..., :rank]
+    check_representable(xp, op.out_dtype, values, op.name)
     return EighResult(*cast_to_input_precision(xp, op.out_dtype, values, vectors))

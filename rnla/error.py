@@ -16,7 +16,15 @@ from ._array_api import (
     small_eigvalsh,
 )
 from ._range_finders import krylov_range
-from ._validation import check_int, check_square
+from ._scaling import largest_magnitude, nonzero_divisor
+from ._validation import (
+    as_plain_array,
+    check_int,
+    check_rng,
+    check_square,
+    report_unchecked_non_finite,
+    require_finite,
+)
 from .eig import EighResult
 from .operators import Operand, Product, as_operand
 from .rsvd import SVDResult
@@ -47,13 +55,16 @@ class ErrorEstimate(NamedTuple):
     """Upper bound, shape (...), that holds with probability at least 1 - 10**-n_probes."""
 
 
-def _residual(op: Operand, result: SVDResult | EighResult) -> tuple[Product, Product, bool]:
+def _residual(
+    op: Operand, result: SVDResult | EighResult, check_finite: bool
+) -> tuple[Product, Product, bool]:
     """The residual ``R = X - approximation`` as ``(R M, R^H M, R is Hermitian)``."""
     xp = op.xp
     if not isinstance(result, (SVDResult, EighResult)):
         raise TypeError(
             f"result: expected an rnla.SVDResult or rnla.EighResult, got {type(result).__name__}"
         )
+    result = type(result)(*(as_plain_array(factor, "result") for factor in result))
     try:
         result_xp = namespace_of(*result)
     except TypeError as exc:
@@ -66,6 +77,8 @@ def _residual(op: Operand, result: SVDResult | EighResult) -> tuple[Product, Pro
     for name, factor in zip(result._fields, result):
         if real_X and xp.isdtype(factor.dtype, "complex floating"):
             raise TypeError(f"result: {name} is complex ({factor.dtype}) but X is real")
+        if check_finite:
+            require_finite(xp, factor, f"result: {name}")
     factors = [a if a.dtype == op.dtype else xp.astype(a, op.dtype) for a in result]
     m, n = op.shape[-2:]
     if isinstance(result, SVDResult):
@@ -102,6 +115,7 @@ def _residual(op: Operand, result: SVDResult | EighResult) -> tuple[Product, Pro
     return apply_hermitian, apply_hermitian, True
 
 
+@report_unchecked_non_finite("X", "result")
 def estimate_error(
     X: Array,
     result: SVDResult | EighResult,
@@ -139,6 +153,10 @@ def estimate_error(
     test suite, where the same lemma applied to ``R`` itself overestimates by the factor
     8 or more.
 
+    The iteration runs on ``R / s`` with ``s`` the largest entry of ``R Omega`` and
+    scales back, so the estimate is invariant to the scale of ``X`` across the whole
+    range of its dtype (no Gram matrix of the blocks overflows or underflows).
+
     Parameters
     ----------
     X : array, sparse matrix or rnla.LinearOperator, shape (..., m, n)
@@ -156,7 +174,9 @@ def estimate_error(
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
         Source of the probes.
     check_finite : bool, default True
-        Raise ``ValueError`` if ``X`` holds NaN or Inf.
+        Raise ``ValueError`` if ``X`` or ``result`` holds NaN or Inf. ``False`` skips the
+        check: on non-finite input the result is undefined (it may hold NaN or Inf,
+        or a ``ValueError`` is raised), but the call never hangs or crashes.
 
     Returns
     -------
@@ -170,7 +190,7 @@ def estimate_error(
         For non-floating dtypes, a ``result`` that is not an ``SVDResult`` or
         ``EighResult``, factors from another library or complex factors for a real ``X``.
     ValueError
-        For empty or non-finite ``X``, factors whose shapes do not fit ``X``, a
+        For empty or non-finite ``X`` or factors, factors whose shapes do not fit ``X``, a
         non-square ``X`` with an ``EighResult``, negative ``n_iter`` or ``n_probes < 1``.
 
     Examples
@@ -189,10 +209,22 @@ def estimate_error(
     xp = op.xp
     n_iter = check_int(n_iter, "n_iter", minimum=0)
     n_probes = check_int(n_probes, "n_probes", minimum=1)
-    apply, apply_adjoint, hermitian = _residual(op, result)
+    rng = check_rng(rng)
+    residual, residual_adjoint, hermitian = _residual(op, result, check_finite)
     m, n = op.shape[-2:]
     probes = gaussian(xp, (n, min(n_probes, m, n)), op.dtype, op.device, rng)
-    Y = apply(probes)
+    # Iterate with R / s, s = max |R Omega| (zero: R Omega = 0, nothing to scale).
+    Y = residual(probes)
+    scale = largest_magnitude(xp, Y, (-2, -1))
+    divisor = nonzero_divisor(xp, scale)
+    Y = Y / divisor
+
+    def apply(M: Array) -> Array:
+        return residual(M) / divisor
+
+    def apply_adjoint(M: Array) -> Array:
+        return residual_adjoint(M) / divisor
+
     if hermitian:
         # B = R^(2 n_iter + 2): the Krylov space of R holds R^t R omega for t <= 2 n_iter + 1.
         L, Z = krylov_range(xp, Y, apply_adjoint, None, 2 * n_iter + 2, min(m, n), "cholqr2")
@@ -205,7 +237,8 @@ def estimate_error(
     coordinates = conj_transpose(xp, L) @ Y
     log_norms = _log_power_norms(xp, projected, coordinates, degree)
     upper_bound = xp.exp((math.log(_HMT_FACTOR) + xp.max(log_norms, axis=-1)) / exponent)
-    return ErrorEstimate(value, upper_bound)
+    scale = scale[..., 0, 0]  # 0 for R Omega = 0: exact zeros, not the clipped floor
+    return ErrorEstimate(value * scale, upper_bound * scale)
 
 
 def _log_power_norms(xp: ModuleType, T: Array, C: Array, degree: int) -> Array:

@@ -28,7 +28,14 @@ from ._array_api import (
     sparse_matrix_values,
     sparse_products,
 )
-from ._validation import check_dtype, check_shape, require_finite
+from ._validation import (
+    array_namespace,
+    as_plain_array,
+    check_dtype,
+    check_flag,
+    check_shape,
+    require_finite,
+)
 
 __all__ = ["LinearOperator", "centered"]
 
@@ -58,10 +65,10 @@ class LinearOperator:
     Raises
     ------
     TypeError
-        If ``like`` is not an array of a floating dtype, or ``matmat`` / ``rmatmat`` is
-        not callable.
+        If ``like`` is not an array of a floating dtype, ``shape`` not a sequence of
+        integers, or ``matmat`` / ``rmatmat`` not callable.
     ValueError
-        If ``shape`` has fewer than two entries or a zero entry.
+        If ``shape`` has fewer than two entries, a negative or a zero entry.
 
     Notes
     -----
@@ -90,13 +97,10 @@ class LinearOperator:
         *,
         like: Array,
     ) -> None:
-        try:
-            xp = namespace_of(like)
-        except TypeError as exc:
-            raise TypeError(f"like: {exc}") from None
+        like = as_plain_array(like, "like")
+        xp = array_namespace(like, "like")
         check_dtype(xp, like.dtype, "like", promote=False, device=None)
-        shape = tuple(int(s) for s in shape)
-        check_shape(shape, "shape")
+        shape = check_shape(shape, "shape")
         if not callable(matmat):
             raise TypeError(f"matmat: expected a callable, got {type(matmat).__name__}")
         if rmatmat is not None and not callable(rmatmat):
@@ -188,14 +192,20 @@ def as_operand(X: Any, *, name: str = "X", check_finite: bool = True) -> Operand
     ``check_finite`` checks the entries of arrays and the stored entries of sparse
     matrices; operators have no entries to check.
 
+    A ``numpy.matrix`` or a masked array without masked entries is read as the plain
+    array of its entries (:func:`rnla._validation.as_plain_array`).
+
     Raises
     ------
     TypeError
-        For unsupported objects or dtypes, or arrays from several libraries.
+        For unsupported objects or dtypes, arrays from several libraries, or a
+        ``check_finite`` that is not a bool.
     ValueError
-        For fewer than two dimensions, empty matrices or (``check_finite``) NaN or
-        infinite entries.
+        For fewer than two dimensions, empty matrices, masked entries or
+        (``check_finite``) NaN or infinite entries.
     """
+    X = as_plain_array(X, name)
+    check_finite = check_flag(check_finite, "check_finite")
     if isinstance(X, LinearOperator):
         return _custom_operand(X, name)
     xp = sparse_matrix_namespace(X)
@@ -254,7 +264,7 @@ def _sparse_operand(xp: ModuleType, X: Any, name: str, check_finite: bool) -> Op
     return Operand(xp, shape, work_dtype, dtype, device, apply, apply_adjoint, name)
 
 
-def centered(X: Any) -> LinearOperator:
+def centered(X: Any, *, check_finite: bool = True) -> LinearOperator:
     """The column-centred operator ``X - 1 mu^T``, with ``mu`` the column means of ``X``.
 
     ``rnla.rsvd(centered(X), r)`` is the PCA of the rows of ``X``: its ``Vh`` holds the
@@ -266,6 +276,9 @@ def centered(X: Any) -> LinearOperator:
     ----------
     X : array, sparse matrix or linear operator, shape (..., m, n)
         Any matrix argument rnla accepts, with an adjoint product.
+    check_finite : bool, default True
+        Raise ``ValueError`` if ``X`` (an array or a sparse matrix) holds NaN or Inf: a
+        non-finite entry would make every column mean, and so every product, non-finite.
 
     Returns
     -------
@@ -278,12 +291,8 @@ def centered(X: Any) -> LinearOperator:
     TypeError
         For unsupported inputs, or an operator without ``rmatmat``.
     ValueError
-        For fewer than two dimensions or an empty matrix.
-
-    Notes
-    -----
-    The entries of ``X`` are not checked for NaN or infinity (a non-finite entry makes
-    the means, and so the results, non-finite).
+        For fewer than two dimensions, an empty matrix or (``check_finite``) NaN or
+        infinite entries.
 
     Examples
     --------
@@ -297,7 +306,7 @@ def centered(X: Any) -> LinearOperator:
     >>> bool(np.allclose(S, np.linalg.svd(dense, compute_uv=False)[:3]))
     True
     """
-    op = as_operand(X, check_finite=False)
+    op = as_operand(X, check_finite=check_finite)
     adjoint = op.adjoint("centered")
     xp = op.xp
     m = op.shape[-2]

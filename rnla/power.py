@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from ._array_api import Array, RandomState, cast_to_input_precision, gaussian, is_lazy
-from ._validation import check_int, resolve_symmetric
+from ._scaling import nonzero_divisor, safe_vector_norm
+from ._validation import (
+    check_int,
+    check_real,
+    check_representable,
+    check_rng,
+    report_unchecked_non_finite,
+    resolve_symmetric,
+)
 from .operators import as_operand
 
 __all__ = ["PowerIterationResult", "power_iteration"]
@@ -31,6 +40,7 @@ class PowerIterationResult(NamedTuple):
     """Iterations performed (fewer than requested when ``tol`` was met)."""
 
 
+@report_unchecked_non_finite("X")
 def power_iteration(
     X: Array,
     n_iter: int = 100,
@@ -48,6 +58,10 @@ def power_iteration(
     ``||X v|| ~= sigma_1 = ||X||_2`` with the right singular vector ``v``. Converges
     at the rate ``|lambda_2 / lambda_1|`` per iteration (squared for ``X^H X``).
 
+    Every vector is normalized by a scaled 2-norm (as BLAS ``nrm2``), and ``X v`` is
+    normalized before ``X^H`` is applied, so no intermediate overflows or underflows:
+    the result is invariant to the scale of ``X`` across the whole range of its dtype.
+
     Parameters
     ----------
     X : array, shape (..., m, n)
@@ -61,22 +75,26 @@ def power_iteration(
         for every matrix of the stack. ``None`` runs all ``n_iter`` iterations.
     symmetric : bool, optional
         Treat ``X`` as Hermitian (``True``) or general (``False``). ``None`` decides by a
-        cheap Hermitian check of square input.
+        cheap Hermitian check of square input (a random probe drawn from ``rng``).
     check_finite : bool, default True
-        Raise ``ValueError`` if ``X`` holds NaN or Inf.
+        Raise ``ValueError`` if ``X`` holds NaN or Inf. ``False`` skips the
+        check: on non-finite input the result is undefined (it may hold NaN or Inf,
+        or a ``ValueError`` is raised), but the call never hangs or crashes.
 
     Returns
     -------
     PowerIterationResult
-        ``(value, vector, n_iter)``.
+        ``(value, vector, n_iter)``. For float16 input ``value`` is computed in float32
+        and returned in float16; a value beyond float16's range raises ``ValueError``.
 
     Raises
     ------
     TypeError
-        For non-floating dtypes or non-arrays.
+        For non-floating dtypes or non-arrays, a ``tol`` that is not a real number, or a
+        ``symmetric`` / ``check_finite`` that is not a bool.
     ValueError
-        For empty or non-finite ``X``, ``n_iter < 1``, a negative ``tol``, or
-        ``symmetric=True`` with a non-square ``X``.
+        For empty or non-finite ``X``, ``n_iter < 1``, a negative or infinite ``tol``,
+        ``symmetric=True`` with a non-square ``X``, or a float16 result out of range.
 
     Examples
     --------
@@ -92,20 +110,23 @@ def power_iteration(
     op = as_operand(X, check_finite=check_finite)
     xp = op.xp
     n_iter = check_int(n_iter, "n_iter", minimum=1)
-    if tol is not None and not tol >= 0:
-        raise ValueError(f"tol: must be a non-negative number or None, got {tol!r}")
-    if tol is not None and is_lazy(xp):
-        raise ValueError(
-            f"tol: stopping early reads values, which {xp.__name__} arrays do not allow "
-            "inside an algorithm; pass tol=None"
-        )
-    symmetric = resolve_symmetric(op, symmetric)
+    rng = check_rng(rng)
+    if tol is not None:
+        tol = check_real(tol, "tol")
+        if not 0 <= tol < math.inf:
+            raise ValueError(f"tol: must be a non-negative number or None, got {tol!r}")
+        if is_lazy(xp):
+            raise ValueError(
+                f"tol: stopping early reads values, which {xp.__name__} arrays do not allow "
+                "inside an algorithm; pass tol=None"
+            )
+    symmetric = resolve_symmetric(op, symmetric, rng)
     apply_adjoint = None if symmetric else op.adjoint("power_iteration of a general matrix")
 
     n = op.shape[-1]
     v = gaussian(xp, (n, 1), op.dtype, op.device, rng)
     v = xp.broadcast_to(v, (*op.shape[:-2], n, 1))
-    v = v / xp.linalg.vector_norm(v, axis=-2, keepdims=True)
+    v = v / safe_vector_norm(xp, v, -2, keepdims=True)
     value = None
     performed = 0
     while performed < n_iter:
@@ -114,10 +135,11 @@ def power_iteration(
         if symmetric:
             new_value = xp.real(xp.sum(xp.conj(v) * w, axis=(-2, -1)))
         else:
-            new_value = xp.linalg.vector_norm(w, axis=(-2, -1))
-            w = apply_adjoint(w)
-        norm = xp.linalg.vector_norm(w, axis=-2, keepdims=True)
-        v = xp.where(norm > 0, w / xp.where(norm > 0, norm, 1), v)
+            norm = safe_vector_norm(xp, w, (-2, -1), keepdims=True)
+            new_value = norm[..., 0, 0]
+            w = apply_adjoint(w / nonzero_divisor(xp, norm))
+        norm = safe_vector_norm(xp, w, -2, keepdims=True)
+        v = xp.where(norm > 0, w / nonzero_divisor(xp, norm), v)
         converged = (
             value is not None
             and tol is not None
@@ -126,5 +148,6 @@ def power_iteration(
         value = new_value
         if converged:
             break
+    check_representable(xp, op.out_dtype, value, op.name)
     value, vector = cast_to_input_precision(xp, op.out_dtype, value, v[..., 0])
     return PowerIterationResult(value, vector, performed)

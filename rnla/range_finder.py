@@ -5,12 +5,13 @@ from __future__ import annotations
 from ._array_api import Array, RandomState, cast_to_input_precision
 from ._range_finders import factor_projection
 from ._sketch import plan_sketch
-from ._validation import check_int
+from ._validation import check_int, report_unchecked_non_finite
 from .operators import as_operand
 
 __all__ = ["range_finder"]
 
 
+@report_unchecked_non_finite("X")
 def range_finder(
     X: Array,
     k: int,
@@ -55,7 +56,8 @@ def range_finder(
     start : array, shape (..., n, j), optional
         Columns (``1 <= j <= k``) that replace the first columns of ``Omega``, e.g. the
         right singular vectors of a previous decomposition of a similar matrix; the
-        remaining columns are Gaussian. With ``n_iter=0`` this is a single pass.
+        remaining columns are Gaussian. No column may be zero. With ``n_iter=0`` this is
+        a single pass.
     normalizer : {"auto", "cholqr2", "qr", "lu", "none"}, default "auto"
         Re-normalization between products. ``"cholqr2"`` (what ``"auto"`` picks) uses
         one shifted Cholesky-QR pass between products and CholQR2 for the final basis,
@@ -66,7 +68,9 @@ def range_finder(
         Source of the Gaussian test matrix. The same seed gives the same result on the
         same backend; one test matrix serves every matrix of a stack.
     check_finite : bool, default True
-        Raise ``ValueError`` if ``X`` holds NaN or Inf.
+        Raise ``ValueError`` if ``X`` (or ``start``) holds NaN or Inf. ``False`` skips the
+        check: on non-finite input the result is undefined (it may hold NaN or Inf,
+        or a ``ValueError`` is raised), but the call never hangs or crashes.
 
     Returns
     -------

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
-import numbers
 
-from ._array_api import Array, namespace_of
+from ._array_api import Array
+from ._validation import (
+    array_namespace,
+    as_plain_array,
+    check_dtype,
+    check_int,
+    check_real,
+    require_finite,
+)
 
 __all__ = ["select_rank", "ea_rank_bound"]
 
@@ -30,7 +37,8 @@ def select_rank(eigenvalues: Array, *, rtol: float) -> int | Array:
     Raises
     ------
     ValueError
-        If ``rtol`` is not in ``(0, 1]`` or ``eigenvalues`` is empty.
+        If ``rtol`` is not in ``(0, 1]``, or ``eigenvalues`` is empty or holds NaN or
+        infinite entries.
     TypeError
         If ``eigenvalues`` is not a real floating array or ``rtol`` not a real number.
 
@@ -41,17 +49,19 @@ def select_rank(eigenvalues: Array, *, rtol: float) -> int | Array:
     >>> select_rank(np.array([10.0, 5.0, 1.0, 0.1]), rtol=0.05)
     3
     """
-    xp = namespace_of(eigenvalues)
+    eigenvalues = as_plain_array(eigenvalues, "eigenvalues")
+    xp = array_namespace(eigenvalues, "eigenvalues")
     if not xp.isdtype(eigenvalues.dtype, "real floating"):
         raise TypeError(f"eigenvalues: expected a real floating dtype, got {eigenvalues.dtype}")
-    if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
-        raise TypeError(f"rtol: expected a real number, got {rtol!r}")
+    check_dtype(xp, eigenvalues.dtype, "eigenvalues", promote=False, device=None)
+    rtol = check_real(rtol, "rtol")
     if not 0 < rtol <= 1:
         raise ValueError(f"rtol: must be in (0, 1], got {rtol!r}")
     if eigenvalues.ndim == 0 or eigenvalues.shape[-1] == 0:
         raise ValueError(
             f"eigenvalues: expected a non-empty array, got shape {tuple(eigenvalues.shape)}"
         )
+    require_finite(xp, eigenvalues, "eigenvalues")
     threshold = rtol * xp.max(eigenvalues, axis=-1, keepdims=True)
     kept = xp.sum(xp.astype(eigenvalues >= threshold, xp.int64), axis=-1)
     kept = xp.maximum(kept, xp.ones_like(kept))
@@ -82,21 +92,30 @@ def ea_rank_bound(rho: float, eps: float, *, alpha: float = 1.0, batch_rank: int
     int
         ``batch_rank * r_eps`` (at least ``batch_rank``).
 
+    Raises
+    ------
+    TypeError
+        If ``rho``, ``eps`` or ``alpha`` is not a real number or ``batch_rank`` not an
+        integer.
+    ValueError
+        If ``rho`` or ``eps`` is not in ``(0, 1)``, ``alpha`` is not finite and
+        positive, or ``batch_rank < 1``.
+
     Examples
     --------
     >>> from rnla import ea_rank_bound
     >>> ea_rank_bound(0.95, 0.03)
     69
     """
+    rho, eps, alpha = (
+        check_real(v, name) for v, name in ((rho, "rho"), (eps, "eps"), (alpha, "alpha"))
+    )
     if not 0 < rho < 1:
         raise ValueError(f"rho: must be in (0, 1), got {rho!r}")
     if not 0 < eps < 1:
         raise ValueError(f"eps: must be in (0, 1), got {eps!r}")
-    if not alpha > 0:
-        raise ValueError(f"alpha: must be > 0, got {alpha!r}")
-    if isinstance(batch_rank, bool) or not isinstance(batch_rank, numbers.Integral):
-        raise TypeError(f"batch_rank: expected an integer, got {batch_rank!r}")
-    if batch_rank < 1:
-        raise ValueError(f"batch_rank: must be >= 1, got {batch_rank}")
-    r_eps = max(1, math.ceil(math.log(alpha * eps) / math.log(rho)))
-    return int(batch_rank) * r_eps
+    if not 0 < alpha < math.inf:
+        raise ValueError(f"alpha: must be > 0 and finite, got {alpha!r}")
+    batch_rank = check_int(batch_rank, "batch_rank", minimum=1)
+    r_eps = max(1, math.ceil((math.log(alpha) + math.log(eps)) / math.log(rho)))
+    return batch_rank * r_eps

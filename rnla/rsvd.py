@@ -7,7 +7,12 @@ from typing import NamedTuple
 from ._array_api import Array, RandomState, cast_to_input_precision, conj_transpose
 from ._range_finders import factor_projection
 from ._sketch import plan_sketch
-from ._validation import check_int, check_rank
+from ._validation import (
+    check_int,
+    check_rank,
+    check_representable,
+    report_unchecked_non_finite,
+)
 from .operators import as_operand
 
 __all__ = ["SVDResult", "rsvd"]
@@ -33,6 +38,7 @@ class SVDResult(NamedTuple):
     """Conjugate-transposed right singular vectors, shape (..., r, n)."""
 
 
+@report_unchecked_non_finite("X")
 def rsvd(
     X: Array,
     r: int,
@@ -87,15 +93,17 @@ def rsvd(
     start : array, shape (..., n, j), optional
         ``1 <= j <= r + oversample`` columns that seed the sketch in place of the first
         Gaussian columns, e.g. ``Vh^H`` of a previous decomposition of a slowly changing
-        matrix; the other columns are Gaussian. With ``n_iter=0`` it is a single pass
-        (two products). The sketch is then taken on the right of ``X`` even when ``X``
-        is wide.
+        matrix; the other columns are Gaussian. No column may be zero. With ``n_iter=0``
+        it is a single pass (two products). The sketch is then taken on the right of
+        ``X`` even when ``X`` is wide.
     normalizer : {"auto", "cholqr2", "qr", "lu", "none"}, default "auto"
         Re-normalization between products; see :func:`rnla.range_finder`.
     rng : None, int, numpy.random.Generator, torch.Generator or CuPy generator
         Source of the Gaussian test matrix; a seed gives reproducible results.
     check_finite : bool, default True
-        Raise ``ValueError`` if ``X`` holds NaN or Inf.
+        Raise ``ValueError`` if ``X`` (or ``start``) holds NaN or Inf. ``False`` skips the
+        check: on non-finite input the result is undefined (it may hold NaN or Inf,
+        or a ``ValueError`` is raised), but the call never hangs or crashes.
 
     Returns
     -------
@@ -166,4 +174,5 @@ def rsvd(
     if wide:
         U, V = V, U
     Vh = conj_transpose(xp, V)
+    check_representable(xp, op.out_dtype, S, op.name)
     return SVDResult(*cast_to_input_precision(xp, op.out_dtype, U, S, Vh))

@@ -9,7 +9,13 @@ import numpy as np
 
 from ._array_api import Array, check_same_device, device_of, namespace_of
 from ._low_rank_inverse import apply_woodbury_terms, woodbury_terms
-from ._validation import check_matrix
+from ._validation import (
+    as_plain_array,
+    check_dtype,
+    check_flag,
+    check_matrix,
+    require_finite,
+)
 
 __all__ = ["woodbury_solve"]
 
@@ -74,9 +80,9 @@ def woodbury_solve(
     tail : float or array of shape (...), default 0.0
         Eigenvalue assumed for the orthogonal complement of ``span(U)``.
     check_values : bool, default True
-        Check that ``lam`` and ``tail`` are finite and ``K`` is not singular. Each
-        check waits for the device on GPUs; pass ``False`` in a hot loop whose values
-        are valid by construction (shapes and types are always checked).
+        Check that ``U``, ``d``, ``M``, ``lam`` and ``tail`` are finite and ``K`` is not
+        singular. Each check waits for the device on GPUs; pass ``False`` in a hot loop
+        whose values are valid by construction (shapes and types are always checked).
 
     Returns
     -------
@@ -86,11 +92,12 @@ def woodbury_solve(
     Raises
     ------
     TypeError
-        For non-floating dtypes, non-real ``d``, ``lam`` or ``tail``, or arrays from
-        different libraries or devices.
+        For non-floating dtypes, non-real ``d``, ``lam`` or ``tail``, arrays from
+        different libraries or devices, or a ``check_values`` that is not a bool.
     ValueError
-        For mismatched shapes, an unknown ``side``, non-finite ``lam`` or ``tail``, or a
-        singular ``K``: ``tail + lam <= 0`` while ``r < n``, or ``d + lam == 0``.
+        For mismatched shapes, an unknown ``side``, non-finite ``U``, ``d``, ``M``,
+        ``lam`` or ``tail``, or a singular ``K``: ``tail + lam <= 0`` while ``r < n``,
+        or ``d + lam == 0``.
 
     Examples
     --------
@@ -106,6 +113,8 @@ def woodbury_solve(
     """
     if side not in _SIDES:
         raise ValueError(f"side: expected one of {_SIDES}, got {side!r}")
+    check_values = check_flag(check_values, "check_values")
+    U, d, M = (as_plain_array(a, name) for a, name in ((U, "U"), (d, "d"), (M, "M")))
     xp = check_matrix(U, "U")
     check_matrix(M, "M")
     try:
@@ -115,6 +124,10 @@ def woodbury_solve(
     check_same_device({"U": U, "d": d, "M": M})
     if xp.isdtype(d.dtype, "complex floating") or not xp.isdtype(d.dtype, "real floating"):
         raise TypeError(f"d: expected a real floating dtype, got {d.dtype}")
+    check_dtype(xp, d.dtype, "d", promote=False, device=None)
+    if check_values:
+        for name, array in (("U", U), ("d", d), ("M", M)):
+            require_finite(xp, array, name)
     n, r = U.shape[-2:]
     if r > n:
         raise ValueError(f"U: expected at most as many columns as rows, got shape {tuple(U.shape)}")

@@ -16,7 +16,7 @@ same-sized ones into one batched call, with the ranks chosen by a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,8 +26,13 @@ import rnla
 from .inverse import FactorInverse
 from .rank_policy import RankPolicy
 
+if TYPE_CHECKING:
+    from .inverse_updater import DecompositionPlan
+    from .layers import Factor, KFACLayer
+
 __all__ = [
     "DECOMPOSERS",
+    "BrandDecomposer",
     "Decomposer",
     "EighDecomposer",
     "NystromDecomposer",
@@ -158,6 +163,80 @@ class Decomposer:
         """
         raise NotImplementedError(f"{self.name}: an exact method has no sketch")
 
+    def prepare(self, layers: list[KFACLayer], plan: DecompositionPlan) -> None:
+        """Set up the layers' factors before the first step (nothing for these methods).
+
+        ``plan`` is the first step's :class:`~rnla_kfac.inverse_updater.DecompositionPlan`.
+
+        Examples
+        --------
+        >>> decomposer_for("rsvd").prepare([], None)
+        """
+
+    def factor_cost(self, plan: DecompositionPlan, factor: Factor) -> float:
+        """Estimated flops of ``factor``'s decomposition under ``plan`` (all its blocks).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.inverse_updater import DecompositionPlan
+        >>> from rnla_kfac.layers import Factor
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
+        >>> plan.decomposer.factor_cost(plan, Factor("A", "fc", 10, torch.float32, None))
+        1000.0
+        """
+        rank = plan.sketch_rank(factor)
+        return factor.blocks * self.cost(factor.size, rank or 0, plan.oversample)
+
+    def run(self, plan: DecompositionPlan, factors: list[Factor]) -> list[FactorInverse | None]:
+        """Decompose ``factors``' averages under ``plan`` (undamped; None where one failed).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.inverse_updater import DecompositionPlan
+        >>> from rnla_kfac.layers import Factor
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
+        >>> plan.decomposer.run(plan, [Factor("G", "fc", 3, torch.float32, torch.device("cpu"))])
+        [FactorInverse(size=3, rank=3)]
+        """
+        return decompose_factors(
+            [factor.matrix for factor in factors],
+            self,
+            plan.policy,
+            hints=[factor.rank_hint for factor in factors],
+            floors=[factor.identity_weight for factor in factors],
+            oversample=plan.oversample,
+            n_iter=plan.n_iter,
+            tail_compensation=plan.tail_compensation,
+            rng=plan.seed,
+            starts=[plan.start_block(factor) for factor in factors],
+            warm_n_iter=plan.n_iter if plan.warm_n_iter is None else plan.warm_n_iter,
+        )
+
+    def adopt(self, factor: Factor, inverse: FactorInverse, plan: DecompositionPlan) -> None:
+        """Store a new ``inverse`` on ``factor`` with what the next decomposition reads.
+
+        The sketch rank a warm start compares against and the next ``"auto"`` hint.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.inverse_updater import DecompositionPlan
+        >>> from rnla_kfac.layers import Factor
+        >>> plan = DecompositionPlan(decomposer_for("rsvd"), RankPolicy(2), 2, 1, None, True, 0)
+        >>> factor = Factor("G", "fc", 30, torch.float32, torch.device("cpu"))
+        >>> (inverse,) = plan.run([factor])
+        >>> plan.decomposer.adopt(factor, inverse, plan)
+        >>> factor.inverse.rank, factor.sketch_rank, factor.rank_hint
+        (2, 2, 6)
+        """
+        factor.adopt_inverse(inverse)
+        factor.sketch_rank = None
+        if not inverse.exact:
+            factor.sketch_rank = plan.sketch_rank(factor)
+            factor.rank_hint = plan.policy.next_hint(inverse)
+
     def state_dict(self) -> dict[str, Any]:
         """What the method carries between decompositions (none for the methods here).
 
@@ -277,6 +356,107 @@ class NystromDecomposer(RSVDDecomposer):
         )
 
 
+class BrandDecomposer(RSVDDecomposer):
+    """B-KFAC: factors kept as their low-rank state, Brand-updated (``method="brand"``).
+
+    Every factor of size ``d`` whose batches have ``n`` rows with ``r + n < d`` (``r``
+    the rank) keeps no dense matrix: it records its batches as rows and folds them with
+    :func:`rnla.brand_update` (:mod:`rnla_kfac.low_rank_factor`), ``O(d (r + n)^2)``
+    per factor update instead of ``O(d^2 n)``, ``O(d (r + n))`` memory instead of
+    ``O(d^2)``. On inverse-update steps its "decomposition" is the correction
+    (:meth:`~rnla_kfac.low_rank_factor.LowRankFactor.corrected`: the batches since the
+    previous one re-folded at once, at most ``window`` of them), whose ``r`` eigenpairs,
+    tail mean and trace become both the inverse and the new state. The other factors
+    (``r + n >= d``, block-diagonal or diagonal ones) are dense and decomposed by RS-KFAC
+    (:class:`RSVDDecomposer`), warm starts included. Each factor's choice is its
+    :attr:`~rnla_kfac.layers.Factor.storage` (``KFACPreconditioner.factor_storage``).
+
+    Parameters
+    ----------
+    window : int, default 8
+        Most batches stored for the correction (``O(window n d)`` memory per factor).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac import KFACPreconditioner
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 100), torch.nn.Linear(100, 3))
+    >>> pre = KFACPreconditioner(model, method="brand", rank=10, factor_update_period=1,
+    ...                          inverse_update_period=2)
+    >>> for _ in range(3):
+    ...     model(torch.randn(16, 8)).square().mean().backward()
+    ...     pre.step()
+    >>> pre.factor_storage
+    {'0': ('dense', 'brand'), '1': ('brand', 'dense')}
+    >>> pre.inverses()["1"][0]
+    FactorInverse(size=101, rank=10)
+    """
+
+    name = "brand"
+
+    def __init__(self, window: int = 8):
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window: expected an integer >= 1, got {window!r}")
+        self.window = window
+
+    def prepare(self, layers: list[KFACLayer], plan: DecompositionPlan) -> None:
+        """Make every factor a low-rank candidate of the first step's rank (see
+        :meth:`~rnla_kfac.layers.Factor.keep_low_rank`)."""
+        for layer in layers:
+            for factor in layer.factors:
+                rank = plan.sketch_rank(factor)
+                if rank is not None:
+                    factor.keep_low_rank(rank, self.window)
+
+    def factor_cost(self, plan: DecompositionPlan, factor: Factor) -> float:
+        """``d (r + m)^2`` for a low-rank factor's correction (``m`` stored rows)."""
+        state = factor.low_rank
+        if state is None:
+            return super().factor_cost(plan, factor)
+        stored = sum(columns.shape[-1] for columns in state.rows)
+        return float(factor.size) * (state.rank + stored) ** 2
+
+    def run(self, plan: DecompositionPlan, factors: list[Factor]) -> list[FactorInverse | None]:
+        """Correct the low-rank factors, decompose the dense ones (RS-KFAC)."""
+        dense = [factor for factor in factors if factor.low_rank is None]
+        decomposed = iter(super().run(plan, dense) if dense else [])
+        return [
+            next(decomposed) if factor.low_rank is None else _corrected_inverse(plan, factor)
+            for factor in factors
+        ]
+
+    def adopt(self, factor: Factor, inverse: FactorInverse, plan: DecompositionPlan) -> None:
+        """As :meth:`Decomposer.adopt`; a low-rank factor's next updates keep the next
+        step's rank (``"auto"``: its new hint)."""
+        super().adopt(factor, inverse, plan)
+        if factor.low_rank is not None:
+            factor.low_rank.rank = plan.policy.sketch_rank(factor.size, factor.rank_hint)
+
+    def __repr__(self) -> str:
+        return f"BrandDecomposer(window={self.window})"
+
+
+def _corrected_inverse(plan: DecompositionPlan, factor: Factor) -> FactorInverse | None:
+    """The inverse of a low-rank factor's corrected state (None: the update failed).
+
+    ``"auto"`` keeps the policy's modes of the state; a saturated state keeps all.
+    """
+    try:
+        average = factor.low_rank.corrected()
+    except RuntimeError:  # torch.linalg.LinAlgError: a failed small eigh
+        return None
+    values, vectors, trace = average
+    if not bool(torch.isfinite(values).all()):
+        return None
+    rank = values.shape[-1]
+    kept = _inverse(
+        values, vectors, trace, rank, plan.policy, factor.identity_weight, plan.tail_compensation
+    )
+    if kept is None:
+        kept = _inverse(values, vectors, trace, rank, RankPolicy(rank), 0.0, plan.tail_compensation)
+    return kept
+
+
 def _options(rng: Any, start: Tensor | None) -> dict[str, Any]:
     return {"rng": rng, "check_finite": False, "start": start}
 
@@ -324,7 +504,7 @@ def register_decomposer(decomposer_class: type[Decomposer]) -> type[Decomposer]:
     return decomposer_class
 
 
-for _cls in (EighDecomposer, RSVDDecomposer, SREVDDecomposer, NystromDecomposer):
+for _cls in (EighDecomposer, RSVDDecomposer, SREVDDecomposer, NystromDecomposer, BrandDecomposer):
     register_decomposer(_cls)
 
 

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from .decomposers import decomposer_for
 from .inverse import FactorInverse
 from .layers import Factor
+from .low_rank_factor import BatchRows
 
 __all__ = [
     "CommunicationStats",
@@ -55,6 +56,7 @@ __all__ = [
     "choose_strategy",
     "decomposition_cost",
     "gather_failures",
+    "gather_rows",
     "is_distributed",
     "pack_inverse",
     "pack_upper_triangles",
@@ -204,6 +206,28 @@ def allreduce_symmetric(
         bucket_size += size
     flush()
     return averaged
+
+
+def gather_rows(
+    batch: BatchRows,
+    *,
+    group: dist.ProcessGroup | None = None,
+    stats: CommunicationStats | None = None,
+) -> BatchRows:
+    """The rows of every process's batch, concatenated and scaled by ``1 / sqrt(world)``.
+
+    Their Gram is the average of the processes' batch factors (what
+    :func:`allreduce_symmetric` gives a dense factor). Every process must hold the same
+    number of rows.
+    """
+    world = dist.get_world_size(group)
+    device = _collective_device(group)
+    rows = batch.rows.to(device).contiguous()
+    gathered = [torch.empty_like(rows) for _ in range(world)]
+    dist.all_gather(gathered, rows, group=group)
+    if stats is not None:
+        stats.record("allgather", rows)
+    return BatchRows(torch.cat(gathered).to(batch.rows.device) / world**0.5)
 
 
 def decomposition_cost(size: int, method: str, rank: int, oversample: int) -> float:
@@ -459,8 +483,21 @@ class SharedStrategy(DistributionStrategy):
         super().__init__()
         self.group = group
 
-    def average_batch_factors(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-        return allreduce_symmetric(batches, group=self.group, stats=self.communication)
+    def average_batch_factors(
+        self, batches: list[torch.Tensor | BatchRows]
+    ) -> list[torch.Tensor | BatchRows]:
+        dense = [j for j, batch in enumerate(batches) if not isinstance(batch, BatchRows)]
+        averaged = list(batches)
+        if dense:
+            reduced = allreduce_symmetric(
+                [batches[j] for j in dense], group=self.group, stats=self.communication
+            )
+            for j, batch in zip(dense, reduced, strict=True):
+                averaged[j] = batch
+        for j, batch in enumerate(batches):
+            if isinstance(batch, BatchRows):
+                averaged[j] = gather_rows(batch, group=self.group, stats=self.communication)
+        return averaged
 
     def decompose(
         self, factors: list[Factor], job: DecompositionJob, *, phase: str
@@ -474,12 +511,12 @@ class SharedStrategy(DistributionStrategy):
         error = None
         try:
             for j, result in zip(mine, job.run([factors[j] for j in mine])):
-                payloads[j] = pack_inverse(result, factors[j].matrix)
+                payloads[j] = pack_inverse(result, factors[j].layout)
         except Exception as exc:  # re-raised on every process just below
             error = exc
         raise_if_any_rank_failed(error, group=self.group, phase=phase)
         shared = broadcast_from_owners(payloads, owners, group=self.group, stats=self.communication)
-        return [unpack_inverse(payload, f.matrix) for payload, f in zip(shared, factors)]
+        return [unpack_inverse(payload, f.layout) for payload, f in zip(shared, factors)]
 
 
 def choose_strategy(group: dist.ProcessGroup | None = None) -> DistributionStrategy:

@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor
 
 from ._checks import Schedule
-from .decomposers import Decomposer, decompose_factors
+from .decomposers import Decomposer
 from .distributed import DistributionStrategy, LocalStrategy
 from .inverse import FactorInverse
 from .layers import Factor, KFACLayer
@@ -113,8 +113,7 @@ class DecompositionPlan:
         >>> plan.cost(Factor("A", "fc", 10, torch.float32, torch.device("cpu"), blocks=2))
         2000.0
         """
-        rank = self.sketch_rank(factor)
-        return factor.blocks * self.decomposer.cost(factor.size, rank or 0, self.oversample)
+        return self.decomposer.factor_cost(self, factor)
 
     def start_block(self, factor: Factor) -> Tensor | None:
         """The previous eigenvectors of ``factor`` if its decomposition starts warm, else None.
@@ -147,12 +146,13 @@ class DecompositionPlan:
         rank = self.sketch_rank(factor)
         if rank is None or self.decomposer.is_exact(rank, self.oversample, factor.size):
             return None
-        vectors, matrix = inverse.eigenvectors, factor.matrix
+        vectors, layout = inverse.eigenvectors, factor.layout
         if (
             rank > factor.sketch_rank
-            or vectors.shape[:-1] != matrix.shape[:-1]
-            or vectors.dtype != matrix.dtype
-            or vectors.device != matrix.device
+            or vectors.shape[:-2] != layout.shape[:-2]
+            or vectors.shape[-2] != factor.size
+            or vectors.dtype != factor.dtype
+            or vectors.device != factor.device
         ):
             return None
         return vectors
@@ -170,19 +170,7 @@ class DecompositionPlan:
         >>> plan.run([Factor("G", "fc", 3, torch.float32, torch.device("cpu"))])
         [FactorInverse(size=3, rank=3)]
         """
-        return decompose_factors(
-            [factor.matrix for factor in factors],
-            self.decomposer,
-            self.policy,
-            hints=[factor.rank_hint for factor in factors],
-            floors=[factor.identity_weight for factor in factors],
-            oversample=self.oversample,
-            n_iter=self.n_iter,
-            tail_compensation=self.tail_compensation,
-            rng=self.seed,
-            starts=[self.start_block(factor) for factor in factors],
-            warm_n_iter=self.n_iter if self.warm_n_iter is None else self.warm_n_iter,
-        )
+        return self.decomposer.run(self, factors)
 
 
 class InverseUpdater:
@@ -249,6 +237,22 @@ class InverseUpdater:
         self.tail_compensation = tail_compensation
         self.seed = seed
         self.strategy = LocalStrategy() if strategy is None else strategy
+
+    def prepare(self, layers: list[KFACLayer]) -> None:
+        """Let the decomposer set up the layers' factors before the first step.
+
+        (:meth:`Decomposer.prepare`: Brand makes its factors low-rank candidates.)
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(300, 2), method="brand", rank=8)
+        >>> pre.updater.prepare(pre.layers)
+        >>> pre.layers[0].A.storage
+        'undecided'
+        """
+        self.decomposer.prepare(layers, self.plan(0))
 
     def sketch_seed(self, step: int) -> int:
         """Seed of the step's sketches: the same on every process and after a resume.
@@ -317,11 +321,7 @@ class InverseUpdater:
             if result is None:
                 failed.append(factor.name)
                 continue
-            factor.inverse = result
-            factor.sketch_rank = None
-            if not result.exact:
-                factor.sketch_rank = plan.sketch_rank(factor)
-                factor.rank_hint = plan.policy.next_hint(result)
+            self.decomposer.adopt(factor, result, plan)
         if failed:
             warnings.warn(
                 f"step {step}: the {self.decomposer.name} decomposition of factors {failed} "

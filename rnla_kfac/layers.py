@@ -15,9 +15,12 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+import rnla
+
 from .attention import attention_helpers
 from .diagonal import ParameterHelper, bare_parameters
 from .inverse import DiagonalInverse, FactorInverse, Inverse
+from .low_rank_factor import BatchRows, LowRankFactor, batch_rows
 from .modules import LayerHelper, helper_for
 
 __all__ = [
@@ -115,12 +118,13 @@ class Factor:
         self.key = key
         self.name = f"{layer_name}.{key}"
         self.diagonal = diagonal
-        if diagonal:
-            self.matrix = torch.ones(size, dtype=dtype, device=device)
-        else:
-            self.matrix = torch.eye(size, dtype=dtype, device=device)
-            if blocks is not None:
-                self.matrix = self.matrix.repeat(blocks, 1, 1)
+        self.dtype = dtype
+        self.device = device
+        self._size = size
+        self._stack = () if blocks is None else (blocks,)
+        self._matrix: Tensor | None = None  # the identity start, made on first use
+        self.low_rank: LowRankFactor | None = None
+        self.low_rank_candidate: tuple[int, int] | None = None
         self.inverse: Inverse | None = None
         self.rank_hint: int | None = None
         self.sketch_rank: int | None = None
@@ -129,47 +133,144 @@ class Factor:
         self.reset_batch()
 
     @property
+    def matrix(self) -> Tensor:
+        """The exponential average (dense; made from the low-rank state if it has one).
+
+        A factor kept as :attr:`low_rank` holds no dense matrix: this reads its
+        ``U diag(d) U^T + mu (I - U U^T)``, ``O(n^2)`` memory (inspection only).
+        """
+        if self.low_rank is not None:
+            return self.low_rank.average.dense()
+        if self._matrix is None:
+            if self.diagonal:
+                self._matrix = torch.ones(self._size, dtype=self.dtype, device=self.device)
+            else:
+                eye = torch.eye(self._size, dtype=self.dtype, device=self.device)
+                self._matrix = eye.repeat(*self._stack, 1, 1) if self._stack else eye
+        return self._matrix
+
+    @property
     def size(self) -> int:
         """The dimension ``n``."""
-        return self.matrix.shape[-1]
+        return self._size
 
     @property
     def blocks(self) -> int:
         """Number of stacked blocks (1 for a single matrix or a diagonal)."""
-        return self.matrix.shape[0] if self.matrix.ndim == 3 else 1
+        return self._stack[0] if self._stack else 1
+
+    @property
+    def layout(self) -> Tensor:
+        """A tensor with no entries of shape ``(*stack, 0, n)``: the factor's batch shape,
+        size, dtype and device, for code that needs them without the average."""
+        return torch.empty((*self._stack, 0, self._size), dtype=self.dtype, device=self.device)
+
+    @property
+    def storage(self) -> str:
+        """``"brand"`` for a factor kept as its low-rank state, else ``"dense"``.
+
+        A Brand candidate before its first fold reads ``"undecided"``.
+        """
+        if self.low_rank is not None:
+            return "brand"
+        return "undecided" if self.low_rank_candidate is not None else "dense"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the average (the low-rank state, or the dense matrix once made)."""
+        if self.low_rank is not None:
+            return self.low_rank.nbytes
+        if self._matrix is None:
+            return 0
+        return self._matrix.numel() * self._matrix.element_size()
+
+    @property
+    def records_rows(self) -> bool:
+        """Whether the batch statistics are recorded as rows (:class:`BatchRows`)."""
+        return self.low_rank is not None or self.low_rank_candidate is not None
+
+    def keep_low_rank(self, rank: int, window: int) -> None:
+        """Make this factor a Brand candidate: record rows, and on the first fold keep it as a
+        :class:`~rnla_kfac.low_rank_factor.LowRankFactor` of ``rank`` if ``rank + m < n``
+        for that batch's ``m`` rows (else dense from then on).
+
+        Block-diagonal and diagonal factors stay dense.
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("G", "head", 50, torch.float64, torch.device("cpu"))
+        >>> factor.keep_low_rank(rank=8, window=2)
+        >>> factor.fold(BatchRows(torch.randn(4, 50, dtype=torch.float64)), decay=0.9)
+        >>> factor.storage, factor.low_rank.average.rank
+        ('brand', 4)
+        """
+        if self.diagonal or self._stack:
+            return
+        self.low_rank_candidate = (rank, window)
 
     def reset_batch(self) -> None:
         """Forget the batch statistics recorded since the last :meth:`take_batch`."""
         self._sum: Tensor | None = None
         self.count = 0
 
-    def record(self, batch: Tensor) -> None:
-        """Add the batch factor of one forward or backward pass (summed in place)."""
+    def record(self, batch: Tensor | BatchRows) -> None:
+        """Add the batch factor of one forward or backward pass (summed in place; rows,
+        :class:`~rnla_kfac.low_rank_factor.BatchRows`, are concatenated)."""
         self._sum = batch if self._sum is None else self._sum.add_(batch)
         self.count += 1
 
-    def take_batch(self) -> Tensor:
+    def take_batch(self) -> Tensor | BatchRows:
         """The mean of the recorded batch factors; the recorded statistics are reset."""
         batch = self._sum if self.count == 1 else self._sum.div_(self.count)
         self.reset_batch()
         return batch
 
     @staticmethod
-    def is_finite(batch: Tensor) -> Tensor:
+    def is_finite(batch: Tensor | BatchRows) -> Tensor:
         """Whether a batch factor is free of NaN and Inf, a 0-d bool tensor (no host sync).
 
         A NaN or Inf in a Gram matrix shows on its diagonal: a NaN/Inf input entry
         makes its column's squared norm NaN/Inf, and ``|F_jk| <= sqrt(F_jj F_kk)``. A
         1-D batch is the diagonal of a diagonal factor.
         """
+        if isinstance(batch, BatchRows):
+            return batch.is_finite()
         diagonal = batch if batch.ndim == 1 else batch.diagonal(dim1=-2, dim2=-1)
         return torch.isfinite(diagonal).all()
 
-    def fold(self, batch: Tensor, decay: float) -> None:
-        """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``."""
-        self.matrix.lerp_(batch, 1 - decay)
+    def fold(self, batch: Tensor | BatchRows, decay: float) -> None:
+        """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``.
+
+        Rows of a low-rank factor are folded by a Brand update
+        (:meth:`LowRankFactor.fold`); a Brand candidate decides its storage here.
+        """
+        if isinstance(batch, BatchRows):
+            if self.low_rank_candidate is not None:
+                self._decide_storage(batch)
+            if self.low_rank is not None:
+                self.low_rank.fold(batch.rows.T, decay)
+            else:
+                self.matrix.lerp_(batch.gram(), 1 - decay)
+        else:
+            self.matrix.lerp_(batch, 1 - decay)
         self.updates += 1
         self.identity_weight *= decay
+
+    def _decide_storage(self, batch: BatchRows) -> None:
+        """Low rank when ``rank + m < n`` for this batch's ``m`` rows, else dense."""
+        rank, window = self.low_rank_candidate
+        self.low_rank_candidate = None
+        if rank + batch.rows.shape[0] < self.size:
+            start = rnla.LowRankAverage.scaled_identity(batch.rows.T, self.identity_weight)
+            self.low_rank = LowRankFactor(start, rank=rank, window=window)
+
+    def adopt_inverse(self, inverse: FactorInverse) -> None:
+        """Set :attr:`inverse`; a low-rank factor also takes its eigenpairs and trace as its
+        state (a correction's result, the same on every process)."""
+        self.inverse = inverse
+        if self.low_rank is not None:
+            self.low_rank.adopt(inverse.eigenvalues, inverse.eigenvectors, inverse.trace)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the average and inverse to ``device`` and ``dtype``; forget the batch.
@@ -182,7 +283,11 @@ class Factor:
         >>> factor.matrix.dtype
         torch.float64
         """
-        self.matrix = self.matrix.to(device=device, dtype=dtype)
+        self.dtype, self.device = dtype, device
+        if self._matrix is not None:
+            self._matrix = self._matrix.to(device=device, dtype=dtype)
+        if self.low_rank is not None:
+            self.low_rank.to(device, dtype)
         if self.inverse is not None:
             self.inverse = self.inverse.to(device, dtype)
         self.reset_batch()
@@ -206,12 +311,13 @@ class Factor:
 
     def load_matrix(self, matrix: Tensor) -> None:
         """Replace the average by a copy of ``matrix`` (the average is updated in place)."""
-        self.matrix = matrix.to(device=self.matrix.device, dtype=self.matrix.dtype, copy=True)
+        self._matrix = matrix.to(device=self.device, dtype=self.dtype, copy=True)
 
     def __repr__(self) -> str:
         rank = None if self.inverse is None else self.inverse.rank
         kind = ", diagonal" if self.diagonal else f", blocks={self.blocks}" * (self.blocks > 1)
-        return f"Factor({self.name!r}, size={self.size}{kind}, rank={rank})"
+        storage = "" if self.storage == "dense" else f", storage={self.storage!r}"
+        return f"Factor({self.name!r}, size={self.size}{kind}, rank={rank}{storage})"
 
 
 class KFACLayer:
@@ -305,7 +411,7 @@ class KFACLayer:
         """
         weight = self.helper.weight
         dtype = factor_dtype(weight.dtype)
-        if dtype == self.dtype and weight.device == self.A.matrix.device:
+        if dtype == self.dtype and weight.device == self.A.device:
             return
         self.dtype = dtype
         for factor in self.factors:
@@ -313,6 +419,9 @@ class KFACLayer:
 
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
+        if self.A.records_rows:
+            self.A.record(batch_rows(self.helper, x, "input", self.dtype, self.statistics_dtype))
+            return
         self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
 
     def record_output_grad(self, grad_output: Tensor, scale: float | Tensor = 1.0) -> None:
@@ -322,6 +431,10 @@ class KFACLayer:
         undoes a loss divided for gradient accumulation or multiplied by a gradient
         scaler (a power of two for both makes it exact).
         """
+        if self.G.records_rows:
+            rows = batch_rows(self.helper, grad_output, "output", self.dtype, self.statistics_dtype)
+            self.G.record(rows.mul_(scale))
+            return
         batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
         if not isinstance(scale, Tensor) and scale == 1:
             self.G.record(batch)
@@ -358,8 +471,16 @@ class KFACLayer:
         state: dict[str, Any] = {}
         for factor in self.factors:
             inverse = None if factor.inverse is None else factor.inverse.state_dict()
-            state[factor.key] = factor.matrix
+            state[factor.key] = None if factor.low_rank is not None else factor.matrix
             state[f"{factor.key}_inverse"] = inverse
+        if any(factor.storage != "dense" for factor in self.factors):
+            state["low_rank"] = {
+                factor.key: None if factor.low_rank is None else factor.low_rank.state_dict()
+                for factor in self.factors
+            }
+            state["low_rank_candidates"] = {
+                factor.key: factor.low_rank_candidate for factor in self.factors
+            }
         state["rank_hints"] = {factor.key: factor.rank_hint for factor in self.factors}
         state["sketch_ranks"] = {factor.key: factor.sketch_rank for factor in self.factors}
         state["updates"] = self.updates
@@ -372,8 +493,15 @@ class KFACLayer:
         A state without ``"sketch_ranks"`` (written before warm starts) leaves them
         None: the next decompositions start cold.
         """
+        low_rank = state.get("low_rank", {})
         for factor in self.factors:
-            theirs, mine = tuple(state[factor.key].shape), tuple(factor.matrix.shape)
+            if state[factor.key] is None:  # kept as its low-rank state
+                theirs, mine = (low_rank[factor.key]["average"][1].shape[0],), (factor.size,)
+            else:
+                theirs = tuple(state[factor.key].shape)
+                mine = (*factor.layout.shape[:-2], factor.size, factor.size)
+                if factor.diagonal:
+                    mine = (factor.size,)
             if theirs != mine:
                 raise ValueError(
                     f"state_dict: layer {self.name!r} has factor {factor.key} of shape "
@@ -381,8 +509,13 @@ class KFACLayer:
                 )
         for factor in self.factors:
             inverse = state[f"{factor.key}_inverse"]
-            device = factor.matrix.device
-            factor.load_matrix(state[factor.key])  # a copy: the state dict is not aliased
+            device = factor.device
+            factor.low_rank, factor._matrix = None, None
+            if state[factor.key] is None:
+                factor.low_rank = LowRankFactor.from_state_dict(low_rank[factor.key], device)
+            else:
+                factor.load_matrix(state[factor.key])  # a copy: the state dict is not aliased
+            factor.low_rank_candidate = state.get("low_rank_candidates", {}).get(factor.key)
             kind = DiagonalInverse if factor.diagonal else FactorInverse
             factor.inverse = None if inverse is None else kind.from_state_dict(inverse, device)
             factor.rank_hint = state["rank_hints"][factor.key]

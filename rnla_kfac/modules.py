@@ -44,8 +44,11 @@ keep KFC's split: ``A`` times ``S``, ``G`` over ``S``, ``S = R / K``);
 rows of ``g``: ``A = sum a_n a_n^T / N`` and ``G = N T sum g_n g_n^T``. Both equal
 curvlinops' ``KFACLinearOperator`` with the same ``kfac_approx`` and
 ``num_per_example_loss_terms`` on one call of the layer, and the same layer on the
-stacked input of its calls. ``T`` unset means ``T = R`` for the linear layers (every
-row one loss term: the conventions above) and ``T = 1`` for the convolutions (KFC).
+stacked input of its calls. ``T`` unset is 1 where the model's output has one
+row per example, ``(N,)`` or ``(N, C)``
+(:func:`~rnla_kfac.statistics.loss_terms_of_output`), and otherwise ``T = R`` for the
+linear layers (every row one loss term: the conventions above) and ``T = 1`` for the
+convolutions (KFC).
 :class:`~rnla_kfac.statistics.StatisticsRecorder` applies the rule; a helper gives
 its rows example by example (:meth:`LayerHelper.examples`) and says whether it keeps
 KFC's split (:attr:`LayerHelper.location_split`). A diagonal factor (the embedding's

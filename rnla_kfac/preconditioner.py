@@ -65,9 +65,11 @@ class KFACPreconditioner:
     model : nn.Module
         The model. Factors live on each layer's device in float32 (float64 for float64
         layers) and follow the model's moves.
-    method : {"rsvd", "eigh", "srevd", "nystrom"} or Decomposer, default "rsvd"
+    method : {"rsvd", "eigh", "srevd", "nystrom", "brand"} or Decomposer, default "rsvd"
         ``"eigh"``: K-FAC (exact); ``"rsvd"``: RS-KFAC (right singular vectors of a
-        randomized SVD); ``"srevd"``: SRE-KFAC; ``"nystrom"`` (:mod:`rnla_kfac.decomposers`).
+        randomized SVD); ``"srevd"``: SRE-KFAC; ``"nystrom"``; ``"brand"``: B-KFAC,
+        low-rank factors updated by Brand's method where ``rank + n < d``
+        (:mod:`rnla_kfac.decomposers`).
     rank : int or "auto", default 220
         Eigenpairs kept per factor by the randomized methods (exact when
         ``rank + oversample >= size``); ``"auto"``: the modes ``>= rank_rtol`` times
@@ -105,7 +107,7 @@ class KFACPreconditioner:
         Weight sharing (Eschenhagen et al. 2023; :mod:`rnla_kfac.modules`): the ``R`` rows
         of an example in a layer (positions, calls of a module in one forward) and the
         loss's ``T`` terms per example. ``T``: 1 for a per-example loss, the length for
-        a per-token loss; unset: ``T = R`` for linear layers, 1 for convolutions.
+        a per-token loss; unset: 1 for an ``(N, C)`` output, else the rows' own rule.
         ``"expand"`` (KFC) suits ``T = R``; ``"reduce"`` (rows averaged per example
         first) suits ``T = 1``.
     accumulation_steps : int, default 1
@@ -213,6 +215,7 @@ class KFACPreconditioner:
             strategy=choose_strategy(process_group),
         )
         layers, self._skipped = find_layers(model, skip_layers, self.statistics_dtype)
+        self.updater.prepare(layers)
         self.applier.check_learning_rates(layers)
         self.recorder = StatisticsRecorder(
             layers, **recording, fisher=self.fisher, seed=self.seed, strategy=self.updater.strategy
@@ -317,6 +320,22 @@ class KFACPreconditioner:
         """
         return {layer.name: (layer.A.matrix, layer.G.matrix) for layer in self.recorder.layers}
 
+    @property
+    def factor_storage(self) -> dict[str, tuple[str, str]]:
+        """How each layer's ``(A, G)`` averages are kept: ``"dense"`` or ``"brand"``.
+
+        ``"brand"``: only the low-rank state (``method="brand"``, for a factor of size
+        ``d`` with ``rank + n < d``); a Brand candidate reads ``"undecided"`` until its
+        first factor update. See :class:`~rnla_kfac.decomposers.BrandDecomposer`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).factor_storage
+        {'': ('dense', 'dense')}
+        """
+        return {layer.name: (layer.A.storage, layer.G.storage) for layer in self.recorder.layers}
+
     def identity_weights(self) -> dict[str, float]:
         """Weight ``rho^k`` of the identity start left in each layer's averages.
 
@@ -395,5 +414,5 @@ _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_d
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "rank_rtol", "warm_start",
                      "tail_compensation", "seed")  # fmt: skip
 _RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
-                      "kfac_approx", "num_per_example_loss_terms")  # fmt: skip
+                      "kfac_approx", "num_per_example_loss_terms", "model")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""

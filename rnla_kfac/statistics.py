@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from ._checks import ScheduleLike, check_choice, check_decay, check_positive_int
 from .distributed import DistributionStrategy, LocalStrategy
 from .gradient_applier import as_schedule
-from .layers import KFACLayer, load_layer_states, skipped_message
+from .layers import Factor, KFACLayer, load_layer_states, skipped_message
+from .low_rank_factor import BatchRows
 from .modules import _scaled_gram
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "LIKELIHOODS",
     "GradScalerLike",
     "StatisticsRecorder",
+    "loss_terms_of_output",
     "sampled_loss",
     "step_seed",
 ]
@@ -65,6 +67,45 @@ def step_seed(seed: int, step: int) -> int:
     (5, 1000003)
     """
     return (seed * 1_000_003 + step) % 2**62
+
+
+def loss_terms_of_output(output: Any) -> int | None:
+    """The loss's number of terms per example that a model's output implies, if any.
+
+    An output with one row per example, ``(N,)`` or ``(N, C)``, implies a loss with one
+    term per example (as curvlinops' ``KFACLinearOperator`` infers from targets
+    ``(N,)``): 1. A larger output (a sequence ``(N, S, C)`` or ``(N, C, S)``, an image
+    ``(N, C, H, W)``) does not say which axis the loss sums over: ``None``, and the
+    rows of each layer keep the per-row convention of :mod:`rnla_kfac.modules`, right
+    for a loss with a term per position. So is a scalar, or an output holding no tensor,
+    of which the recorder warns once. Of a ``transformers`` output the ``logits`` are
+    read, of a tuple, list or mapping the first tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rnla_kfac.statistics import loss_terms_of_output
+    >>> loss_terms_of_output(torch.zeros(8, 10))
+    1
+    >>> loss_terms_of_output(torch.zeros(8, 5, 10)) is None
+    True
+    """
+    logits = _first_tensor(getattr(output, "logits", output))
+    return 1 if logits is not None and 1 <= logits.ndim <= 2 else None
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        output = next((t for t in output if isinstance(t, Tensor)), None)
+    return output if isinstance(output, Tensor) else None
+
+
+def _describe_output(output: Any) -> str:
+    if isinstance(output, Tensor):
+        return f"a tensor of shape {tuple(output.shape)}"
+    return f"a {type(output).__name__}"
 
 
 class StatisticsRecorder:
@@ -98,8 +139,13 @@ class StatisticsRecorder:
     kfac_approx : {"expand", "reduce"}, default "expand"
         How rows sharing the weight (positions, calls) enter the factors.
     num_per_example_loss_terms : int, optional
-        Terms of the loss per example ``T`` (unset: every row of a linear layer, one
-        per example for a convolution); the rule is in :mod:`rnla_kfac.modules`.
+        Terms of the loss per example ``T``; the rule is in :mod:`rnla_kfac.modules`.
+        Unset: 1 at a forward pass of ``model`` whose output has one row per example
+        (:func:`loss_terms_of_output`; an output holding no tensor or a scalar is
+        warned of once); otherwise every row of a linear layer and one per example for
+        a convolution.
+    model : torch.nn.Module, optional
+        The model whose output tells ``T`` when ``num_per_example_loss_terms`` is unset.
 
     Attributes
     ----------
@@ -138,6 +184,7 @@ class StatisticsRecorder:
         seed: int = 0,
         kfac_approx: str = "expand",
         num_per_example_loss_terms: int | None = None,
+        model: nn.Module | None = None,
     ):
         self.kfac_approx = check_choice(kfac_approx, "kfac_approx", KFAC_APPROXIMATIONS)
         if num_per_example_loss_terms is not None:
@@ -165,6 +212,9 @@ class StatisticsRecorder:
         device = self.layers[0].helper.weight.device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self._handles = {layer.name: self._attach(layer) for layer in self.layers}
+        self._unread_output_warned = False
+        if num_per_example_loss_terms is None and model is not None:
+            self._handles["<model output>"] = model.register_forward_hook(self._output_hook)
         self._statistics_checked = False  # layers without statistics found yet?
         self._mc_active = False
         self._g_scale: float | Tensor = 1.0  # (accumulation_steps / loss scale)^2
@@ -225,6 +275,21 @@ class StatisticsRecorder:
         if self._collecting_now is None:
             self._collecting_now = self.due(self.step)
         return self._collecting_now
+
+    def _output_hook(self, model: nn.Module, args: Any, output: Any) -> None:
+        logits = _first_tensor(getattr(output, "logits", output))
+        if (logits is None or logits.ndim == 0) and not self._unread_output_warned:
+            self._unread_output_warned = True
+            warnings.warn(
+                f"cannot tell the loss's number of terms per example from the model's "
+                f"output ({_describe_output(output)}): each row of a linear layer counts as "
+                "one term and each example of a convolution as one; pass "
+                "num_per_example_loss_terms to set it",
+                stacklevel=2,
+            )
+        terms = loss_terms_of_output(output)
+        for layer_step in self._steps.values():
+            layer_step.loss_terms = terms
 
     # ------------------------------------------------------------------ recording
 
@@ -674,7 +739,7 @@ class _LayerStep:
         if helper.has_bias:
             rows = torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
         if not self.reduce:
-            self._add_a(_scaled_gram(rows, 1.0).to(dtype), divisor)
+            self._add_a(self._batch_factor(self.layer.A, rows, 1.0).to(dtype), divisor)
             return
         examples = helper.examples(x)
         sums = _example_sums(rows.to(dtype), examples)
@@ -691,7 +756,8 @@ class _LayerStep:
 
     def _close_forward_pass(self) -> None:
         done, self.forward_pass = self.forward_pass, None
-        self._add_a(_scaled_gram(done.value / done.positions, 1 / done.examples), 1.0)
+        rows = done.value / done.positions
+        self._add_a(self._batch_factor(self.layer.A, rows, 1 / done.examples), 1.0)
 
     def add_output_grad(self, grad: Tensor, task: int | None, scale: float | Tensor) -> None:
         """Add one call's output-gradient rows, of backward pass ``task``."""
@@ -713,7 +779,7 @@ class _LayerStep:
             value = _example_sums(rows.to(dtype), examples)
         else:  # the helper's G of this call, over its own count of loss terms
             legacy_terms = 1 if helper.location_split else positions
-            value = _scaled_gram(rows, multiplier / legacy_terms).to(dtype)
+            value = self._batch_factor(self.layer.G, rows, multiplier / legacy_terms).to(dtype)
         current.add(value, positions, examples)
 
     def _close_backward_pass(self) -> None:
@@ -727,12 +793,20 @@ class _LayerStep:
             split = self.layer.helper.location_split
             terms = self.loss_terms or (1 if split else done.positions)
             if self.reduce:
-                value = _scaled_gram(value, done.examples * terms)
+                value = self._batch_factor(self.layer.G, value, done.examples * terms)
             else:
                 value = value.mul_(terms)
         if isinstance(done.scale, Tensor) or done.scale != 1:
             value = value.mul_(done.scale)
         self.g_sum = value if self.g_sum is None else self.g_sum.add_(value)
+
+    @staticmethod
+    def _batch_factor(factor: Factor, rows: Tensor, scale: float) -> Tensor | BatchRows:
+        """``scale rows^T rows``: its Gram matrix, or for a factor recording rows
+        (``method="brand"``) the rows themselves, with the same arithmetic."""
+        if factor.records_rows:
+            return BatchRows.scaled(rows, scale)
+        return _scaled_gram(rows, scale)
 
     def hand_over(self) -> None:
         """Record the step's batch factors into the layer's factors; forget the step."""

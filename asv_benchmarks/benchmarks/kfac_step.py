@@ -31,7 +31,7 @@ import torch
 from asv_benchmarks.kfac_step import SETTINGS, _Runner, make_mlp
 from rnla_kfac import KFAC
 
-METHODS = ["sgd", "eigh", "rsvd", "srevd"]
+METHODS = ["sgd", "eigh", "rsvd", "srevd", "brand"]
 WIDTH, BATCH, RANK = 512, 128, 64
 FACTOR_PERIOD, INVERSE_PERIOD = 10, 50
 

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reproduce the Randomized K-FACs study (Puiu 2022): train the same model "
             "from the same initialization with SGD, Adam, K-FAC (eigh), RS-KFAC (rsvd), "
-            "SRE-KFAC (srevd), Nystrom-KFAC and SENG over several seeds; print a Table-1-style "
+            "SRE-KFAC (srevd), Nystrom-KFAC, Brand-KFAC (brand) and SENG over several seeds; "
+            "print a Table-1-style "
             "table and write Figure 1 (K-factor spectra) and Figure 2 (test curves)."
         ),
         epilog=EPILOG,

@@ -48,6 +48,7 @@ TRAINING_METHODS: dict[str, str | None] = {
     "rs-kfac": "rsvd",
     "sre-kfac": "srevd",
     "nystrom-kfac": "nystrom",
+    "brand-kfac": "brand",
     "seng": None,
 }
 """Method names of the CLI, mapped to the ``KFACPreconditioner`` method (None: not K-FAC).
@@ -353,7 +354,7 @@ PRESETS: dict[str, Preset] = {
         batch_size=1024,
         seeds=2,
         targets=(70.0, 75.0, 79.0),
-        methods=("sgd", "adam", "kfac", "rs-kfac", "sre-kfac", "nystrom-kfac"),
+        methods=("sgd", "adam", "kfac", "rs-kfac", "sre-kfac", "nystrom-kfac", "brand-kfac"),
         lr={"sgd": 0.6, "adam": 3e-2, **{m: 0.3 for m in _KFAC_FAMILY}, "seng": SENG_LR},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}, "seng": 0.9},
         weight_decay=7e-4,

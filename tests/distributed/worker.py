@@ -132,7 +132,11 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
                 }
             )
             optimizer.step()
-        records[key] = {"steps": steps, "bytes": dict(pre.communication.bytes)}
+        records[key] = {
+            "steps": steps,
+            "bytes": dict(pre.communication.bytes),
+            "storage": pre.factor_storage,
+        }
     for method in TOKEN_MODEL_METHODS:
         records[f"tokens-{method}"] = token_model_run(method, rank, world)
     return records

@@ -12,7 +12,7 @@ BAD_ARGUMENTS = [
     (
         {"method": "qr"},
         ValueError,
-        r"method: expected one of \('eigh', 'rsvd', 'srevd', 'nystrom'\), got 'qr'",
+        r"method: expected one of \('eigh', 'rsvd', 'srevd', 'nystrom', 'brand'\), got 'qr'",
     ),
     ({"method": None}, ValueError, "method: expected one of .* got None"),
     ({"rank": 0}, ValueError, "rank: must be >= 1, got 0"),

@@ -171,7 +171,7 @@ class StartSpy:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        real = rnla_kfac.inverse_updater.decompose_factors
+        real = rnla_kfac.decomposers.decompose_factors
 
         def spy(factors, *args, starts=None, warm_n_iter=None, **kwargs):
             self.calls.append(
@@ -180,7 +180,7 @@ class StartSpy:
             )  # fmt: skip
             return real(factors, *args, starts=starts, warm_n_iter=warm_n_iter, **kwargs)
 
-        monkeypatch.setattr(rnla_kfac.inverse_updater, "decompose_factors", spy)
+        monkeypatch.setattr(rnla_kfac.decomposers, "decompose_factors", spy)
 
 
 OPTIONS = {"rank": 6, "oversample": 4, "factor_update_period": 1, "inverse_update_period": 2}

@@ -9,12 +9,15 @@ scale between the factors, see :mod:`rnla_kfac.modules`) and the preconditioned 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from curvlinops import KFACLinearOperator
 from torch import nn
 
 from rnla_kfac import KFACPreconditioner
+from rnla_kfac.statistics import loss_terms_of_output
 from tests.kfac.helpers import one_step_factors
 
 APPROXIMATIONS = ("expand", "reduce")
@@ -117,12 +120,14 @@ def test_pointwise_conv_equals_curvlinops(approx):
     assert_products_equal(ours, curvlinops_products(model, x, y, approx, 1))
 
 
+@pytest.mark.parametrize("terms", [None, 1])
 @pytest.mark.parametrize("approx", APPROXIMATIONS)
-def test_linear_on_4d_input_preconditions_as_the_1x1_conv(approx):
-    """Regression: a Linear on (B, H, W, C) was preconditioned H*W times smaller."""
+def test_linear_on_4d_input_preconditions_as_the_1x1_conv(approx, terms):
+    """Regression: a Linear on (B, H, W, C) was preconditioned H*W times smaller. With
+    ``T`` unset it is read from the per-image ``(N, C)`` output: one term per image."""
     as_linear, as_conv = pointwise_models()
     x, y = image_batch()
-    options = {"kfac_approx": approx, "num_per_example_loss_terms": 1}
+    options = {"kfac_approx": approx, "num_per_example_loss_terms": terms}
     linear_grads = preconditioned_gradients(as_linear, x, y, **options)
     conv_grads = preconditioned_gradients(as_conv, x, y, **options)
     for ours, reference in zip(linear_grads, conv_grads, strict=True):
@@ -140,6 +145,63 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x):
         return self.head(torch.tanh(self.body(x)).mean(1))
+
+
+def test_sequence_with_a_per_sequence_loss_reads_one_term_from_the_output():
+    """``T`` unset: the ``(N, C)`` output of a sequence classifier says one term."""
+    model = SequenceClassifier()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 5, 6, generator=g), torch.randint(0, 4, (8,), generator=g)
+    assert_products_equal(our_products(model, x, y), curvlinops_products(model, x, y, "expand", 1))
+
+
+class Logits:
+    """What a ``transformers`` model returns: an object with ``logits``."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+
+@pytest.mark.parametrize(
+    "output,terms",
+    [
+        (torch.zeros(4), 1),
+        (torch.zeros(4, 3), 1),
+        (Logits(torch.zeros(4, 3)), 1),
+        ((torch.zeros(4, 3), torch.zeros(4, 7, 2)), 1),
+        ({"logits": torch.zeros(4, 3)}, 1),
+        (torch.zeros(4, 5, 3), None),  # (N, S, C) or (N, C, S): the rows keep their rule
+        (torch.zeros(4, 3, 2, 2), None),
+        (torch.zeros(()), None),
+        ("not a tensor", None),
+    ],
+)
+def test_loss_terms_of_output(output, terms):
+    assert loss_terms_of_output(output) == terms
+
+
+class ReturnsLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x).square().mean()
+
+
+def test_an_output_that_says_nothing_is_warned_of_once():
+    model = ReturnsLoss()
+    pre = KFACPreconditioner(model, factor_update_period=1)
+    with pytest.warns(UserWarning, match="num_per_example_loss_terms"):
+        model(torch.randn(4, 3)).backward()
+    pre.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(4, 3)).backward()
+    explicit = KFACPreconditioner(ReturnsLoss(), num_per_example_loss_terms=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explicit.recorder.layers[0].helper.module(torch.randn(4, 3)).sum().backward()
 
 
 class ConvPerPixel(nn.Module):
@@ -273,16 +335,15 @@ class UnrolledCell(nn.Module):
 def test_unrolled_cell_is_curvlinops_over_the_steps(terms):
     """Regression: the 8 calls were averaged as micro-batches, 1/64 of curvlinops'
     product; the rule gives curvlinops' over the 8 steps (its per-call ``A``, see above).
-    ``T`` unset counts each of the cell's 8 rows per example as a loss term."""
+    ``T`` unset is read from the ``(N, C)`` output: one loss term per example."""
     steps = 8
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(8, steps, 3, generator=g), torch.randint(0, 4, (8,), generator=g)
     model = UnrolledCell(steps)
     options = {} if terms is None else {"num_per_example_loss_terms": terms}
     ours = our_products(model, x, y, **options)
-    theirs = curvlinops_products(model, x, y, "expand", terms or steps)
+    theirs = curvlinops_products(model, x, y, "expand", 1)
     torch.testing.assert_close(ours["cell"], theirs["cell"] / steps, rtol=1e-5, atol=1e-10)
-    theirs = curvlinops_products(model, x, y, "expand", 1)  # the head: one row per example
     assert_products_equal(ours, theirs, names=["head"])
 
 
