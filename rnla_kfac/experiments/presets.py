@@ -208,7 +208,8 @@ class Preset:
     n_samples: int | None = None
     width: int = 2048
     depth: int = 2
-    methods: tuple[str, ...] = tuple(TRAINING_METHODS)
+    # AdamW (added with the transformer preset) runs where a preset names it.
+    methods: tuple[str, ...] = tuple(m for m in TRAINING_METHODS if m != "adamw")
     momentum: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.0
     kfac: dict[str, Any] = field(default_factory=dict)

@@ -161,13 +161,15 @@ def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) ->
     Returns ``{"identity_weight": w, "eigenvalues": {"<layer>/A": [...], ...}}`` with
     ``w`` the weight ``rho^k`` of the identity start left in the first of ``layers``
     (the layers are updated together); with no ``layers`` the first two preconditioned
-    layers are used. Empty for optimizers without a preconditioner.
+    layers with two Kronecker factors (not the diagonal rule's) are used. Empty for
+    optimizers without a preconditioner.
     """
     pre = _preconditioner(optimizer)
     if pre is None:
         return {}
     factors = pre.factors()
-    names = list(layers) or list(factors)[:2]
+    kronecker = [name for name, pair in factors.items() if all(f.ndim == 2 for f in pair)]
+    names = list(layers) or kronecker[:2]
     spectra: dict[str, list] = {}
     for name in names:
         if name not in factors:
@@ -176,7 +178,10 @@ def factor_spectra(optimizer: torch.optim.Optimizer, layers: tuple[str, ...]) ->
             )
         for label, factor in zip(("A", "G"), factors[name], strict=True):
             f = factor.detach().to("cpu")
-            eig = torch.linalg.eigvalsh((f + f.T) / 2).flip(0)
+            if f.ndim == 1:  # a diagonal factor: its eigenvalues are its entries
+                eig = f.sort(descending=True).values
+            else:
+                eig = torch.linalg.eigvalsh((f + f.T) / 2).flip(0)
             spectra[f"{name}/{label}"] = eig.tolist()
     return {"identity_weight": pre.identity_weights()[names[0]], "eigenvalues": spectra}
 
