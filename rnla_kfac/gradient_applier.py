@@ -25,6 +25,7 @@ from ._checks import (
     Schedule,
     ScheduleLike,
     check_choice,
+    check_floating_dtype,
     check_non_negative,
     check_positive,
 )
@@ -80,14 +81,14 @@ class GradientApplier:
         *,
         damping: ScheduleLike,
         damping_mode: str = "relative",
-        precondition_dtype: torch.dtype | None = None,
+        precondition_dtype: torch.dtype | str | None = None,
         kl_clip: ScheduleLike | None = None,
         lr: ScheduleLike | dict[str, ScheduleLike] = 1.0,
         batch_rule: Callable[[torch.device, int], bool] | None = None,
     ):
         self.damping = as_schedule(damping, "damping", check_positive)
         self.damping_mode = check_choice(damping_mode, "damping_mode", DAMPING_MODES)
-        self.precondition_dtype = precondition_dtype
+        self.precondition_dtype = check_floating_dtype(precondition_dtype, "precondition_dtype")
         self.kl_clip = None if kl_clip is None else as_schedule(kl_clip, "kl_clip", check_positive)
         self.lr = learning_rates(lr)
         if batch_rule is not None:

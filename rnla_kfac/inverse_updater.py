@@ -17,12 +17,20 @@ from typing import Any
 
 from torch import Tensor
 
-from ._checks import Schedule
+from ._checks import (
+    ScheduleLike,
+    check_bool,
+    check_count,
+    check_positive_int,
+    check_rank,
+    check_tolerance,
+)
 from .decomposers import Decomposer
 from .distributed import DistributionStrategy, LocalStrategy
+from .gradient_applier import as_schedule
 from .inverse import FactorInverse
 from .layers import Factor, KFACLayer
-from .rank_policy import RankPolicy
+from .rank_policy import DEFAULT_RTOL, RankPolicy
 from .statistics import step_seed
 
 __all__ = ["DEFAULT_WARM_N_ITER", "DecompositionPlan", "InverseUpdater"]
@@ -180,14 +188,16 @@ class InverseUpdater:
     ----------
     decomposer : Decomposer
         The method (:func:`rnla_kfac.decomposers.decomposer_for`).
-    rank, oversample, n_iter, warm_n_iter : Schedule
+    rank, oversample, n_iter, warm_n_iter : int, callable or Schedule
         Sketch parameters per step (see :class:`~rnla_kfac.KFACPreconditioner`).
     warm_start : bool, default True
         Start sketches from the factors' previous eigenvectors.
     tail_compensation : bool, default True
         Model the discarded eigenvalues by their mean.
-    rank_rtol : float
-        Tolerance of ``rank="auto"``.
+    inverse_update_period : int, callable or Schedule, default 1
+        Steps between decompositions (:meth:`due`).
+    rank_rtol : float, default 1/33
+        Tolerance of ``rank="auto"``, in ``(0, 1]``.
     seed : int, default 0
         Seed of the sketches (combined with the step).
     strategy : DistributionStrategy, optional
@@ -196,16 +206,12 @@ class InverseUpdater:
     Examples
     --------
     >>> import torch
-    >>> from rnla_kfac._checks import Schedule, check_count, check_rank
     >>> from rnla_kfac.decomposers import decomposer_for
     >>> from rnla_kfac.inverse_updater import InverseUpdater
     >>> from rnla_kfac.layers import find_layers
     >>> layers, _ = find_layers(torch.nn.Linear(30, 20), (), None)
     >>> updater = InverseUpdater(
-    ...     decomposer_for("rsvd"), rank=Schedule(4, "rank", check_rank),
-    ...     oversample=Schedule(2, "oversample", check_count),
-    ...     n_iter=Schedule(1, "n_iter", check_count),
-    ...     warm_n_iter=Schedule(1, "warm_n_iter", check_count), rank_rtol=1 / 33)
+    ...     decomposer_for("rsvd"), rank=4, oversample=2, n_iter=1, warm_n_iter=1)
     >>> layers[0].A.fold(torch.eye(31), 0.5)  # an averaged factor to decompose
     >>> layers[0].G.fold(torch.eye(20), 0.5)
     >>> updater.update(layers, step=0)
@@ -217,25 +223,29 @@ class InverseUpdater:
         self,
         decomposer: Decomposer,
         *,
-        rank: Schedule,
-        oversample: Schedule,
-        n_iter: Schedule,
-        warm_n_iter: Schedule,
-        rank_rtol: float,
+        rank: int | str | ScheduleLike,
+        oversample: ScheduleLike,
+        n_iter: ScheduleLike,
+        warm_n_iter: ScheduleLike,
+        inverse_update_period: ScheduleLike = 1,
+        rank_rtol: float = DEFAULT_RTOL,
         warm_start: bool = True,
         tail_compensation: bool = True,
         seed: int = 0,
         strategy: DistributionStrategy | None = None,
     ):
         self.decomposer = decomposer
-        self.rank = rank
-        self.oversample = oversample
-        self.n_iter = n_iter
-        self.warm_n_iter = warm_n_iter
-        self.rank_rtol = rank_rtol
-        self.warm_start = warm_start
-        self.tail_compensation = tail_compensation
-        self.seed = seed
+        self.rank = as_schedule(rank, "rank", check_rank)
+        self.oversample = as_schedule(oversample, "oversample", check_count)
+        self.n_iter = as_schedule(n_iter, "n_iter", check_count)
+        self.warm_n_iter = as_schedule(warm_n_iter, "warm_n_iter", check_count)
+        self.inverse_update_period = as_schedule(
+            inverse_update_period, "inverse_update_period", check_positive_int
+        )
+        self.rank_rtol = check_tolerance(rank_rtol, "rank_rtol")
+        self.warm_start = check_bool(warm_start, "warm_start")
+        self.tail_compensation = check_bool(tail_compensation, "tail_compensation")
+        self.seed = check_count(seed, "seed")
         self.strategy = LocalStrategy() if strategy is None else strategy
 
     def prepare(self, layers: list[KFACLayer]) -> None:
@@ -286,6 +296,19 @@ class InverseUpdater:
             self.tail_compensation,
             self.sketch_seed(step),
         )
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` is an inverse-update step.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> updater = KFACPreconditioner(torch.nn.Linear(3, 2), inverse_update_period=5).updater
+        >>> updater.due(10), updater.due(11)
+        (True, False)
+        """
+        return step % self.inverse_update_period(step) == 0
 
     def update(self, layers: list[KFACLayer], step: int) -> None:
         """Decompose the averaged factors of ``layers``, keeping old ones on failure.

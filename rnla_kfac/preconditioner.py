@@ -10,22 +10,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._checks import (
-    DAMPING_MODES,
     FISHER_TYPES,
-    Schedule,
     ScheduleLike,
-    check_bool,
     check_choice,
-    check_count,
     check_floating_dtype,
-    check_positive,
-    check_positive_int,
-    check_rank,
-    check_tolerance,
 )
 from .decomposers import Decomposer, decomposer_for
 from .distributed import choose_strategy
-from .gradient_applier import GradientApplier, learning_rates
+from .gradient_applier import GradientApplier
 from .inverse import Inverse
 from .inverse_updater import DEFAULT_WARM_N_ITER, InverseUpdater
 from .layers import KFACLayer, find_layers
@@ -188,37 +180,23 @@ class KFACPreconditioner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         recording = {name: value for name, value in locals().items() if name in _RECORDER_SETTINGS}
+        updating = {name: value for name, value in locals().items() if name in _UPDATER_SETTINGS}
+        applying = {name: value for name, value in locals().items() if name in _APPLIER_SETTINGS}
         decomposer = decomposer_for(method)
         self.method = decomposer.name
         self.fisher = check_choice(fisher, "fisher", FISHER_TYPES)
-        self.seed = check_count(seed, "seed")
-        self.rank = Schedule(rank, "rank", check_rank)
-        self.oversample = Schedule(oversample, "oversample", check_count)
-        self.n_iter = Schedule(n_iter, "n_iter", check_count)
-        self.warm_start = check_bool(warm_start, "warm_start")
-        self.warm_n_iter = Schedule(warm_n_iter, "warm_n_iter", check_count)
-        self.tail_compensation = check_bool(tail_compensation, "tail_compensation")
-        self.rank_rtol = check_tolerance(rank_rtol, "rank_rtol")
-        self.inverse_update_period = Schedule(
-            inverse_update_period, "inverse_update_period", check_positive_int
-        )
         self.statistics_dtype = check_floating_dtype(statistics_dtype, "statistics_dtype")
-        self.damping = Schedule(damping, "damping", check_positive)
-        self.damping_mode = check_choice(damping_mode, "damping_mode", DAMPING_MODES)
-        self.kl_clip = None if kl_clip is None else Schedule(kl_clip, "kl_clip", check_positive)
-        self.lr = learning_rates(lr)
-        self.precondition_dtype = check_floating_dtype(precondition_dtype, "precondition_dtype")
-        self.applier = GradientApplier(**{name: getattr(self, name) for name in _APPLIER_SETTINGS})
+        self.applier = GradientApplier(**applying)
         self.updater = InverseUpdater(
-            decomposer,
-            **{name: getattr(self, name) for name in _UPDATER_SETTINGS},
-            strategy=choose_strategy(process_group),
+            decomposer, **updating, strategy=choose_strategy(process_group)
         )
         layers, self._skipped = find_layers(model, skip_layers, self.statistics_dtype)
         self.updater.prepare(layers)
         self.applier.check_learning_rates(layers)
+        for phase, names in ((self.applier, _APPLIER_SETTINGS), (self.updater, _UPDATER_SETTINGS)):
+            vars(self).update({name: getattr(phase, name) for name in names})  # as they checked
         self.recorder = StatisticsRecorder(
-            layers, **recording, fisher=self.fisher, seed=self.seed, strategy=self.updater.strategy
+            layers, **recording, fisher=self.fisher, strategy=self.updater.strategy
         )
         self.communication = self.updater.strategy.communication  # bytes and calls per kind
         self._steps = 0
@@ -279,7 +257,7 @@ class KFACPreconditioner:
             return
         if self.recorder.due(step):
             self.recorder.fold(step)
-        if step % self.inverse_update_period(step) == 0:
+        if self.updater.due(step):
             self.updater.update(self.recorder.layers, step)
         self.applier.apply(fresh, step)
         self.recorder.mark_preconditioned()
@@ -411,8 +389,8 @@ class KFACPreconditioner:
 
 
 _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_dtype")
-_UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "rank_rtol", "warm_start",
-                     "tail_compensation", "seed")  # fmt: skip
+_UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_update_period",
+                     "rank_rtol", "warm_start", "tail_compensation", "seed")  # fmt: skip
 _RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
-                      "kfac_approx", "num_per_example_loss_terms", "model")  # fmt: skip
+                      "kfac_approx", "num_per_example_loss_terms", "model", "seed")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""
