@@ -47,7 +47,7 @@ _choices: dict[tuple[str, int | None], LowPrecisionChoice] = {}
 class LowPrecisionChoice:
     """The dtype ``"auto"`` resolves to on one device, and why.
 
-    Attributes
+    Parameters
     ----------
     dtype : torch.dtype
         ``torch.bfloat16``, or ``torch.float32`` where low precision does not pay (the
