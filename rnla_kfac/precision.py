@@ -12,7 +12,9 @@ once per device and process (:func:`low_precision_dtype`):
 * CPU with AVX-512 BF16 but no AMX: a short measurement (a few ``1024 x 1024`` Gram
   products from 512 rows, in each dtype, conversion excluded, under 0.1 s on two
   cores); bfloat16 if its fastest product takes at most :data:`BFLOAT16_TIME_RATIO` of
-  float32's. Some such CPUs run bfloat16 products faster, others slower.
+  float32's. Some such CPUs run bfloat16 products faster, others slower. In a run of
+  several :mod:`torch.distributed` processes float32, unmeasured: every process must
+  precondition alike, and measurements could disagree.
 * CPU without either: float32 (torch emulates bfloat16 products there, many times
   slower than float32).
 * Any other device type: float32.
@@ -159,6 +161,12 @@ def _decide(device: torch.device) -> LowPrecisionChoice:
         return LowPrecisionChoice(torch.bfloat16, "CPU with AMX tiles")
     if not _cpu_probe("_is_avx512_bf16_supported"):
         return LowPrecisionChoice(torch.float32, "CPU without AVX-512 BF16 or AMX: emulated")
+    # imported here: rnla_kfac.distributed imports the layers, which import this module
+    from .distributed import is_distributed
+
+    if is_distributed():
+        reason = "CPU with AVX-512 BF16, no AMX, several processes: not measured"
+        return LowPrecisionChoice(torch.float32, reason)
     ratio = _measured_time_ratio()
     dtype = torch.bfloat16 if ratio <= BFLOAT16_TIME_RATIO else torch.float32
     reason = f"CPU with AVX-512 BF16, no AMX: bfloat16 Gram {ratio:.2f}x float32's time"

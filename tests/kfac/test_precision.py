@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import rnla_kfac.distributed
 from rnla_kfac import KFAC, KFACPreconditioner, low_precision_dtype, precision
 from tests.kfac.helpers import checkpoint, make_mlp, run_steps
 
@@ -96,6 +97,13 @@ def test_cuda_rule_on_the_real_device():
     capability = torch.cuda.get_device_capability(0)
     expected = torch.bfloat16 if capability >= (8, 0) else torch.float32
     assert low_precision_dtype("cuda:0") == expected
+
+
+def test_several_processes_do_not_measure(fake_cpu, monkeypatch):
+    measured = fake_cpu(amx=False, avx512_bf16=True, ratio=0.5)
+    monkeypatch.setattr(rnla_kfac.distributed, "is_distributed", lambda group=None: True)
+    assert low_precision_dtype("cpu") == torch.float32
+    assert not measured
 
 
 def test_other_device_types_keep_float32(fake_cpu):
