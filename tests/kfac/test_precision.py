@@ -160,14 +160,15 @@ def test_training_with_auto_measures_once(fake_cpu):
 # ---------------------------------------------------------------- in the preconditioner
 
 
-def last_gradients(model: nn.Module, **options) -> list[torch.Tensor]:
+def last_gradients(model: nn.Module, device: str = "cpu", **options) -> list[torch.Tensor]:
     """The preconditioned gradients of the last of 4 K-FAC steps (factors every step)."""
     pre = KFACPreconditioner(
         model, method="rsvd", rank=4, factor_update_period=1, inverse_update_period=2, **options
     )
+    model.to(device)  # after the preconditioner: its layers follow
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(32, 6, generator=g), torch.randint(0, 4, (32,), generator=g))] * 4
-    return run_steps(model, batches, pre=pre)[-1]
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 4, (32,), generator=g)
+    return run_steps(model, [(x.to(device), y.to(device))] * 4, pre=pre)[-1]
 
 
 @pytest.mark.parametrize(
@@ -178,6 +179,17 @@ def test_auto_equals_the_dtype_it_resolved_to(resolves_to, resolved, explicit, a
     resolves_to({"cpu": resolved})
     auto = last_gradients(make_mlp(), **{argument: "auto"})
     reference = last_gradients(make_mlp(), **{argument: explicit})
+    for a, b in zip(auto, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_on_a_real_gpu_equals_the_dtype_it_resolved_to():
+    options = {"statistics_dtype": "auto", "precondition_dtype": "auto"}
+    auto = last_gradients(make_mlp(), "cuda:0", **options)
+    explicit = low_precision_dtype("cuda:0")
+    options = {"statistics_dtype": explicit, "precondition_dtype": explicit}
+    reference = last_gradients(make_mlp(), "cuda:0", **options)
     for a, b in zip(auto, reference, strict=True):
         assert torch.equal(a, b)
 
