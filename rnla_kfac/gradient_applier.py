@@ -152,7 +152,8 @@ class GradientApplier:
         >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), precondition_dtype="bfloat16")
         >>> pre.applier.work_dtype(pre.layers[0])
         torch.bfloat16
-        >>> KFACPreconditioner(torch.nn.Linear(3, 2)).applier.work_dtype(pre.layers[0])
+        >>> default = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> default.applier.work_dtype(default.layers[0])
         torch.float32
         """
         return resolve_dtype(self.precondition_dtype, layer.A.device) or layer.dtype
