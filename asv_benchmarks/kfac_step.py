@@ -29,12 +29,16 @@ so the pieces of one step sum to its instrumented wall time exactly. The report 
 each piece amortized like the step, their sum, the measured (uninstrumented) amortized
 step, their ratio (instrumentation overhead and noise), the ratio to an SGD step, and
 the step targets' verdicts (:func:`asv_benchmarks.targets.check_step_targets`).
-Timings on a shared machine are noisy: compare methods within one run only.
+The report's header names what ``"auto"`` (the fast settings' dtypes) resolved to on
+the device and why, with the CPU's name and torch's CPU capability
+(:func:`low_precision_header`). Timings on a shared machine are noisy: compare methods
+within one run only.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
 import warnings
@@ -46,6 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rnla_kfac import KFAC, KFACPreconditioner
+from rnla_kfac.precision import low_precision_choice
 
 from .common import elapsed, markdown_table, synchronize
 from .targets import check_step_targets
@@ -57,6 +62,7 @@ __all__ = [
     "STEP_METHODS",
     "amortize",
     "breakdown_report",
+    "low_precision_header",
     "main",
     "make_mlp",
     "time_breakdown",
@@ -68,8 +74,9 @@ STEP_METHODS = ("sgd", "eigh", "rsvd", "srevd", "nystrom", "brand")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
-    # The documented fast settings: bfloat16 Gram products and Woodbury products.
-    "fast": {"statistics_dtype": "bfloat16", "precondition_dtype": "bfloat16"},
+    # The documented fast settings: bfloat16 Gram products and Woodbury products where the
+    # device runs them natively and faster (rnla_kfac.low_precision_dtype), else float32.
+    "fast": {"statistics_dtype": "auto", "precondition_dtype": "auto"},
 }
 """Named keyword arguments of the K-FAC preconditioner (SGD ignores them)."""
 
@@ -344,7 +351,7 @@ def time_breakdown(
         ``T_KU`` and ``T_KI`` of the amortization (``inverse_period`` a multiple).
     device : str
         Torch device of the model and batch.
-    statistics_dtype : {None, "float32", "bfloat16"}
+    statistics_dtype : {None, "float32", "bfloat16", "auto"}
         If given, the ``statistics_dtype`` of every setting.
 
     Returns
@@ -455,7 +462,7 @@ def time_methods(
         ``T_KU`` and ``T_KI`` of the amortized time (``inverse_period`` a multiple).
     device : str
         Torch device of the model and batch.
-    statistics_dtype : {None, "float32", "bfloat16"}
+    statistics_dtype : {None, "float32", "bfloat16", "auto"}
         ``statistics_dtype`` of the preconditioner.
     options : mapping, optional
         Further keyword arguments of the preconditioner (e.g. a value of
@@ -582,6 +589,50 @@ def breakdown_report(
     return "\n".join(out)
 
 
+def low_precision_header(device: str | torch.device) -> str:
+    """What ``"auto"`` resolves to on ``device`` and why, with the machine it ran on.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        The benchmark's device.
+
+    Returns
+    -------
+    str
+        Markdown list items: the dtype and its reason
+        (:func:`rnla_kfac.precision.low_precision_choice`), the CPU's name and torch's
+        CPU capability, and the GPU's name on a CUDA device.
+
+    Examples
+    --------
+    >>> from asv_benchmarks.kfac_step import low_precision_header
+    >>> print(low_precision_header("cpu"))  # doctest: +ELLIPSIS
+    - "auto" dtype on cpu: ...
+    - CPU: ..., torch CPU capability ...
+    """
+    device = torch.device(device)
+    lines = [
+        f'- "auto" dtype on {device}: {low_precision_choice(device)}',
+        f"- CPU: {_cpu_name()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"- GPU: {torch.cuda.get_device_name(device)}")
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: print the breakdown report of every method and setting.
 
@@ -625,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--inverse-period", type=int, default=50, help="T_KI of the amortization")
     parser.add_argument(
         "--statistics-dtype",
-        choices=("float32", "bfloat16"),
+        choices=("float32", "bfloat16", "auto"),
         default=None,
         help="dtype of the batch Gram products in every setting (overrides the settings')",
     )
@@ -640,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads, device {args.device}, T_KU {args.factor_period}, "
         f"T_KI {args.inverse_period}, {args.repeats} repeats; settings: "
         + "; ".join(f"{name} {options or '{}'}" for name, options in shown.items())
+        + "\n\n"
+        + low_precision_header(args.device)
     )
     rows = time_breakdown(
         args.methods,
