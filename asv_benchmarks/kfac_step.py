@@ -11,8 +11,9 @@ them over the update periods (default the paper's, ``T_KU = 10``, ``T_KI = 50``;
 
 Each step is timed twice, in the same rounds: by the real :class:`rnla_kfac.KFAC`
 optimizer (the *measured* step), and by a twin whose preconditioner's public phases
-are timed with the device synchronized around each (:class:`_PhaseTimer`, which wraps
-the phases' methods on that one instance; the library is not changed). The twin
+are timed with the device synchronized around each
+(:class:`rnla_kfac.experiments.profile.PhaseTimer`, which wraps the phases' methods
+on that one instance; the library is not changed). The twin
 splits every step into
 
 * ``forward_backward``: ``zero_grad``, the model's forward pass, the loss and its
@@ -50,6 +51,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rnla_kfac import KFAC, KFACPreconditioner
+from rnla_kfac.experiments.profile import PHASES, PhaseTimer
 from rnla_kfac.precision import low_precision_choice
 
 from .common import elapsed, markdown_table, synchronize
@@ -159,72 +161,12 @@ def amortize(per_kind: Mapping[str, float], factor_period: int, inverse_period: 
     ) / inverse_period
 
 
-class _PhaseTimer:
-    """Times the public phases of a preconditioner (harness only; the library is unchanged).
-
-    Wraps, on this one preconditioner, the recorder's
-    :meth:`~rnla_kfac.statistics.StatisticsRecorder.record_input` and
-    :meth:`~rnla_kfac.statistics.StatisticsRecorder.record_output_grad` (what the hooks
-    do), :meth:`~rnla_kfac.statistics.StatisticsRecorder.fold`, the updater's
-    :meth:`~rnla_kfac.inverse_updater.InverseUpdater.update` and the applier's
-    :meth:`~rnla_kfac.gradient_applier.GradientApplier.apply`. Each timed piece ends
-    with a device synchronization, so the times add up to the step's wall time. With
-    ``capture`` set, the recording calls also keep what they recorded, for
-    :meth:`replay_statistics`.
-    """
-
-    def __init__(self, pre: KFACPreconditioner, like: torch.Tensor):
-        self.pre = pre
-        self.timers = dict.fromkeys(("hooks", "fold", "inverses", "precondition"), 0.0)
-        self.capture = False
-        self.captured: list[tuple] = []
-        self._like = like
-        recorder = pre.recorder
-        record_input, record_grad = recorder.record_input, recorder.record_output_grad
-
-        def timed_input(layer: Any, x: torch.Tensor) -> None:
-            if self.capture:
-                self.captured.append(("A", layer, x.detach()))
-            self._timed("hooks", record_input, layer, x)
-
-        def timed_grad(layer: Any, grad: torch.Tensor) -> None:
-            self._timed("hooks", record_grad, layer, grad)
-            if self.capture:
-                self.captured.append(("G", layer, grad.detach(), recorder.gradient_scale))
-
-        recorder.record_input, recorder.record_output_grad = timed_input, timed_grad
-        for phase, method, name in (
-            (recorder, "fold", "fold"),
-            (pre.updater, "update", "inverses"),
-            (pre.applier, "apply", "precondition"),
-        ):
-            setattr(phase, method, self._wrap(name, getattr(phase, method)))
-
-    def _wrap(self, name: str, fn: Any) -> Any:
-        return lambda *args: self._timed(name, fn, *args)
-
-    def _timed(self, name: str, fn: Any, *args: Any) -> Any:
-        start = time.perf_counter()
-        result = fn(*args)
-        synchronize(self._like)
-        self.timers[name] += time.perf_counter() - start
-        return result
-
-    def replay_statistics(self) -> None:
-        """Record the captured batch statistics again and fold them (the hooks' work)."""
-        for kind, layer, tensor, *scale in self.captured:
-            if kind == "A":
-                layer.record_input(tensor)
-            else:
-                layer.record_output_grad(tensor, *scale)
-        self.pre.recorder.fold(self.pre.steps)
-
-
 class _Runner:
     """One method's model, optimizer and a training step whose kind can be forced.
 
     With ``timed`` set, the K-FAC preconditioner's phases are timed by a
-    :class:`_PhaseTimer` and :meth:`step_pieces` returns the step's pieces.
+    :class:`~rnla_kfac.experiments.profile.PhaseTimer` and :meth:`step_pieces` returns
+    the step's pieces.
     """
 
     def __init__(
@@ -245,7 +187,7 @@ class _Runner:
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.due = {"factor": False, "inverse": False}
         self.pre: KFACPreconditioner | None = None
-        self.timer: _PhaseTimer | None = None
+        self.timer: PhaseTimer | None = None
         if method == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=0.01
@@ -261,7 +203,7 @@ class _Runner:
             self.optimizer = KFAC(self.model, lr=0.01, **kwargs)
             self.pre = self.optimizer.preconditioner
             if timed:  # the same optimizer, its preconditioner's phases timed
-                self.timer = _PhaseTimer(self.pre, self.x)
+                self.timer = PhaseTimer(self.pre, self.x.device)
         self.step()  # step 0: everything is due (warm-up)
 
     def force(self, kind: str) -> None:
@@ -287,7 +229,7 @@ class _Runner:
         """Seconds of one step's :data:`COMPONENTS` and their sum ``"total"``."""
         timer = self.timer
         if timer is not None:
-            timer.timers = dict.fromkeys(timer.timers, 0.0)
+            timer.reset()
         start = time.perf_counter()
         self.forward_backward()
         synchronize(self.x)
@@ -295,8 +237,7 @@ class _Runner:
         self.optimizer.step()
         synchronize(self.x)
         end = time.perf_counter()
-        t = timer.timers if timer is not None else dict.fromkeys(("hooks", "fold", "inverses"), 0.0)
-        t.setdefault("precondition", 0.0)
+        t = timer.seconds if timer is not None else dict.fromkeys(PHASES, 0.0)
         pieces = {
             "forward_backward": middle - start - t["hooks"],
             "statistics": t["hooks"] + t["fold"],

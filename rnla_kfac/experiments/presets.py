@@ -317,6 +317,7 @@ SMALL_KFAC: dict[str, Any] = {
     "statistics_dtype": "bfloat16",
 }
 
+
 # The first-order baselines' tuning grids (the protocol of rnla_kfac.experiments.tuning,
 # fixed before any run): SGD with momentum 0.9, plain and Nesterov, over three learning
 # rates around the previous best; AdamW over three learning rates and two decoupled

@@ -269,7 +269,7 @@ def communication_table(records: Sequence[Record]) -> str:
 
 
 def write_table(records: Sequence[Record], targets: Sequence[float], path: str | Path) -> str:
-    """Write :func:`markdown_table`, :func:`profile_table` (, :func:`communication_table`) to ``path``.
+    """Write the tables of a study to ``path``: results, profile (and communication).
 
     Returns the text written.
     """

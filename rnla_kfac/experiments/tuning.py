@@ -39,9 +39,9 @@ def grid_settings(grid: Mapping[str, Sequence[Any]]) -> list[Setting]:
 
     Examples
     --------
-    >>> grid_settings({"lr": (0.1, 0.3), "nesterov": (False, True)})  # doctest: +NORMALIZE_WHITESPACE
-    [{'lr': 0.1, 'nesterov': False}, {'lr': 0.1, 'nesterov': True},
-     {'lr': 0.3, 'nesterov': False}, {'lr': 0.3, 'nesterov': True}]
+    >>> settings = grid_settings({"lr": (0.1, 0.3), "nesterov": (False, True)})
+    >>> [(s["lr"], s["nesterov"]) for s in settings]
+    [(0.1, False), (0.1, True), (0.3, False), (0.3, True)]
     """
     keys = list(grid)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]

@@ -60,7 +60,9 @@ def test_time_to_target_is_read_at_the_first_evaluation_reaching_it():
 def test_phase_timer_leaves_training_unchanged(digits):
     def train(timed: bool) -> list[torch.Tensor]:
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+        model = torch.nn.Sequential(
+            torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+        )
         optimizer = make_optimizer("rs-kfac", model, TINY, EpochClock())
         if timed:
             PhaseTimer(optimizer.preconditioner, torch.device("cpu"))
@@ -124,8 +126,8 @@ def test_tune_ranks_every_setting_on_the_tuning_seeds(digits):
 
 
 def test_cli_tune_writes_the_ranked_table(tmp_path, capsys):
-    argv = ["--preset", "digits", "--tune", "--methods", "sgd", "--width", "32",
-            "--epochs", "1", "--max-batches", "2", "--no-progress", "--out-dir", str(tmp_path)]  # fmt: skip
+    argv = ["--preset", "digits", "--tune", "--methods", "sgd", "--width", "32", "--epochs", "1"]
+    argv += ["--max-batches", "2", "--no-progress", "--out-dir", str(tmp_path)]
     assert cli.main(argv) == 0
     run_dir = single_run_dir(tmp_path)
     rows = json.loads((run_dir / "tuning.json").read_text())
