@@ -90,7 +90,13 @@ class Factor:
         Batch factors folded so far.
     identity_weight : float
         Weight ``rho^k`` of the identity start left in the average after ``k`` folds
-        (the floor of the adaptive rank).
+        (the floor of the adaptive rank); 0 after the first fold of a bias-corrected
+        factor.
+    start_weight : float
+        ``rho^k``, the weight the identity start would keep (what the bias correction
+        divides out).
+    bias_corrected : bool
+        Whether :meth:`fold` keeps the bias-corrected average (see there).
     count : int
         Batch factors recorded since the last :meth:`take_batch`.
 
@@ -130,8 +136,14 @@ class Factor:
         self.rank_hint: int | None = None
         self.sketch_rank: int | None = None
         self.updates = 0
-        self.identity_weight = 1.0
+        self.start_weight = 1.0
+        self.bias_corrected = False
         self.reset_batch()
+
+    @property
+    def identity_weight(self) -> float:
+        """Weight of the identity start left in the average (see the class docstring)."""
+        return 0.0 if self.bias_corrected and self.updates else self.start_weight
 
     @property
     def matrix(self) -> Tensor:
@@ -243,9 +255,26 @@ class Factor:
     def fold(self, batch: Tensor | BatchRows, decay: float) -> None:
         """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``.
 
-        Rows of a low-rank factor are folded by a Brand update
-        (:meth:`LowRankFactor.fold`); a Brand candidate decides its storage here.
+        A :attr:`bias_corrected` factor keeps instead the average of the batch factors
+        alone, the identity start's weight ``w`` divided out as Adam does for its
+        moments: ``F <- F + t (F_batch - F)`` with ``t = (1 - decay) / (1 - decay w)``,
+        so the first fold sets ``F = F_batch``. Rows of a low-rank factor are folded by
+        a Brand update (:meth:`LowRankFactor.fold`); a Brand candidate decides its
+        storage here.
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "fc", 2, torch.float64, torch.device("cpu"))
+        >>> factor.bias_corrected = True
+        >>> for batch in (torch.full((2, 2), 4.0), torch.full((2, 2), 1.0)):
+        ...     factor.fold(batch, decay=0.5)
+        >>> factor.matrix[0, 0].item(), factor.identity_weight  # (0.5 * 4 + 1) / 1.5
+        (2.0, 0.0)
         """
+        start_decay = decay
+        if self.bias_corrected:
+            decay = 1.0 - (1.0 - decay) / (1.0 - decay * self.start_weight)
         if isinstance(batch, BatchRows):
             if self.low_rank_candidate is not None:
                 self._decide_storage(batch)
@@ -256,7 +285,7 @@ class Factor:
         else:
             self.matrix.lerp_(batch, 1 - decay)
         self.updates += 1
-        self.identity_weight *= decay
+        self.start_weight *= start_decay
 
     def _decide_storage(self, batch: BatchRows) -> None:
         """Low rank when ``rank + m < n`` for this batch's ``m`` rows, else dense."""
@@ -507,7 +536,7 @@ class KFACLayer:
         state["rank_hints"] = {factor.key: factor.rank_hint for factor in self.factors}
         state["sketch_ranks"] = {factor.key: factor.sketch_rank for factor in self.factors}
         state["updates"] = self.updates
-        state["identity_weight"] = self.identity_weight
+        state["identity_weight"] = self.A.start_weight
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -544,7 +573,7 @@ class KFACLayer:
             factor.rank_hint = state["rank_hints"][factor.key]
             factor.sketch_rank = state.get("sketch_ranks", {}).get(factor.key)
             factor.updates = int(state["updates"])
-            factor.identity_weight = float(state["identity_weight"])
+            factor.start_weight = float(state["identity_weight"])
             factor.reset_batch()
 
 
