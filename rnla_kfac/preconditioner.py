@@ -81,11 +81,11 @@ class KFACPreconditioner:
         each, or the pi-adjusted split (see :func:`rnla_kfac.precondition`).
     factor_decay : float, default 0.95
         ``rho`` in ``[0, 1)``.
-    bias_correction : bool, default False
-        Start the averages at the statistics instead of the identity: the identity
-        start's weight is divided out, as Adam corrects its moments, so the first
-        factor update sets each factor to its batch factor (see
-        :meth:`~rnla_kfac.layers.Factor.fold`).
+    factor_start : {"identity", "scaled_identity", "batch"}, default "identity"
+        Where the averages start: the identity (the paper's), the identity times the
+        first batch factor's mean eigenvalue (on the statistics' scale), or no start
+        (the batch factors' average, bias-corrected as Adam's moments). See
+        :meth:`~rnla_kfac.layers.Factor.fold`.
     factor_update_period, inverse_update_period : int, default 10, 50
         ``T_KU`` and ``T_KI``: steps between factor updates and between decompositions.
     fisher : {"empirical", "mc"}, default "empirical"
@@ -168,7 +168,7 @@ class KFACPreconditioner:
         damping: ScheduleLike = 0.1,
         damping_mode: str = "relative",
         factor_decay: ScheduleLike = 0.95,
-        bias_correction: bool = False,
+        factor_start: str = "identity",
         factor_update_period: ScheduleLike = 10,
         inverse_update_period: ScheduleLike = 50,
         fisher: str = "empirical",
@@ -400,7 +400,7 @@ class KFACPreconditioner:
 _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_dtype")
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_update_period",
                      "rank_rtol", "warm_start", "tail_compensation", "seed")  # fmt: skip
-_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "bias_correction",
+_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "factor_start",
                       "accumulation_steps", "grad_scaler", "kfac_approx",
                       "num_per_example_loss_terms", "model", "seed")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""

@@ -1,4 +1,4 @@
-"""``bias_correction``: averages of the batch factors alone, the identity start divided out."""
+"""``factor_start``: the identity, a scaled identity, or none (bias-corrected averages)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_fold_keeps_the_weighted_mean_of_the_batches_for_any_decays():
     decays = [0.9, 0.5, 0.95, 0.0, 0.8]
     batches = _batches(len(decays))
     factor = Factor("A", "fc", 5, torch.float64, torch.device("cpu"))
-    factor.bias_corrected = True
+    factor.start = "batch"
     for k, (batch, decay) in enumerate(zip(batches, decays, strict=True)):
         factor.fold(batch, decay)
         # the raw average's weights on the batches, its identity part dropped
@@ -39,7 +39,7 @@ def test_first_fold_sets_the_batch_factor_and_later_ones_match_the_plain_average
     batches = _batches(4)
     plain = Factor("A", "fc", 5, torch.float64, torch.device("cpu"))
     corrected = Factor("A", "fc", 5, torch.float64, torch.device("cpu"))
-    corrected.bias_corrected = True
+    corrected.start = "batch"
     for k, batch in enumerate(batches):
         plain.fold(batch, 0.6)
         corrected.fold(batch, 0.6)
@@ -74,14 +74,14 @@ def _train(pre_kwargs: dict, steps: int, state: dict | None = None, start: int =
 
 
 SETTINGS = {"method": "eigh", "factor_update_period": 1, "inverse_update_period": 2,
-            "factor_decay": 0.7, "bias_correction": True}  # fmt: skip
+            "factor_decay": 0.7, "factor_start": "batch"}  # fmt: skip
 
 
 def test_preconditioner_starts_from_the_statistics_and_resumes_exactly():
     model, pre = _train(SETTINGS, 1)
     assert set(pre.identity_weights().values()) == {0.0}
     # after one step the factors are the batch factors: no identity in them
-    plain_model, plain = _train({**SETTINGS, "bias_correction": False}, 1)
+    plain_model, plain = _train({**SETTINGS, "factor_start": "identity"}, 1)
     for name, factors in pre.factors().items():
         w = plain.identity_weights()[name]
         for corrected, raw in zip(factors, plain.factors()[name], strict=True):
@@ -116,7 +116,53 @@ def test_brand_factors_start_from_the_batch_too():
     torch.testing.assert_close(A.trace(), batch.trace(), rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("value", [1, "yes", None])
-def test_bias_correction_must_be_a_bool(value):
-    with pytest.raises(TypeError, match="bias_correction"):
-        KFACPreconditioner(torch.nn.Linear(3, 2), bias_correction=value)
+def test_scaled_identity_starts_on_the_first_batch_factors_scale():
+    decays = [0.6, 0.6, 0.9]
+    batches = [100.0 * b for b in _batches(3)]
+    plain = Factor("A", "fc", 5, torch.float64, torch.device("cpu"))
+    scaled = Factor("A", "fc", 5, torch.float64, torch.device("cpu"))
+    scaled.start = "scaled_identity"
+    for batch, decay in zip(batches, decays, strict=True):
+        plain.fold(batch, decay)
+        scaled.fold(batch, decay)
+    mean = batches[0].diagonal().mean().item()
+    assert scaled.start_scale == pytest.approx(mean)
+    w = plain.identity_weight
+    assert scaled.identity_weight == pytest.approx(w * mean)
+    eye = torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(scaled.matrix - w * mean * eye, plain.matrix - w * eye)
+
+
+@pytest.mark.parametrize("start", ["scaled_identity", "batch"])
+def test_every_start_resumes_exactly(start):
+    settings = {**SETTINGS, "factor_start": start}
+    full_model, full = _train(settings, 6)
+    half_model, half = _train(settings, 3)
+    state = {"model": half_model.state_dict(), "pre": half.state_dict()}
+    resumed_model, _ = _train(settings, 6, state=state, start=3)
+    for p, q in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_scaled_identity_in_a_brand_factor_and_a_conv_stack():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(32, 3)
+    )
+    pre = KFACPreconditioner(
+        model, **{**SETTINGS, "method": "brand", "rank": 2, "factor_start": "scaled_identity"}
+    )
+    x = 10 * torch.randn(4, 2, 10)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    pre.step()
+    for layer in pre.layers:
+        for factor in layer.factors:
+            assert factor.start_scale != 1.0 and factor.identity_weight == pytest.approx(
+                0.7 * factor.start_scale
+            )
+
+
+@pytest.mark.parametrize("value", ["zero", "", None])
+def test_factor_start_must_be_a_known_start(value):
+    with pytest.raises((TypeError, ValueError), match="factor_start"):
+        KFACPreconditioner(torch.nn.Linear(3, 2), factor_start=value)
