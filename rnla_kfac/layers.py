@@ -277,7 +277,8 @@ class Factor:
         >>> import torch
         >>> factor = Factor("A", "fc", 2, torch.float64, torch.device("cpu"))
         >>> factor.start = "batch"
-        >>> for batch in (torch.full((2, 2), 4.0), torch.full((2, 2), 1.0)):
+        >>> for value in (4.0, 1.0):
+        ...     batch = torch.full((2, 2), value, dtype=torch.float64)
         ...     factor.fold(batch, decay=0.5)
         >>> factor.matrix[0, 0].item(), factor.identity_weight  # (0.5 * 4 + 1) / 1.5
         (2.0, 0.0)
