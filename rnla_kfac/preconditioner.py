@@ -116,8 +116,12 @@ class KFACPreconditioner:
         inverses (default: the factor dtype; factors and decompositions stay
         float32/float64). ``"bfloat16"`` runs them on bfloat16 matrix units at a
         relative error near ``2**-8`` (measured in :doc:`/user_guide/kfac`).
+    statistics_rows : int, optional
+        At most this many rows of a layer's batch (``N R`` under ``"expand"``, ``N`` under
+        ``"reduce"``) enter each batch Gram product (unset: all): a uniform subset, shared by
+        ``A`` and ``G``, scaled to keep the factor unbiased (:mod:`rnla_kfac.row_sampling`).
     seed : int, default 0
-        Seed of the sketches (combined with the step) and of the sampled labels.
+        Seed of the sketches and row subsets (combined with the step) and sampled labels.
     process_group : torch.distributed.ProcessGroup, optional
         Group to communicate in when :mod:`torch.distributed` is initialized.
 
@@ -176,6 +180,7 @@ class KFACPreconditioner:
         grad_scaler: GradScalerLike | None = None,
         kfac_approx: str = "expand",
         num_per_example_loss_terms: int | None = None,
+        statistics_rows: ScheduleLike | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -392,5 +397,6 @@ _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_d
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_update_period",
                      "rank_rtol", "warm_start", "tail_compensation", "seed")  # fmt: skip
 _RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
-                      "kfac_approx", "num_per_example_loss_terms", "model", "seed")  # fmt: skip
+                      "kfac_approx", "num_per_example_loss_terms", "model", "seed",
+                      "statistics_rows")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""
