@@ -208,3 +208,26 @@ def test_schedule_values_are_checked_when_read():
     batch_factors(pre, model, x, y, 0)
     with pytest.raises(ValueError, match="statistics_rows .schedule value at step 1.: must be"):
         batch_factors(pre, model, x, y, 1)
+
+
+def test_brand_factors_record_the_same_kept_rows():
+    """``method="brand"`` records the kept rows themselves (scaled): its low-rank state is
+    the dense average of the same subsamples (rank 40 >= the 5 x 4 rows folded)."""
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 120, (16,)))
+        for _ in range(5)
+    ]
+    factors = {}
+    for method in ("eigh", "brand"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 120)).double()
+        pre = KFACPreconditioner(
+            model, method=method, rank=40, factor_update_period=1, statistics_rows=4
+        )
+        train_steps(model, pre, torch.optim.SGD(model.parameters(), lr=0.1), batches)
+        factors[method] = pre.layers[1].G
+    assert factors["brand"].storage == "brand"
+    torch.testing.assert_close(
+        factors["brand"].matrix, factors["eigh"].matrix, rtol=1e-10, atol=1e-12
+    )
