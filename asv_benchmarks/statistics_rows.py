@@ -393,7 +393,11 @@ def main(argv: Sequence[str] | None = None) -> RowsReport:
     parser.add_argument("--caps", type=int, nargs="+", default=list(CAPS))
     parser.add_argument("--steps", type=int, default=48, help="training steps (default 48)")
     parser.add_argument(
-        "--captures", type=int, nargs="+", default=[8, 24, 44], help="factor-update steps"
+        "--captures",
+        type=int,
+        nargs="*",
+        default=[8, 24, 44],
+        help="factor-update steps to measure the errors at (none: the time only)",
     )
     parser.add_argument("--samples", type=int, default=None, help="override the preset's")
     parser.add_argument("--width", type=int, default=None, help="override the preset's")
