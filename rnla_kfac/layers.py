@@ -3,6 +3,7 @@ inverses, checkpoints)."""
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from .diagonal import ParameterHelper, bare_parameters
 from .inverse import DiagonalInverse, FactorInverse, Inverse
 from .low_rank_factor import BatchRows, LowRankFactor, batch_rows
 from .modules import LayerHelper, helper_for
+from .precision import resolve_dtype
 
 __all__ = [
     "Factor",
@@ -88,8 +90,16 @@ class Factor:
     updates : int
         Batch factors folded so far.
     identity_weight : float
-        Weight ``rho^k`` of the identity start left in the average after ``k`` folds
-        (the floor of the adaptive rank).
+        Multiple of the identity left in the average by its start after ``k`` folds
+        (the floor of the adaptive rank): ``rho^k`` times :attr:`start_scale`, 0 once a
+        ``"batch"`` start has folded.
+    start : {"identity", "scaled_identity", "batch"}
+        Where the average starts (see :meth:`fold`).
+    start_weight : float
+        ``rho^k``, the weight of the start after ``k`` folds.
+    start_scale : float
+        The start's multiple of the identity: 1, or for ``"scaled_identity"`` the mean
+        eigenvalue of the first batch factor.
     count : int
         Batch factors recorded since the last :meth:`take_batch`.
 
@@ -129,8 +139,17 @@ class Factor:
         self.rank_hint: int | None = None
         self.sketch_rank: int | None = None
         self.updates = 0
-        self.identity_weight = 1.0
+        self.start = "identity"
+        self.start_weight = 1.0
+        self.start_scale = 1.0
         self.reset_batch()
+
+    @property
+    def identity_weight(self) -> float:
+        """Multiple of the identity left in the average by its start (class docstring)."""
+        if self.start == "batch" and self.updates:
+            return 0.0
+        return self.start_weight * self.start_scale
 
     @property
     def matrix(self) -> Tensor:
@@ -141,12 +160,14 @@ class Factor:
         """
         if self.low_rank is not None:
             return self.low_rank.average.dense()
-        if self._matrix is None:
+        if self._matrix is None:  # the start: start_scale times the identity
             if self.diagonal:
                 self._matrix = torch.ones(self._size, dtype=self.dtype, device=self.device)
             else:
                 eye = torch.eye(self._size, dtype=self.dtype, device=self.device)
                 self._matrix = eye.repeat(*self._stack, 1, 1) if self._stack else eye
+            if self.start_scale != 1.0:
+                self._matrix.mul_(self.start_scale)
         return self._matrix
 
     @property
@@ -242,9 +263,30 @@ class Factor:
     def fold(self, batch: Tensor | BatchRows, decay: float) -> None:
         """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``.
 
-        Rows of a low-rank factor are folded by a Brand update
-        (:meth:`LowRankFactor.fold`); a Brand candidate decides its storage here.
+        ``F`` starts as the identity (:attr:`start` ``"identity"``), or as the identity
+        times the first batch factor's mean eigenvalue (``"scaled_identity"``: a start
+        on the statistics' scale), or not at all (``"batch"``): the average of the
+        batch factors alone, the start's weight ``w`` divided out as Adam does for its
+        moments, ``F <- F + t (F_batch - F)`` with ``t = (1 - decay) / (1 - decay w)``,
+        so that the first fold sets ``F = F_batch``. Rows of a low-rank factor are
+        folded by a Brand update (:meth:`LowRankFactor.fold`); a Brand candidate
+        decides its storage here.
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "fc", 2, torch.float64, torch.device("cpu"))
+        >>> factor.start = "batch"
+        >>> for batch in (torch.full((2, 2), 4.0), torch.full((2, 2), 1.0)):
+        ...     factor.fold(batch, decay=0.5)
+        >>> factor.matrix[0, 0].item(), factor.identity_weight  # (0.5 * 4 + 1) / 1.5
+        (2.0, 0.0)
         """
+        start_decay = decay
+        if self.start == "batch":
+            decay = 1.0 - (1.0 - decay) / (1.0 - decay * self.start_weight)
+        elif self.start == "scaled_identity" and self.updates == 0:
+            self._scale_start(batch)
         if isinstance(batch, BatchRows):
             if self.low_rank_candidate is not None:
                 self._decide_storage(batch)
@@ -255,7 +297,19 @@ class Factor:
         else:
             self.matrix.lerp_(batch, 1 - decay)
         self.updates += 1
-        self.identity_weight *= decay
+        self.start_weight *= start_decay
+
+    def _scale_start(self, batch: Tensor | BatchRows) -> None:
+        """Scale the identity start by the batch factor's mean eigenvalue (if positive)."""
+        if isinstance(batch, BatchRows):
+            mean = batch.rows.square().sum() / (batch.rows[..., :1, :].numel())
+        else:
+            mean = batch.mean() if self.diagonal else batch.diagonal(dim1=-2, dim2=-1).mean()
+        scale = float(mean)  # one host sync, at the first fold only
+        if math.isfinite(scale) and scale > 0:
+            self.start_scale = scale
+            if self._matrix is not None:  # made before (inspected): rescale it
+                self._matrix.mul_(scale)
 
     def _decide_storage(self, batch: BatchRows) -> None:
         """Low rank when ``rank + m < n`` for this batch's ``m`` rows, else dense."""
@@ -338,9 +392,10 @@ class KFACLayer:
         Layer-type specific statistics (:mod:`rnla_kfac.modules`).
     dtype : torch.dtype
         Factor dtype (float32, or float64 for float64 models).
-    statistics_dtype : torch.dtype, optional
-        Dtype of the batch Gram products (default ``dtype``); their results are
-        stored in ``dtype``.
+    statistics_dtype : torch.dtype or "auto", optional
+        Dtype of the batch Gram products (default ``dtype``; ``"auto"``: resolved on
+        the layer's device by :func:`~rnla_kfac.low_precision_dtype`, see
+        :attr:`gram_dtype`); their results are stored in ``dtype``.
 
     Attributes
     ----------
@@ -362,7 +417,7 @@ class KFACLayer:
         name: str,
         helper: LayerHelper,
         dtype: torch.dtype,
-        statistics_dtype: torch.dtype | None = None,
+        statistics_dtype: torch.dtype | str | None = None,
     ):
         self.name = name
         self.helper = helper
@@ -381,6 +436,27 @@ class KFACLayer:
     def factors(self) -> tuple[Factor, ...]:
         """The layer's factors ``(A, G)``: what is averaged, decomposed and checkpointed."""
         return (self.A, self.G)
+
+    @property
+    def gram_dtype(self) -> torch.dtype:
+        """The dtype the batch Gram products run in on the layer's current device.
+
+        ``statistics_dtype``, with ``"auto"`` resolved on the factors' device
+        (:func:`~rnla_kfac.low_precision_dtype`, decided once per device), or the factor
+        dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.modules import LinearHelper
+        >>> helper = LinearHelper(torch.nn.Linear(3, 2))
+        >>> KFACLayer("fc", helper, torch.float32, torch.bfloat16).gram_dtype
+        torch.bfloat16
+        >>> KFACLayer("fc", helper, torch.float32, "auto").gram_dtype in (
+        ...     torch.bfloat16, torch.float32)
+        True
+        """
+        return resolve_dtype(self.statistics_dtype, self.A.device) or self.dtype
 
     @property
     def updates(self) -> int:
@@ -420,9 +496,9 @@ class KFACLayer:
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
         if self.A.records_rows:
-            self.A.record(batch_rows(self.helper, x, "input", self.dtype, self.statistics_dtype))
+            self.A.record(batch_rows(self.helper, x, "input", self.dtype, self.gram_dtype))
             return
-        self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
+        self.A.record(self.helper.input_factor(x, self.dtype, self.gram_dtype))
 
     def record_output_grad(self, grad_output: Tensor, scale: float | Tensor = 1.0) -> None:
         """Add the batch ``G`` of one backward pass (from the output's gradient).
@@ -432,10 +508,10 @@ class KFACLayer:
         scaler (a power of two for both makes it exact).
         """
         if self.G.records_rows:
-            rows = batch_rows(self.helper, grad_output, "output", self.dtype, self.statistics_dtype)
+            rows = batch_rows(self.helper, grad_output, "output", self.dtype, self.gram_dtype)
             self.G.record(rows.mul_(scale))
             return
-        batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
+        batch = self.helper.output_factor(grad_output, self.dtype, self.gram_dtype)
         if not isinstance(scale, Tensor) and scale == 1:
             self.G.record(batch)
         else:
@@ -464,9 +540,12 @@ class KFACLayer:
         Per factor key ``k`` (``"A"``, ``"G"``): ``k`` the average and ``k_inverse`` a
         :meth:`FactorInverse.state_dict` (:meth:`DiagonalInverse.state_dict` for a
         diagonal factor) or None; then ``"rank_hints"`` (``{k: hint}``),
-        ``"sketch_ranks"`` (``{k: sketch rank}``), ``"updates"`` and
-        ``"identity_weight"``. The inverses' eigenvectors and the sketch ranks are all
-        a warm start reads, so a resumed run decomposes as the uninterrupted one.
+        ``"sketch_ranks"`` (``{k: sketch rank}``), ``"updates"``,
+        ``"identity_weight"`` (the start's weight ``rho^k``) and, after a
+        ``"scaled_identity"`` start, ``"start_scales"`` (``{k: scale}``; states
+        without it start at the plain identity). The inverses' eigenvectors and the
+        sketch ranks are all a warm start reads, so a resumed run decomposes as the
+        uninterrupted one.
         """
         state: dict[str, Any] = {}
         for factor in self.factors:
@@ -484,7 +563,9 @@ class KFACLayer:
         state["rank_hints"] = {factor.key: factor.rank_hint for factor in self.factors}
         state["sketch_ranks"] = {factor.key: factor.sketch_rank for factor in self.factors}
         state["updates"] = self.updates
-        state["identity_weight"] = self.identity_weight
+        state["identity_weight"] = self.A.start_weight
+        if any(factor.start_scale != 1.0 for factor in self.factors):  # a scaled start
+            state["start_scales"] = {factor.key: factor.start_scale for factor in self.factors}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -521,7 +602,8 @@ class KFACLayer:
             factor.rank_hint = state["rank_hints"][factor.key]
             factor.sketch_rank = state.get("sketch_ranks", {}).get(factor.key)
             factor.updates = int(state["updates"])
-            factor.identity_weight = float(state["identity_weight"])
+            factor.start_weight = float(state["identity_weight"])
+            factor.start_scale = float(state.get("start_scales", {}).get(factor.key, 1.0))
             factor.reset_batch()
 
 
@@ -574,7 +656,9 @@ def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
 
 
 def find_layers(
-    model: nn.Module, skip_layers: str | Iterable[str], statistics_dtype: torch.dtype | None
+    model: nn.Module,
+    skip_layers: str | Iterable[str],
+    statistics_dtype: torch.dtype | str | None,
 ) -> tuple[list[KFACLayer], dict[str, str]]:
     """A :class:`KFACLayer` per supported module of ``model``, and the modules left alone.
 
@@ -654,7 +738,7 @@ class _LayerSearch:
     order that holds it and can (tied weights: see :func:`find_layers`).
     """
 
-    def __init__(self, patterns: list[re.Pattern], statistics_dtype: torch.dtype | None):
+    def __init__(self, patterns: list[re.Pattern], statistics_dtype: torch.dtype | str | None):
         self.patterns = patterns
         self.statistics_dtype = statistics_dtype
         self.layers: list[KFACLayer] = []

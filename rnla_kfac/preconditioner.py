@@ -81,6 +81,11 @@ class KFACPreconditioner:
         each, or the pi-adjusted split (see :func:`rnla_kfac.precondition`).
     factor_decay : float, default 0.95
         ``rho`` in ``[0, 1)``.
+    factor_start : {"identity", "scaled_identity", "batch"}, default "identity"
+        Where the averages start: the identity (the paper's), the identity times the
+        first batch factor's mean eigenvalue (on the statistics' scale), or no start
+        (the batch factors' average, bias-corrected as Adam's moments). See
+        :meth:`~rnla_kfac.layers.Factor.fold`.
     factor_update_period, inverse_update_period : int, default 10, 50
         ``T_KU`` and ``T_KI``: steps between factor updates and between decompositions.
     fisher : {"empirical", "mc"}, default "empirical"
@@ -115,7 +120,10 @@ class KFACPreconditioner:
         Dtypes of the batch Gram products and of the per-step products with the
         inverses (default: the factor dtype; factors and decompositions stay
         float32/float64). ``"bfloat16"`` runs them on bfloat16 matrix units at a
-        relative error near ``2**-8`` (measured in :doc:`/user_guide/kfac`).
+        relative error near ``2**-8`` (measured in :doc:`/user_guide/kfac`);
+        ``"auto"``: bfloat16 where the device runs it natively and faster, else the
+        factor dtype (:func:`~rnla_kfac.low_precision_dtype`; what a layer got:
+        ``layer.gram_dtype``, ``pre.applier.work_dtype(layer)``).
     statistics_rows : int, optional
         At most this many rows of a layer's batch (``N R`` under ``"expand"``, ``N`` under
         ``"reduce"``) enter each batch Gram product (unset: all): a uniform subset, shared by
@@ -164,6 +172,7 @@ class KFACPreconditioner:
         damping: ScheduleLike = 0.1,
         damping_mode: str = "relative",
         factor_decay: ScheduleLike = 0.95,
+        factor_start: str = "identity",
         factor_update_period: ScheduleLike = 10,
         inverse_update_period: ScheduleLike = 50,
         fisher: str = "empirical",
@@ -396,7 +405,7 @@ class KFACPreconditioner:
 _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_dtype")
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_update_period",
                      "rank_rtol", "warm_start", "tail_compensation", "seed")  # fmt: skip
-_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
-                      "kfac_approx", "num_per_example_loss_terms", "model", "seed",
-                      "statistics_rows")  # fmt: skip
+_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "factor_start",
+                      "accumulation_steps", "grad_scaler", "kfac_approx",
+                      "num_per_example_loss_terms", "model", "seed", "statistics_rows")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import ScheduleLike, check_choice, check_decay, check_positive_int
+from ._checks import (
+    FACTOR_STARTS,
+    ScheduleLike,
+    check_choice,
+    check_decay,
+    check_positive_int,
+)
 from .distributed import DistributionStrategy, LocalStrategy
 from .gradient_applier import as_schedule
 from .layers import Factor, KFACLayer, load_layer_states, skipped_message
@@ -120,6 +126,11 @@ class StatisticsRecorder:
         Steps between factor updates; statistics are recorded on those steps only.
     factor_decay : float, callable or Schedule
         ``rho`` of the exponential averages, in ``[0, 1)``.
+    factor_start : {"identity", "scaled_identity", "batch"}, default "identity"
+        Where the averages start (:meth:`~rnla_kfac.layers.Factor.fold`): the
+        identity; the identity times the first batch factor's mean eigenvalue; or no
+        start, the average of the batch factors alone (bias-corrected as Adam's
+        moments), so that the first fold sets each factor to its batch factor.
     fisher : {"empirical", "mc"}, default "empirical"
         Record ``G`` from the user's backward, or only from :meth:`mc_backward`'s.
     accumulation_steps : int, default 1
@@ -184,6 +195,7 @@ class StatisticsRecorder:
         *,
         factor_update_period: ScheduleLike,
         factor_decay: ScheduleLike,
+        factor_start: str = "identity",
         fisher: str = "empirical",
         accumulation_steps: int = 1,
         grad_scaler: GradScalerLike | None = None,
@@ -205,6 +217,10 @@ class StatisticsRecorder:
             factor_update_period, "factor_update_period", check_positive_int
         )
         self.factor_decay = as_schedule(factor_decay, "factor_decay", check_decay)
+        self.factor_start = check_choice(factor_start, "factor_start", FACTOR_STARTS)
+        for layer in self.layers:
+            for factor in layer.factors:
+                factor.start = self.factor_start
         self.fisher = fisher
         self.accumulation_steps = check_positive_int(accumulation_steps, "accumulation_steps")
         self.grad_scaler = grad_scaler
@@ -744,7 +760,7 @@ class _LayerStep:
         return self.sampler.sample(rows, layer=self.layer.name, draw=draw)
 
     def _compute_dtype(self) -> torch.dtype:
-        return self.layer.statistics_dtype or self.layer.dtype
+        return self.layer.gram_dtype
 
     def add_input(self, x: Tensor) -> None:
         """Add one call's input rows."""
