@@ -200,7 +200,8 @@ def measure(
         **options,
     )
     pre = optimizer.preconditioner
-    shadow_options = {key: options[key] for key in ("factor_decay", "factor_update_period", "seed")}
+    recording = ("factor_decay", "factor_update_period", "factor_start", "kfac_approx", "seed")
+    shadow_options = {key: options[key] for key in recording if key in options}
     shadows = {
         cap: KFACPreconditioner(model, method="eigh", statistics_rows=cap, **shadow_options)
         for cap in caps
