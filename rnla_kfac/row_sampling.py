@@ -10,14 +10,16 @@ each row enters with probability ``k / m``, so the expectation over the draw is 
 costs ``k / m`` of the full one. Layers with at most ``k`` rows are untouched.
 
 Each draw is a function of the seed, the step, the layer's name, the draw's index in
-the step and ``m`` alone: reproducible, the same after a resume from a
-``state_dict`` (which restores the step) and on any device. The ``j``-th forward call
-of a layer in a step and its ``j``-th backward call draw the same rows: for a layer
-called once per forward pass (micro-batches of gradient accumulation included) ``A``
-and ``G`` come from the same rows of the same examples, since the rows of the input and
-of the output gradient of ``nn.Linear`` and the convolutions correspond one to one (a
-module called several times per forward pass meets its backward calls in reverse
-order: each factor stays unbiased). Under ``torch.distributed`` every process draws
+the step and ``m`` alone: reproducible, and the same after a resume from a
+``state_dict`` (which restores the step). The rows are drawn by a generator on the
+rows' device, with no host synchronization (a CUDA generator draws other rows than
+the CPU's from the same seed). The ``j``-th forward call of a layer in a step and its
+``j``-th backward call draw the same rows: for a layer called once per forward pass
+(micro-batches of gradient accumulation included) ``A`` and ``G`` come from the same
+rows of the same examples, since the rows of the input and of the output gradient of
+``nn.Linear`` and the convolutions correspond one to one (a module called several
+times per forward pass meets its backward calls in reverse order: each factor stays
+unbiased). Under ``torch.distributed`` every process draws
 with the same seed from its own shard: the cap applies to each process's rows, and the
 average over the processes of unbiased estimates is unbiased, but the estimate depends
 on the number of processes (the full-batch factor with equal shards does not).
@@ -76,8 +78,10 @@ class RowSampler:
         self.seed = seed
         self.step = 0
 
-    def indices(self, rows: int, *, layer: str, draw: int) -> Tensor | None:
-        """The kept row indices of ``rows`` (sorted, on the CPU), or None to keep all.
+    def indices(
+        self, rows: int, *, layer: str, draw: int, device: torch.device | None = None
+    ) -> Tensor | None:
+        """The kept row indices of ``rows`` (sorted, on ``device``), or None to keep all.
 
         Examples
         --------
@@ -96,8 +100,8 @@ class RowSampler:
             return None
         key = f"{self.seed}/{self.step}/{layer}/{draw}/{rows}".encode()
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-        generator = torch.Generator().manual_seed(seed >> 1)  # a non-negative int64
-        return torch.randperm(rows, generator=generator)[:cap].sort().values
+        generator = torch.Generator(device=device or "cpu").manual_seed(seed >> 1)  # int64 >= 0
+        return torch.randperm(rows, generator=generator, device=device)[:cap].sort().values
 
     def sample(self, rows: Tensor, *, layer: str, draw: int) -> tuple[Tensor, float]:
         """The kept rows of ``rows`` (along dimension ``-2``) and their weight ``m / k``.
@@ -106,7 +110,7 @@ class RowSampler:
         (a grouped convolution's ``(blocks, m, d)``) keep the same rows in every block.
         """
         count = rows.shape[-2]
-        kept = self.indices(count, layer=layer, draw=draw)
+        kept = self.indices(count, layer=layer, draw=draw, device=rows.device)
         if kept is None:
             return rows, 1.0
-        return rows.index_select(-2, kept.to(rows.device)), count / kept.numel()
+        return rows.index_select(-2, kept), count / kept.numel()
