@@ -231,3 +231,14 @@ def test_brand_factors_record_the_same_kept_rows():
     torch.testing.assert_close(
         factors["brand"].matrix, factors["eigh"].matrix, rtol=1e-10, atol=1e-12
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rows_are_drawn_on_the_rows_device():
+    rows = torch.randn(100, 3, device="cuda")
+    sampler = RowSampler(10, seed=0)
+    kept, weight = sampler.sample(rows, layer="fc", draw=0)
+    again, _ = sampler.sample(rows, layer="fc", draw=0)
+    assert kept.shape == (10, 3) and weight == 10.0 and torch.equal(kept, again)
+    chosen = sampler.indices(100, layer="fc", draw=0, device=rows.device)
+    assert chosen.device == rows.device and torch.equal(kept, rows[chosen])
