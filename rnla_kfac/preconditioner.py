@@ -124,8 +124,12 @@ class KFACPreconditioner:
         ``"auto"``: bfloat16 where the device runs it natively and faster, else the
         factor dtype (:func:`~rnla_kfac.low_precision_dtype`; what a layer got:
         ``layer.gram_dtype``, ``pre.applier.work_dtype(layer)``).
+    statistics_rows : int, optional
+        At most this many rows of a layer's batch (``N R`` under ``"expand"``, ``N`` under
+        ``"reduce"``) enter each batch Gram product (unset: all): a uniform subset, shared by
+        ``A`` and ``G``, scaled to keep the factor unbiased (:mod:`rnla_kfac.row_sampling`).
     seed : int, default 0
-        Seed of the sketches (combined with the step) and of the sampled labels.
+        Seed of the sketches and row subsets (combined with the step) and sampled labels.
     process_group : torch.distributed.ProcessGroup, optional
         Group to communicate in when :mod:`torch.distributed` is initialized.
 
@@ -185,6 +189,7 @@ class KFACPreconditioner:
         grad_scaler: GradScalerLike | None = None,
         kfac_approx: str = "expand",
         num_per_example_loss_terms: int | None = None,
+        statistics_rows: ScheduleLike | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -402,5 +407,5 @@ _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_upd
                      "rank_rtol", "warm_start", "tail_compensation", "seed")  # fmt: skip
 _RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "factor_start",
                       "accumulation_steps", "grad_scaler", "kfac_approx",
-                      "num_per_example_loss_terms", "model", "seed")  # fmt: skip
+                      "num_per_example_loss_terms", "model", "seed", "statistics_rows")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""
