@@ -12,6 +12,10 @@ the settings by
    settings that reach it in every seed;
 3. the mean final test accuracy (higher first).
 
+Each tuning run stops with the epoch in which it reaches the highest target
+(:attr:`~rnla_kfac.experiments.presets.Preset.stop_at_target`): the steps to the
+target are all the criterion needs, and a run that misses it trains the whole budget.
+
 Steps, not seconds: a method's step costs the same under every setting of a grid
 that leaves its work unchanged (learning rate, momentum, weight decay, damping, KL
 clip), and steps do not depend on what else the machine runs. Settings that change
@@ -145,7 +149,7 @@ def tune(
     top = max(preset.targets)
     rows = []
     for setting in grid_settings(preset.grids[method]):
-        tuned = with_setting(preset, method, setting)
+        tuned = with_setting(preset, method, setting).replace(stop_at_target=True)
         row: dict[str, Any] = {
             "method": method,
             "setting": setting,
