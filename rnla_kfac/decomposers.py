@@ -194,10 +194,11 @@ class Decomposer:
 
         When the plan probes (:attr:`~rnla_kfac.inverse_updater.DecompositionPlan.probes`),
         each factor with a reusable previous decomposition is first refreshed by
-        :func:`refresh_decomposition`: one whose drift is at most the plan's
-        ``skip_tol`` keeps the refreshed decomposition (no sketch); with
+        :func:`~rnla_kfac.drift.refresh_decomposition`: one whose drift and growth are
+        at most the plan's ``skip_tol`` keeps the refreshed decomposition (no sketch); with
         ``warm_n_iter="auto"`` a warm start takes :func:`warm_power_iterations` of its
-        drift. Each factor's :class:`DecompositionOutcome` goes to ``plan.outcomes``.
+        drift (:func:`~rnla_kfac.drift.warm_power_iterations`). Each factor's
+        :class:`~rnla_kfac.drift.DecompositionOutcome` goes to ``plan.outcomes``.
 
         Examples
         --------
@@ -217,11 +218,10 @@ class Decomposer:
             drift = None
             previous = plan.previous_decomposition(factor) if plan.probes else None
             if previous is not None:
-                refreshed, drift = refresh_decomposition(
-                    factor.matrix, previous, plan.tail_compensation
-                )
-                if drift <= plan.skip_tol:
-                    results[j] = refreshed
+                refresh = refresh_decomposition(factor.matrix, previous, plan.tail_compensation)
+                drift = refresh.drift
+                if refresh.skippable(plan.skip_tol):
+                    results[j] = refresh.inverse
                     plan.outcomes[factor.name] = DecompositionOutcome(drift, True, 0)
                     continue
             if starts[j] is not None:

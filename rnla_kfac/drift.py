@@ -11,21 +11,24 @@ eigenvectors ``V``, eigenvalues, tail mean, trace) can be reused is *probed*:
   (``k = d``, ``method="eigh"`` or a factor too small to sketch) a ``d x d`` eigh of
   ``M`` would cost as much as decomposing ``F``, so ``U = V`` and ``theta = diag(M)``
   (sorted), as distributed Shampoo's adaptive eigendecomposition skipping does;
-* its **drift** is ``max(||F U - U diag(theta)||_F, |c - c_0|) / theta_1``: the
-  residual of the refreshed eigenpairs (``||Y - V M||_F`` after Rayleigh-Ritz, the
-  off-diagonal part of ``M`` on the exact path), and the change of the mass outside
-  ``span(V)`` (``c = trace(F) - sum(theta)`` now, ``c_0`` at the last decomposition:
-  a new direction orthogonal to every kept eigenvector leaves no residual but adds
-  its eigenvalue to that mass), both relative to the largest eigenvalue. It is
+* its **drift** is ``||F U - U diag(theta)||_F / theta_1``: the residual of the
+  refreshed eigenpairs (``||Y - V M||_F`` after Rayleigh-Ritz, the off-diagonal part
+  of ``M`` on the exact path) relative to the largest eigenvalue. It is
   scale-invariant (``F -> s F`` leaves it unchanged) and in the unit of the relative
   damping ``lambda theta_1``: the refreshed eigenpairs describe ``F`` up to a
   perturbation of norm about ``drift * theta_1``, which changes the damped inverse
-  by about ``drift / lambda`` relatively. A stack of blocks drifts as its worst block.
+  by about ``drift / lambda`` relatively;
+* its **growth** is ``max(0, c - c_0) / theta_1``, the increase of the mass outside
+  ``span(V)`` (``c = trace(F) - sum(theta)`` now, ``c_0`` at the last decomposition).
+  A new direction orthogonal to every kept eigenvector leaves no residual, but its
+  eigenvalue adds to that mass; the mass shrinking (the identity start fading) is
+  harmless, the refreshed tail mean follows it. Always 0 on the exact path.
 
-Two decisions read it (:meth:`rnla_kfac.decomposers.Decomposer.run`):
+A stack of blocks drifts and grows as its worst block. Two decisions read them
+(:meth:`rnla_kfac.decomposers.Decomposer.run`):
 
-* **skipping**: a factor whose drift is at most ``skip_tol`` keeps the refreshed
-  decomposition instead of being decomposed;
+* **skipping**: a factor whose drift and growth are both at most ``skip_tol`` keeps
+  the refreshed decomposition instead of being decomposed;
 * **adaptive warm iterations** (``warm_n_iter="auto"``,
   :func:`warm_power_iterations`): the warm sketch's power iterations are the fewest
   that bring the drift below ``rank_rtol``.
@@ -41,7 +44,45 @@ from torch import Tensor
 
 from .inverse import FactorInverse
 
-__all__ = ["DecompositionOutcome", "refresh_decomposition", "warm_power_iterations"]
+__all__ = ["DecompositionOutcome", "Refresh", "refresh_decomposition", "warm_power_iterations"]
+
+
+class Refresh(NamedTuple):
+    """A previous decomposition refreshed on the current factor (:func:`refresh_decomposition`).
+
+    Attributes
+    ----------
+    inverse : FactorInverse
+        The refreshed undamped decomposition.
+    drift : float
+        Residual of its eigenpairs relative to the largest eigenvalue.
+    growth : float
+        Increase of the mass outside the kept eigenvectors, relative to the largest
+        eigenvalue.
+
+    Examples
+    --------
+    >>> from rnla_kfac import FactorInverse
+    >>> import torch
+    >>> Refresh(FactorInverse.from_factor(torch.eye(2)), 0.0, 0.0).drift
+    0.0
+    """
+
+    inverse: FactorInverse
+    drift: float
+    growth: float
+
+    def skippable(self, tolerance: float) -> bool:
+        """Whether drift and growth are both at most ``tolerance`` (and it is ``> 0``).
+
+        Examples
+        --------
+        >>> from rnla_kfac import FactorInverse
+        >>> import torch
+        >>> Refresh(FactorInverse.from_factor(torch.eye(2)), 0.01, 0.0).skippable(0.05)
+        True
+        """
+        return tolerance > 0 and max(self.drift, self.growth) <= tolerance
 
 
 class DecompositionOutcome(NamedTuple):
@@ -70,8 +111,8 @@ class DecompositionOutcome(NamedTuple):
 
 def refresh_decomposition(
     F: Tensor, previous: FactorInverse, tail_compensation: bool = True
-) -> tuple[FactorInverse, float]:
-    """The previous eigenvectors refreshed on the current factor, and their drift.
+) -> Refresh:
+    """The previous eigenvectors refreshed on the current factor, their drift and growth.
 
     Parameters
     ----------
@@ -85,12 +126,10 @@ def refresh_decomposition(
 
     Returns
     -------
-    refreshed : FactorInverse
-        Rayleigh-Ritz eigenpairs on ``span(V)`` (low rank), or ``V`` with the diagonal
-        of ``V^T F V`` (exact); undamped, with ``F``'s trace.
-    drift : float
-        ``max(residual, |change of the mass outside span(V)|) / theta_1`` (the worst
-        block of a stack); see :mod:`rnla_kfac.drift`.
+    Refresh
+        The Rayleigh-Ritz eigenpairs on ``span(V)`` (low rank), or ``V`` with the
+        diagonal of ``V^T F V`` (exact), undamped, with ``F``'s trace; their drift and
+        growth (the worst block of a stack; see :mod:`rnla_kfac.drift`).
 
     Examples
     --------
@@ -98,11 +137,11 @@ def refresh_decomposition(
     >>> from rnla_kfac import FactorInverse
     >>> F = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5]))
     >>> previous = FactorInverse.from_factor(F, "eigh")
-    >>> refreshed, drift = refresh_decomposition(2 * F, previous)
-    >>> refreshed.eigenvalues, drift
+    >>> refresh = refresh_decomposition(2 * F, previous)
+    >>> refresh.inverse.eigenvalues, refresh.drift
     (tensor([8., 4., 2., 1.]), 0.0)
     >>> rotated = torch.tensor([[4.0, 1.0, 0, 0], [1.0, 2.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 0.5]])
-    >>> round(refresh_decomposition(rotated, previous)[1], 3)  # sqrt(2) / 4
+    >>> round(refresh_decomposition(rotated, previous).drift, 3)  # sqrt(2) / 4
     0.354
     """
     V = previous.eigenvectors
@@ -116,7 +155,7 @@ def refresh_decomposition(
         residual = torch.linalg.matrix_norm(Y - V * values[..., None, :])
         values, order = values.sort(dim=-1, descending=True)
         vectors = V.gather(-1, order[..., None, :].expand_as(V))
-        moved = torch.zeros_like(residual)
+        grown = torch.zeros_like(residual)
     else:
         ritz_values, W = torch.linalg.eigh(M)
         values, W = ritz_values.flip(-1), W.flip(-1)
@@ -124,14 +163,14 @@ def refresh_decomposition(
         residual = torch.linalg.matrix_norm(Y - V @ M)
         mass_before = torch.as_tensor(previous.trace, dtype=F.dtype, device=F.device)
         mass_before = mass_before - previous.eigenvalues.sum(-1)
-        moved = (trace - values.sum(-1) - mass_before).abs()
+        grown = (trace - values.sum(-1) - mass_before).clamp_min(0)
     scale = values[..., 0].clamp_min(torch.finfo(F.dtype).tiny)
-    drift = float((torch.maximum(residual, moved) / scale).max())
+    drift, growth = (float((part / scale).max()) for part in (residual, grown))
     values = values.clamp_min(0)
     tail = 0.0
     if tail_compensation and k < n:
         tail = ((trace - values.sum(-1)) / (n - k)).clamp_min(0)
-    return FactorInverse(values, vectors, tail=tail, trace=trace), drift
+    return Refresh(FactorInverse(values, vectors, tail=tail, trace=trace), drift, growth)
 
 
 def warm_power_iterations(
