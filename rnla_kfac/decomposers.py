@@ -228,7 +228,7 @@ class Decomposer:
                 count = plan.warm_n_iter
                 if count == "auto":
                     count = warm_power_iterations(
-                        drift, previous, plan.oversample, plan.policy.rtol, plan.n_iter
+                        drift, refresh.inverse, plan.oversample, plan.policy.rtol, plan.n_iter
                     )
             elif self.is_exact(plan.sketch_rank(factor), plan.oversample, factor.size):
                 count = 0

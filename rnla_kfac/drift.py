@@ -174,7 +174,7 @@ def refresh_decomposition(
 
 
 def warm_power_iterations(
-    drift: float, previous: FactorInverse, oversample: int, target: float, n_iter: int
+    drift: float, refreshed: FactorInverse, oversample: int, target: float, n_iter: int
 ) -> int:
     """Power iterations of a warm-started sketch: the fewest that bring ``drift`` to ``target``.
 
@@ -182,8 +182,9 @@ def warm_power_iterations(
     width ``l = k + oversample``) starts at an error of about ``drift``. The range
     finder applies ``F (F F^T)^q``, and each application of ``F`` shrinks the error
     towards the leading ``k``-dimensional subspace by about ``gamma = lambda_{l+1} /
-    lambda_k``; ``gamma`` is estimated by extending the power-law decay of the previous
-    kept eigenvalues (through ``lambda_{ceil(k/2)}`` and ``lambda_k``) to ``l + 1``.
+    lambda_k``; ``gamma`` is estimated by extending the power-law decay of the
+    refreshed eigenvalues (the Ritz values on the current factor, through
+    ``theta_{ceil(k/2)}`` and ``theta_k``) to ``l + 1``.
     The result is the smallest ``q >= 0`` with ``drift * gamma^(2q + 1) <= target``,
     clipped to ``[0, n_iter]`` (``n_iter`` when the kept spectrum is flat).
 
@@ -191,8 +192,8 @@ def warm_power_iterations(
     ----------
     drift : float
         The factor's drift (:func:`refresh_decomposition`).
-    previous : FactorInverse
-        Its previous (low-rank) decomposition.
+    refreshed : FactorInverse
+        Its refreshed (low-rank) decomposition (:attr:`Refresh.inverse`).
     oversample : int
         The sketch's extra columns ``p``.
     target : float
@@ -210,14 +211,14 @@ def warm_power_iterations(
     >>> import torch
     >>> from rnla_kfac import FactorInverse
     >>> values = 1 / torch.arange(1, 9, dtype=torch.float32)  # lambda_j = 1 / j, k = 8
-    >>> previous = FactorInverse(values, torch.eye(100)[:, :8])
-    >>> [warm_power_iterations(drift, previous, 8, 0.03, 4) for drift in (0.01, 0.2, 1.0)]
+    >>> refreshed = FactorInverse(values, torch.eye(100)[:, :8])
+    >>> [warm_power_iterations(drift, refreshed, 8, 0.03, 4) for drift in (0.01, 0.2, 1.0)]
     [0, 1, 2]
     """
     if drift <= target:
         return 0
-    values = previous.eigenvalues.reshape(-1, previous.rank)
-    k = previous.rank
+    values = refreshed.eigenvalues.reshape(-1, refreshed.rank)
+    k = refreshed.rank
     middle = math.ceil(k / 2)
     if k == middle:
         return n_iter
