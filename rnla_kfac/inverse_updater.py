@@ -261,13 +261,19 @@ class DecompositionPlan:
         >>> plan.outcomes[factor.name]
         DecompositionOutcome(drift=0.25, skipped=False, power_iterations=2)
         """
-        drift, skipped, iterations = self.outcomes[factor.name]
+        outcome = self.outcomes.get(factor.name)
+        if outcome is None:  # none reported (a Brand correction): -1 iterations
+            return torch.tensor([math.nan, 0.0, -1.0], dtype=torch.float64)
+        drift, skipped, iterations = outcome
         drift = math.nan if drift is None else drift
         return torch.tensor([drift, float(skipped), float(iterations)], dtype=torch.float64)
 
     def unpack_outcome(self, factor: Factor, payload: Tensor) -> None:
-        """Record the outcome :meth:`pack_outcome` packed for ``factor``."""
+        """Record the outcome :meth:`pack_outcome` packed for ``factor`` (if one was)."""
         drift, skipped, iterations = payload.tolist()
+        if iterations < 0:
+            self.outcomes.pop(factor.name, None)
+            return
         self.outcomes[factor.name] = DecompositionOutcome(
             None if math.isnan(drift) else drift, bool(skipped), int(iterations)
         )
