@@ -192,12 +192,13 @@ class Decomposer:
     def run(self, plan: DecompositionPlan, factors: list[Factor]) -> list[FactorInverse | None]:
         """Decompose ``factors``' averages under ``plan`` (undamped; None where one failed).
 
-        When the plan probes (:attr:`~rnla_kfac.inverse_updater.DecompositionPlan.probes`),
-        each factor with a reusable previous decomposition is first refreshed by
-        :func:`~rnla_kfac.drift.refresh_decomposition`: one whose drift and growth are
-        at most the plan's ``skip_tol`` keeps the refreshed decomposition (no sketch); with
-        ``warm_n_iter="auto"`` a warm start takes :func:`warm_power_iterations` of its
-        drift (:func:`~rnla_kfac.drift.warm_power_iterations`). Each factor's
+        With the plan's ``skip_tol > 0``, each factor with a reusable previous
+        decomposition
+        (:meth:`~rnla_kfac.inverse_updater.DecompositionPlan.previous_decomposition`) is
+        first refreshed (:func:`~rnla_kfac.drift.refresh_decomposition`): one whose
+        drift and growth are at most ``skip_tol`` keeps the refreshed decomposition (no
+        sketch). With ``warm_n_iter="auto"`` each warm start is refreshed too and takes
+        :func:`~rnla_kfac.drift.warm_power_iterations` of its drift. Each factor's
         :class:`~rnla_kfac.drift.DecompositionOutcome` goes to ``plan.outcomes``.
 
         Examples
@@ -216,7 +217,8 @@ class Decomposer:
         iterations: list[int] = []
         for j, factor in enumerate(factors):
             drift = None
-            previous = plan.previous_decomposition(factor) if plan.probes else None
+            probed = plan.skip_tol > 0 or (plan.warm_n_iter == "auto" and starts[j] is not None)
+            previous = plan.previous_decomposition(factor) if probed else None
             if previous is not None:
                 refresh = refresh_decomposition(factor.matrix, previous, plan.tail_compensation)
                 drift = refresh.drift

@@ -110,18 +110,6 @@ class DecompositionPlan:
         self.skip_tol = skip_tol
         self.outcomes: dict[str, DecompositionOutcome] = {}
 
-    @property
-    def probes(self) -> bool:
-        """Whether factors are probed for their drift (skipping or ``"auto"`` is on).
-
-        Examples
-        --------
-        >>> from rnla_kfac.decomposers import decomposer_for
-        >>> DecompositionPlan(decomposer_for("rsvd"), RankPolicy(4), 2, 1, 2, True, 0).probes
-        False
-        """
-        return self.skip_tol > 0 or self.warm_n_iter == "auto"
-
     def sketch_rank(self, factor: Factor) -> int | None:
         """The rank asked of ``factor``'s decomposition (``None``: exact).
 
