@@ -282,3 +282,21 @@ def test_a_warm_n_iter_schedule_may_return_auto():
     )  # fmt: skip
     run_steps(model, batches(6), pre=pre)
     assert pre.updater.decomposition_counts["0.A"]["drift"] is not None
+
+
+@pytest.mark.parametrize("rank", [10, 120])
+def test_a_stack_refreshes_block_by_block_and_drifts_as_its_worst_block(rank):
+    blocks = [spectrum_factor(seed=seed) for seed in (0, 1)]
+    moved = [perturbed(blocks[0], 1e-4), perturbed(blocks[1], 1e-2)]
+    previous = [top(F, rank) for F in blocks]
+    stacked = FactorInverse(
+        torch.stack([p.eigenvalues for p in previous]),
+        torch.stack([p.eigenvectors for p in previous]),
+        tail=torch.stack([torch.as_tensor(p.tail) for p in previous]),
+        trace=torch.stack([p.trace for p in previous]),
+    )
+    together = refresh_decomposition(torch.stack(moved), stacked)
+    alone = [refresh_decomposition(F, p) for F, p in zip(moved, previous, strict=True)]
+    assert together.drift == pytest.approx(max(r.drift for r in alone), rel=1e-9)
+    for i, refresh in enumerate(alone):
+        torch.testing.assert_close(together.inverse.eigenvalues[i], refresh.inverse.eigenvalues)
