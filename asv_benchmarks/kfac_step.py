@@ -11,8 +11,9 @@ them over the update periods (default the paper's, ``T_KU = 10``, ``T_KI = 50``;
 
 Each step is timed twice, in the same rounds: by the real :class:`rnla_kfac.KFAC`
 optimizer (the *measured* step), and by a twin whose preconditioner's public phases
-are timed with the device synchronized around each (:class:`_PhaseTimer`, which wraps
-the phases' methods on that one instance; the library is not changed). The twin
+are timed with the device synchronized around each
+(:class:`rnla_kfac.experiments.profile.PhaseTimer`, which wraps the phases' methods
+on that one instance; the library is not changed). The twin
 splits every step into
 
 * ``forward_backward``: ``zero_grad``, the model's forward pass, the loss and its
@@ -29,12 +30,16 @@ so the pieces of one step sum to its instrumented wall time exactly. The report 
 each piece amortized like the step, their sum, the measured (uninstrumented) amortized
 step, their ratio (instrumentation overhead and noise), the ratio to an SGD step, and
 the step targets' verdicts (:func:`asv_benchmarks.targets.check_step_targets`).
-Timings on a shared machine are noisy: compare methods within one run only.
+The report's header names what ``"auto"`` (the fast settings' dtypes) resolved to on
+the device and why, with the CPU's name and torch's CPU capability
+(:func:`low_precision_header`). Timings on a shared machine are noisy: compare methods
+within one run only.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import time
 import warnings
@@ -46,6 +51,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from rnla_kfac import KFAC, KFACPreconditioner
+from rnla_kfac.experiments.profile import PHASES, PhaseTimer
+from rnla_kfac.precision import low_precision_choice
 
 from .common import elapsed, markdown_table, synchronize
 from .targets import check_step_targets
@@ -57,6 +64,7 @@ __all__ = [
     "STEP_METHODS",
     "amortize",
     "breakdown_report",
+    "low_precision_header",
     "main",
     "make_mlp",
     "time_breakdown",
@@ -68,8 +76,9 @@ STEP_METHODS = ("sgd", "eigh", "rsvd", "srevd", "nystrom", "brand")
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
-    # The documented fast settings: bfloat16 Gram products and Woodbury products.
-    "fast": {"statistics_dtype": "bfloat16", "precondition_dtype": "bfloat16"},
+    # The documented fast settings: bfloat16 Gram products and Woodbury products where the
+    # device runs them natively and faster (rnla_kfac.low_precision_dtype), else float32.
+    "fast": {"statistics_dtype": "auto", "precondition_dtype": "auto"},
 }
 """Named keyword arguments of the K-FAC preconditioner (SGD ignores them)."""
 
@@ -152,72 +161,12 @@ def amortize(per_kind: Mapping[str, float], factor_period: int, inverse_period: 
     ) / inverse_period
 
 
-class _PhaseTimer:
-    """Times the public phases of a preconditioner (harness only; the library is unchanged).
-
-    Wraps, on this one preconditioner, the recorder's
-    :meth:`~rnla_kfac.statistics.StatisticsRecorder.record_input` and
-    :meth:`~rnla_kfac.statistics.StatisticsRecorder.record_output_grad` (what the hooks
-    do), :meth:`~rnla_kfac.statistics.StatisticsRecorder.fold`, the updater's
-    :meth:`~rnla_kfac.inverse_updater.InverseUpdater.update` and the applier's
-    :meth:`~rnla_kfac.gradient_applier.GradientApplier.apply`. Each timed piece ends
-    with a device synchronization, so the times add up to the step's wall time. With
-    ``capture`` set, the recording calls also keep what they recorded, for
-    :meth:`replay_statistics`.
-    """
-
-    def __init__(self, pre: KFACPreconditioner, like: torch.Tensor):
-        self.pre = pre
-        self.timers = dict.fromkeys(("hooks", "fold", "inverses", "precondition"), 0.0)
-        self.capture = False
-        self.captured: list[tuple] = []
-        self._like = like
-        recorder = pre.recorder
-        record_input, record_grad = recorder.record_input, recorder.record_output_grad
-
-        def timed_input(layer: Any, x: torch.Tensor) -> None:
-            if self.capture:
-                self.captured.append(("A", layer, x.detach()))
-            self._timed("hooks", record_input, layer, x)
-
-        def timed_grad(layer: Any, grad: torch.Tensor) -> None:
-            self._timed("hooks", record_grad, layer, grad)
-            if self.capture:
-                self.captured.append(("G", layer, grad.detach(), recorder.gradient_scale))
-
-        recorder.record_input, recorder.record_output_grad = timed_input, timed_grad
-        for phase, method, name in (
-            (recorder, "fold", "fold"),
-            (pre.updater, "update", "inverses"),
-            (pre.applier, "apply", "precondition"),
-        ):
-            setattr(phase, method, self._wrap(name, getattr(phase, method)))
-
-    def _wrap(self, name: str, fn: Any) -> Any:
-        return lambda *args: self._timed(name, fn, *args)
-
-    def _timed(self, name: str, fn: Any, *args: Any) -> Any:
-        start = time.perf_counter()
-        result = fn(*args)
-        synchronize(self._like)
-        self.timers[name] += time.perf_counter() - start
-        return result
-
-    def replay_statistics(self) -> None:
-        """Record the captured batch statistics again and fold them (the hooks' work)."""
-        for kind, layer, tensor, *scale in self.captured:
-            if kind == "A":
-                layer.record_input(tensor)
-            else:
-                layer.record_output_grad(tensor, *scale)
-        self.pre.recorder.fold(self.pre.steps)
-
-
 class _Runner:
     """One method's model, optimizer and a training step whose kind can be forced.
 
     With ``timed`` set, the K-FAC preconditioner's phases are timed by a
-    :class:`_PhaseTimer` and :meth:`step_pieces` returns the step's pieces.
+    :class:`~rnla_kfac.experiments.profile.PhaseTimer` and :meth:`step_pieces` returns
+    the step's pieces.
     """
 
     def __init__(
@@ -238,7 +187,7 @@ class _Runner:
         self.y = torch.randint(0, 10, (batch,), device=device)
         self.due = {"factor": False, "inverse": False}
         self.pre: KFACPreconditioner | None = None
-        self.timer: _PhaseTimer | None = None
+        self.timer: PhaseTimer | None = None
         if method == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=0.01
@@ -254,7 +203,7 @@ class _Runner:
             self.optimizer = KFAC(self.model, lr=0.01, **kwargs)
             self.pre = self.optimizer.preconditioner
             if timed:  # the same optimizer, its preconditioner's phases timed
-                self.timer = _PhaseTimer(self.pre, self.x)
+                self.timer = PhaseTimer(self.pre, self.x.device)
         self.step()  # step 0: everything is due (warm-up)
 
     def force(self, kind: str) -> None:
@@ -280,7 +229,7 @@ class _Runner:
         """Seconds of one step's :data:`COMPONENTS` and their sum ``"total"``."""
         timer = self.timer
         if timer is not None:
-            timer.timers = dict.fromkeys(timer.timers, 0.0)
+            timer.reset()
         start = time.perf_counter()
         self.forward_backward()
         synchronize(self.x)
@@ -288,8 +237,7 @@ class _Runner:
         self.optimizer.step()
         synchronize(self.x)
         end = time.perf_counter()
-        t = timer.timers if timer is not None else dict.fromkeys(("hooks", "fold", "inverses"), 0.0)
-        t.setdefault("precondition", 0.0)
+        t = timer.seconds if timer is not None else dict.fromkeys(PHASES, 0.0)
         pieces = {
             "forward_backward": middle - start - t["hooks"],
             "statistics": t["hooks"] + t["fold"],
@@ -344,7 +292,7 @@ def time_breakdown(
         ``T_KU`` and ``T_KI`` of the amortization (``inverse_period`` a multiple).
     device : str
         Torch device of the model and batch.
-    statistics_dtype : {None, "float32", "bfloat16"}
+    statistics_dtype : {None, "float32", "bfloat16", "auto"}
         If given, the ``statistics_dtype`` of every setting.
 
     Returns
@@ -455,7 +403,7 @@ def time_methods(
         ``T_KU`` and ``T_KI`` of the amortized time (``inverse_period`` a multiple).
     device : str
         Torch device of the model and batch.
-    statistics_dtype : {None, "float32", "bfloat16"}
+    statistics_dtype : {None, "float32", "bfloat16", "auto"}
         ``statistics_dtype`` of the preconditioner.
     options : mapping, optional
         Further keyword arguments of the preconditioner (e.g. a value of
@@ -582,6 +530,50 @@ def breakdown_report(
     return "\n".join(out)
 
 
+def low_precision_header(device: str | torch.device) -> str:
+    """What ``"auto"`` resolves to on ``device`` and why, with the machine it ran on.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        The benchmark's device.
+
+    Returns
+    -------
+    str
+        Markdown list items: the dtype and its reason
+        (:func:`rnla_kfac.precision.low_precision_choice`), the CPU's name and torch's
+        CPU capability, and the GPU's name on a CUDA device.
+
+    Examples
+    --------
+    >>> from asv_benchmarks.kfac_step import low_precision_header
+    >>> print(low_precision_header("cpu"))  # doctest: +ELLIPSIS
+    - "auto" dtype on cpu: ...
+    - CPU: ..., torch CPU capability ...
+    """
+    device = torch.device(device)
+    lines = [
+        f'- "auto" dtype on {device}: {low_precision_choice(device)}',
+        f"- CPU: {_cpu_name()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}",
+    ]
+    if device.type == "cuda":
+        lines.append(f"- GPU: {torch.cuda.get_device_name(device)}")
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: print the breakdown report of every method and setting.
 
@@ -625,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--inverse-period", type=int, default=50, help="T_KI of the amortization")
     parser.add_argument(
         "--statistics-dtype",
-        choices=("float32", "bfloat16"),
+        choices=("float32", "bfloat16", "auto"),
         default=None,
         help="dtype of the batch Gram products in every setting (overrides the settings')",
     )
@@ -640,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads, device {args.device}, T_KU {args.factor_period}, "
         f"T_KI {args.inverse_period}, {args.repeats} repeats; settings: "
         + "; ".join(f"{name} {options or '{}'}" for name, options in shown.items())
+        + "\n\n"
+        + low_precision_header(args.device)
     )
     rows = time_breakdown(
         args.methods,

@@ -19,6 +19,8 @@ K-FACs".
 * :class:`StatisticsRecorder`, :class:`InverseUpdater` and :class:`GradientApplier`:
   the three phases :meth:`KFACPreconditioner.step` orders, each usable alone;
   :class:`Decomposer`: one decomposition method (:mod:`rnla_kfac.decomposers`).
+* :func:`low_precision_dtype`: what ``statistics_dtype="auto"`` and
+  ``precondition_dtype="auto"`` give on a device (:mod:`rnla_kfac.precision`).
 
 Examples
 --------
@@ -74,6 +76,7 @@ from .inverse_updater import InverseUpdater
 from .layers import preconditioned_share
 from .modules import register_layer_helper
 from .optim import KFAC
+from .precision import low_precision_dtype
 from .preconditioner import KFACPreconditioner
 from .seng import SENG
 from .statistics import StatisticsRecorder
@@ -90,6 +93,7 @@ __all__ = [
     "StatisticsRecorder",
     "batch_same_shapes",
     "explicit_is_cheaper",
+    "low_precision_dtype",
     "precondition",
     "preconditioned_share",
     "register_layer_helper",

@@ -132,17 +132,24 @@ def check_tolerance(value: Any, name: str) -> float:
 
 
 def check_floating_dtype(value: Any, name: str) -> Any:
-    """Validate an optional floating torch dtype, given as a ``torch.dtype`` or its name.
+    """Validate an optional floating torch dtype: a ``torch.dtype``, its name or ``"auto"``.
 
-    Returns ``None`` or the ``torch.dtype``; raises ``TypeError`` for anything else.
+    Returns ``None``, ``"auto"`` (resolved per device by
+    :func:`~rnla_kfac.precision.low_precision_dtype`) or the ``torch.dtype``; raises
+    ``TypeError`` for anything else.
+
+    Examples
+    --------
+    >>> check_floating_dtype("bfloat16", "statistics_dtype"), check_floating_dtype("auto", "x")
+    (torch.bfloat16, 'auto')
     """
-    if value is None:
-        return None
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
     dtype = getattr(torch, value, None) if isinstance(value, str) else value
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(
             f"{name}: expected None or a floating torch dtype such as torch.bfloat16 "
-            f"(or its name), got {value!r}"
+            f"(or its name, or 'auto'), got {value!r}"
         )
     return dtype
 

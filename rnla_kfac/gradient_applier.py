@@ -31,6 +31,7 @@ from ._checks import (
 )
 from .inverse import split_damping
 from .layers import KFACLayer
+from .precision import resolve_dtype
 
 __all__ = ["GradientApplier", "Preconditioned"]
 
@@ -44,8 +45,9 @@ class GradientApplier:
         ``lambda > 0``, split between the factors by ``damping_mode``.
     damping_mode : {"relative", "absolute", "pi"}, default "relative"
         See :func:`rnla_kfac.precondition`.
-    precondition_dtype : torch.dtype, optional
-        Dtype of the per-step products (default: each layer's factor dtype).
+    precondition_dtype : torch.dtype, str or "auto", optional
+        Dtype of the per-step products (default: each layer's factor dtype; ``"auto"``:
+        resolved on each layer's device, see :meth:`work_dtype`).
     kl_clip : float or callable of the step, optional
         Scale all preconditioned gradients ``P`` by
         ``min(1, sqrt(kl_clip / sum_layers lr^2 <P, J>))``.
@@ -120,7 +122,7 @@ class GradientApplier:
         A_inverse, G_inverse = layer.A.inverse, layer.G.inverse
         if A_inverse is None or G_inverse is None:
             return None
-        dtype = layer.dtype if self.precondition_dtype is None else self.precondition_dtype
+        dtype = self.work_dtype(layer)
         cached = self._sides.get(layer.name)
         key = (damping, self.damping_mode, dtype)
         if cached is not None and cached[1] is A_inverse and cached[2] is G_inverse:
@@ -135,6 +137,26 @@ class GradientApplier:
             sides.append(DampedSide.build(inverse.with_damping(lam), dtype, basis=basis))
         self._sides[layer.name] = (key, A_inverse, G_inverse, tuple(sides))
         return self._sides[layer.name][3]
+
+    def work_dtype(self, layer: KFACLayer) -> torch.dtype:
+        """The dtype of ``layer``'s per-step products on its current device.
+
+        ``precondition_dtype``, with ``"auto"`` resolved on the factors' device
+        (:func:`~rnla_kfac.low_precision_dtype`, decided once per device), or the
+        layer's factor dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac import KFACPreconditioner
+        >>> pre = KFACPreconditioner(torch.nn.Linear(3, 2), precondition_dtype="bfloat16")
+        >>> pre.applier.work_dtype(pre.layers[0])
+        torch.bfloat16
+        >>> default = KFACPreconditioner(torch.nn.Linear(3, 2))
+        >>> default.applier.work_dtype(default.layers[0])
+        torch.float32
+        """
+        return resolve_dtype(self.precondition_dtype, layer.A.device) or layer.dtype
 
     def precondition(
         self, layers: list[KFACLayer], step: int, *, keep_gradient: bool = False

@@ -22,6 +22,7 @@ from .diagonal import ParameterHelper, bare_parameters
 from .inverse import DiagonalInverse, FactorInverse, Inverse
 from .low_rank_factor import BatchRows, LowRankFactor, batch_rows
 from .modules import LayerHelper, helper_for
+from .precision import resolve_dtype
 
 __all__ = [
     "Factor",
@@ -338,9 +339,10 @@ class KFACLayer:
         Layer-type specific statistics (:mod:`rnla_kfac.modules`).
     dtype : torch.dtype
         Factor dtype (float32, or float64 for float64 models).
-    statistics_dtype : torch.dtype, optional
-        Dtype of the batch Gram products (default ``dtype``); their results are
-        stored in ``dtype``.
+    statistics_dtype : torch.dtype or "auto", optional
+        Dtype of the batch Gram products (default ``dtype``; ``"auto"``: resolved on
+        the layer's device by :func:`~rnla_kfac.low_precision_dtype`, see
+        :attr:`gram_dtype`); their results are stored in ``dtype``.
 
     Attributes
     ----------
@@ -362,7 +364,7 @@ class KFACLayer:
         name: str,
         helper: LayerHelper,
         dtype: torch.dtype,
-        statistics_dtype: torch.dtype | None = None,
+        statistics_dtype: torch.dtype | str | None = None,
     ):
         self.name = name
         self.helper = helper
@@ -381,6 +383,27 @@ class KFACLayer:
     def factors(self) -> tuple[Factor, ...]:
         """The layer's factors ``(A, G)``: what is averaged, decomposed and checkpointed."""
         return (self.A, self.G)
+
+    @property
+    def gram_dtype(self) -> torch.dtype:
+        """The dtype the batch Gram products run in on the layer's current device.
+
+        ``statistics_dtype``, with ``"auto"`` resolved on the factors' device
+        (:func:`~rnla_kfac.low_precision_dtype`, decided once per device), or the factor
+        dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.modules import LinearHelper
+        >>> helper = LinearHelper(torch.nn.Linear(3, 2))
+        >>> KFACLayer("fc", helper, torch.float32, torch.bfloat16).gram_dtype
+        torch.bfloat16
+        >>> KFACLayer("fc", helper, torch.float32, "auto").gram_dtype in (
+        ...     torch.bfloat16, torch.float32)
+        True
+        """
+        return resolve_dtype(self.statistics_dtype, self.A.device) or self.dtype
 
     @property
     def updates(self) -> int:
@@ -420,9 +443,9 @@ class KFACLayer:
     def record_input(self, x: Tensor) -> None:
         """Add the batch ``A`` of one forward pass (from the layer's input)."""
         if self.A.records_rows:
-            self.A.record(batch_rows(self.helper, x, "input", self.dtype, self.statistics_dtype))
+            self.A.record(batch_rows(self.helper, x, "input", self.dtype, self.gram_dtype))
             return
-        self.A.record(self.helper.input_factor(x, self.dtype, self.statistics_dtype))
+        self.A.record(self.helper.input_factor(x, self.dtype, self.gram_dtype))
 
     def record_output_grad(self, grad_output: Tensor, scale: float | Tensor = 1.0) -> None:
         """Add the batch ``G`` of one backward pass (from the output's gradient).
@@ -432,10 +455,10 @@ class KFACLayer:
         scaler (a power of two for both makes it exact).
         """
         if self.G.records_rows:
-            rows = batch_rows(self.helper, grad_output, "output", self.dtype, self.statistics_dtype)
+            rows = batch_rows(self.helper, grad_output, "output", self.dtype, self.gram_dtype)
             self.G.record(rows.mul_(scale))
             return
-        batch = self.helper.output_factor(grad_output, self.dtype, self.statistics_dtype)
+        batch = self.helper.output_factor(grad_output, self.dtype, self.gram_dtype)
         if not isinstance(scale, Tensor) and scale == 1:
             self.G.record(batch)
         else:
@@ -574,7 +597,9 @@ def factor_dtype(weight_dtype: torch.dtype) -> torch.dtype:
 
 
 def find_layers(
-    model: nn.Module, skip_layers: str | Iterable[str], statistics_dtype: torch.dtype | None
+    model: nn.Module,
+    skip_layers: str | Iterable[str],
+    statistics_dtype: torch.dtype | str | None,
 ) -> tuple[list[KFACLayer], dict[str, str]]:
     """A :class:`KFACLayer` per supported module of ``model``, and the modules left alone.
 
@@ -654,7 +679,7 @@ class _LayerSearch:
     order that holds it and can (tied weights: see :func:`find_layers`).
     """
 
-    def __init__(self, patterns: list[re.Pattern], statistics_dtype: torch.dtype | None):
+    def __init__(self, patterns: list[re.Pattern], statistics_dtype: torch.dtype | str | None):
         self.patterns = patterns
         self.statistics_dtype = statistics_dtype
         self.layers: list[KFACLayer] = []

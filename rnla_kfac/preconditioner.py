@@ -121,7 +121,10 @@ class KFACPreconditioner:
         Dtypes of the batch Gram products and of the per-step products with the
         inverses (default: the factor dtype; factors and decompositions stay
         float32/float64). ``"bfloat16"`` runs them on bfloat16 matrix units at a
-        relative error near ``2**-8`` (measured in :doc:`/user_guide/kfac`).
+        relative error near ``2**-8`` (measured in :doc:`/user_guide/kfac`);
+        ``"auto"``: bfloat16 where the device runs it natively and faster, else the
+        factor dtype (:func:`~rnla_kfac.low_precision_dtype`; what a layer got:
+        ``layer.gram_dtype``, ``pre.applier.work_dtype(layer)``).
     seed : int, default 0
         Seed of the sketches (combined with the step) and of the sampled labels.
     process_group : torch.distributed.ProcessGroup, optional

@@ -726,7 +726,7 @@ class _LayerStep:
         self._backward_seen = False  # since the open forward pass began
 
     def _compute_dtype(self) -> torch.dtype:
-        return self.layer.statistics_dtype or self.layer.dtype
+        return self.layer.gram_dtype
 
     def add_input(self, x: Tensor) -> None:
         """Add one call's input rows."""

@@ -14,12 +14,13 @@ from typing import NoReturn
 
 import torch
 
-from .data import DATASETS, load_dataset
+from .data import DATASETS, Dataset, load_dataset
 from .models import MODELS
 from .parallel import Parallel, process_group
 from .presets import PRESETS, TRAINING_METHODS, Preset, get_preset
 from .records import RunStore, new_run_dir
 from .study import run_study, write_outputs
+from .tuning import tune, tuning_table
 
 EPILOG = """\
 examples:
@@ -29,6 +30,7 @@ examples:
   python -m rnla_kfac.experiments --preset mnist1d-cnn   # Table 1 with a CNN, on a CPU
   python -m rnla_kfac.experiments --preset cifar10-paper --data-dir ~/data --device cuda
   torchrun --nproc_per_node=2 -m rnla_kfac.experiments --methods kfac rs-kfac --seeds 1
+  python -m rnla_kfac.experiments --preset mnist1d-cnn --tune --methods sgd adamw
 
 Each invocation writes a run directory (default runs/<UTC timestamp>/) with
 config.json, records.json/.csv (after every epoch, so Ctrl-C keeps completed
@@ -43,6 +45,10 @@ run up to float rounding (BatchNorm on CPU: per-process batch statistics). Rank 
 alone writes the run directory and prints; for the K-FAC methods the records and
 table.md add the bytes sent per step by each collective type (all_reduce,
 broadcast, broadcast_meta).
+
+--tune trains every setting of each method's grid (written in the preset) on the
+preset's tuning seeds and ranks them by steps to the highest target (see
+rnla_kfac.experiments.tuning); it writes tuning.md and tuning.json.
 """
 
 
@@ -81,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(TRAINING_METHODS),
         metavar="METHOD",
         help=f"methods to run (default: all): {', '.join(TRAINING_METHODS)}",
+    )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="tune the methods on the preset's grids and tuning seeds instead of the study",
     )
     p.add_argument("--dataset", choices=list(DATASETS), help="override the preset's dataset")
     p.add_argument("--model", choices=list(MODELS), help="override the preset's model")
@@ -267,6 +278,8 @@ def _run(
             flush=True,
         )
     status = 0
+    if args.tune:
+        return _tune(preset, data.to(device), store, device, args, parallel)
     try:
         run_study(
             preset,
@@ -287,3 +300,36 @@ def _run(
     print("\n" + summary)
     print(f"written to {store.path}: " + ", ".join(sorted(p.name for p in store.path.iterdir())))
     return status
+
+
+def _tune(
+    preset: Preset,
+    data: Dataset,
+    store: RunStore | None,
+    device: torch.device,
+    args: argparse.Namespace,
+    parallel: Parallel,
+) -> int:
+    """``--tune``: every method with a grid, saved after each; returns the exit status."""
+    methods = [m for m in preset.methods if m in preset.grids]
+    if not methods and store is not None:
+        print(f"preset {preset.name!r} has no tuning grid for {', '.join(preset.methods)}")
+        return 2
+    rows: list[dict] = []
+    options = {
+        "device": device,
+        "max_batches": args.max_batches,
+        "progress": not args.no_progress and parallel.is_main,
+        "parallel": parallel,
+    }
+    try:
+        for method in methods:
+            rows += tune(preset, method, data, **options)
+            if store is not None:
+                store.write_tuning(rows, tuning_table(rows, preset))
+    except KeyboardInterrupt:
+        return 130
+    if store is not None:
+        print("\n" + tuning_table(rows, preset))
+        print(f"written to {store.path}: tuning.md, tuning.json")
+    return 0

@@ -192,6 +192,19 @@ class Preset:
         Epochs after which the K-factor spectra of :attr:`spectra_layers` are recorded.
     spectra_layers : tuple of str
         Two preconditioned layer names for Figure 1 (empty: the first two).
+    options : dict
+        Further keyword arguments of a method's optimizer, overriding the shared ones
+        (``{"sgd": {"nesterov": True}, "adamw": {"weight_decay": 0.05}}``; for a
+        K-FAC method, ``KFACPreconditioner`` arguments over :attr:`kfac`).
+    evals_per_epoch : int
+        Test evaluations per epoch, at evenly spaced steps (the last at the epoch's
+        end): time to a target is read at the first evaluation reaching it.
+    grids : dict
+        The tuning grid of each method (``--tune``, :mod:`~rnla_kfac.experiments.tuning`):
+        ``{method: {setting: values}}`` with ``"lr"``, ``"momentum"`` or a key of
+        :attr:`options`.
+    tuning_seeds : tuple of int
+        Seeds of the tuning runs, distinct from the study's ``range(seeds)``.
     full : dict
         Field overrides for the long study (``--full``).
     """
@@ -216,6 +229,10 @@ class Preset:
     seng: dict[str, Any] = field(default_factory=dict)
     spectra_epochs: tuple[int, ...] = (1,)
     spectra_layers: tuple[str, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evals_per_epoch: int = 1
+    grids: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    tuning_seeds: tuple[int, ...] = (100, 101)
     full: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Preset:
@@ -300,6 +317,18 @@ SMALL_KFAC: dict[str, Any] = {
     "statistics_dtype": "bfloat16",
 }
 
+
+# The first-order baselines' tuning grids (the protocol of rnla_kfac.experiments.tuning,
+# fixed before any run): SGD with momentum 0.9, plain and Nesterov, over three learning
+# rates around the previous best; AdamW over three learning rates and two decoupled
+# weight decays (0.01, PyTorch's default, and 0.1).
+def _first_order_grids(sgd_lr: tuple, adamw_lr: tuple) -> dict[str, dict[str, tuple]]:
+    return {
+        "sgd": {"lr": sgd_lr, "nesterov": (False, True)},
+        "adamw": {"lr": adamw_lr, "weight_decay": (0.01, 0.1)},
+    }
+
+
 # SENG's settings in its authors' study (VGG16_bn on CIFAR-10, batch 256; the
 # defaults of rnla_kfac.SENG): cross-entropy without label smoothing, the 'exp' scheme
 # lr 0.05 (1 - e / 75)^6 over the fractional epoch e, momentum 0.9.
@@ -365,6 +394,8 @@ PRESETS: dict[str, Preset] = {
         seng=SMALL_SENG,
         spectra_epochs=(1, 4, 8),
         spectra_layers=("fc1", "fc2"),
+        evals_per_epoch=4,
+        grids=_first_order_grids((0.3, 0.6, 1.0), (3e-3, 1e-2, 3e-2)),
         # Brand-KFAC only in the long study: at this width (d = 2048) and batch (n = 1024)
         # its updates cost as much as the dense statistics (docs/benchmarks.rst).
         full={
@@ -392,6 +423,8 @@ PRESETS: dict[str, Preset] = {
         seng=SMALL_SENG,
         spectra_epochs=(1, 2, 4),
         spectra_layers=("fc1", "fc2"),
+        evals_per_epoch=2,
+        grids=_first_order_grids((0.1, 0.3, 1.0), (1e-3, 3e-3, 1e-2)),
         full={"seeds": 10, "epochs": 10, "spectra_epochs": (1, 4, 10)},
     ),
     # The paper's Table 1 on a CPU. MNIST-1D at its standard size (4000 / 1000) with
@@ -427,6 +460,8 @@ PRESETS: dict[str, Preset] = {
         seng=SMALL_SENG,
         spectra_epochs=(1, 5, 10),
         spectra_layers=("features.conv3", "features.conv4"),
+        evals_per_epoch=4,
+        grids=_first_order_grids((0.01, 0.03, 0.1), (3e-4, 1e-3, 3e-3)),
         full={"seeds": 10, "epochs": 20, "spectra_epochs": (1, 10, 20)},
     ),
     # Settings from 150-step pilots on seed 0 (K-FAC, lr 0.1; not a tuning): relative
@@ -452,6 +487,8 @@ PRESETS: dict[str, Preset] = {
         kfac={**SMALL_KFAC, "damping": 0.3, "inverse_update_period": 8},
         spectra_epochs=(1, 6),
         spectra_layers=("layers.0.linear1", "layers.0.self_attn.in_proj.q"),
+        evals_per_epoch=4,
+        grids=_first_order_grids((0.1, 0.3, 1.0), (1e-3, 3e-3, 1e-2)),
         full={"seeds": 5, "epochs": 12},
     ),
     "cifar10-paper": Preset(

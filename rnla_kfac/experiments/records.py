@@ -4,10 +4,12 @@ Records are rewritten after every epoch, so an interrupted study (Ctrl-C) keeps 
 completed epochs on disk. Files of a run directory::
 
     config.json     the preset and command-line options
-    records.json    one object per (method, seed, epoch)
-    records.csv     the same, one row each (data-parallel K-FAC runs add the
+    records.json    one object per (method, seed, epoch), with the epoch's test
+                    evaluations and where its time went
+    records.csv     the same but the evaluations, one row each (data-parallel K-FAC runs add the
                     bytes sent per collective type, see COMM_FIELDS)
     spectra.json    K-factor eigenvalues at the recorded epochs
+    tuning.json, tuning.md   the settings of a tuning (--tune), best first
     table.md        the Table-1-style summary (and the communication per step)
     figure1_spectra.png, figure2_curves.png
 """
@@ -20,6 +22,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from .profile import PROFILE_FIELDS
 
 Record = dict[str, Any]
 
@@ -34,8 +38,9 @@ RECORD_FIELDS = (
     "test_acc",
     "epoch_time",
     "wall_time",
+    *PROFILE_FIELDS,
 )
-"""Columns of ``records.csv`` (the keys of an epoch record)."""
+"""Columns of ``records.csv`` (the keys of an epoch record but its ``evals``)."""
 
 COMM_KINDS = ("all_reduce", "broadcast", "broadcast_meta")
 """Collective types counted by a distributed K-FAC preconditioner
@@ -117,6 +122,11 @@ class RunStore:
             writer.writeheader()
             writer.writerows(self.records)
         os.replace(tmp, self.path / "records.csv")
+
+    def write_tuning(self, rows: list[Record], table: str) -> None:
+        """Save the rows of a tuning (``tuning.json``) and their table (``tuning.md``)."""
+        _write_atomic(self.path / "tuning.json", json.dumps(rows, indent=1))
+        _write_atomic(self.path / "tuning.md", table)
 
     def add_spectra(self, record: Record) -> None:
         """Append a spectra record and rewrite ``spectra.json``."""

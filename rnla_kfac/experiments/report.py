@@ -1,10 +1,12 @@
 """The Table-1-style summary of a study, as markdown.
 
 Per method: time to each of three target test accuracies (mean +- std over the runs
-that reached it, with the count when not all did), time per epoch, how many runs
-reached the highest target, epochs to it, and the final test accuracy. A second
+that reached it, with the count when not all did; read at the first test evaluation
+reaching it, several per epoch where the preset says so), time per epoch, how many
+runs reached the highest target, epochs to it, and the final test accuracy. A second
 table lists the time to the highest target per seed, so per-seed claims can be read
-off directly. Times are training seconds (no data loading, no evaluation).
+off directly, and a third where the epochs' time went (:func:`profile_table`). Times
+are training seconds (no data loading, no evaluation).
 Data-parallel K-FAC runs add a third table: the bytes sent per step by collective
 type (:func:`communication_table`).
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .profile import PROFILE_FIELDS
 from .records import COMM_FIELDS, COMM_KINDS
 
 Record = dict[str, Any]
@@ -42,8 +45,25 @@ def group_runs(records: Sequence[Record]) -> dict[str, dict[int, list[Record]]]:
     return runs
 
 
+def evaluations(run: Sequence[Record]) -> list[Record]:
+    """Every test evaluation of a run, in order: the ``evals`` of its epoch records.
+
+    An epoch record without ``evals`` (saved before they existed) is its own single
+    evaluation.
+
+    Examples
+    --------
+    >>> run = [{"epoch": 1, "test_acc": 40.0, "evals": [
+    ...     {"epoch": 0.5, "test_acc": 30.0}, {"epoch": 1.0, "test_acc": 40.0}]},
+    ...     {"epoch": 2, "test_acc": 61.0}]
+    >>> [e["epoch"] for e in evaluations(run)]
+    [0.5, 1.0, 2]
+    """
+    return [e for r in run for e in r.get("evals", [r])]
+
+
 def first_reaching(run: Sequence[Record], target: float) -> Record | None:
-    """The first epoch record of a run whose test accuracy reaches ``target`` (percent).
+    """The first evaluation of a run whose test accuracy reaches ``target`` (percent).
 
     Examples
     --------
@@ -51,7 +71,7 @@ def first_reaching(run: Sequence[Record], target: float) -> Record | None:
     >>> first_reaching(run, 60.0)["epoch"], first_reaching(run, 70.0)
     (2, None)
     """
-    return next((r for r in run if r["test_acc"] >= target), None)
+    return next((e for e in evaluations(run) if e["test_acc"] >= target), None)
 
 
 def _mean_std(values: Sequence[float], fmt: str) -> str:
@@ -166,6 +186,52 @@ def markdown_table(records: Sequence[Record], targets: Sequence[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def profile_table(records: Sequence[Record]) -> str:
+    """Markdown: where each method's epochs went, seconds per epoch (mean over epochs and runs).
+
+    The pieces of :data:`~rnla_kfac.experiments.profile.PROFILE_FIELDS` (all but data
+    and evaluation add up to the training time per epoch, the table's ``epoch``
+    column), and that time over SGD's when SGD ran. Empty when no record carries a
+    profile (records saved before profiles existed).
+
+    Examples
+    --------
+    >>> base = {"time_data": 0.0, "time_statistics": 0.0, "time_inverses": 0.0,
+    ...         "time_precondition": 0.0, "time_optimizer": 0.1, "time_eval": 0.2}
+    >>> recs = [{"method": "sgd", "seed": 0, "epoch": 1, "epoch_time": 2.0,
+    ...          "time_forward_backward": 1.9, **base},
+    ...         {"method": "rs-kfac", "seed": 0, "epoch": 1, "epoch_time": 3.0,
+    ...          "time_forward_backward": 2.0, **base, "time_statistics": 0.9}]
+    >>> print(profile_table(recs).splitlines()[-1])
+    | rs-kfac | 3.00 | 1.50 | 0.00 | 2.00 | 0.90 | 0.00 | 0.00 | 0.10 | 0.20 |
+    """
+    pieces = [f for f in PROFILE_FIELDS if f not in ("time_data", "time_eval")]
+    columns = ["time_data", *pieces, "time_eval"]
+    means: dict[str, dict[str, float]] = {}
+    for method, runs in group_runs(records).items():
+        epochs = [r for run in runs.values() for r in run if PROFILE_FIELDS[0] in r]
+        if epochs:
+            means[method] = {
+                key: float(np.mean([r[key] for r in epochs])) for key in ("epoch_time", *columns)
+            }
+    if not means:
+        return ""
+    sgd = means.get("sgd", {}).get("epoch_time")
+    header = ["method", "epoch", "/ SGD", *(c.removeprefix("time_") for c in columns)]
+    lines = [
+        "where an epoch's time went (s per epoch, mean over epochs and runs; data and eval "
+        "are outside the training time):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for method, m in means.items():
+        ratio = f"{m['epoch_time'] / sgd:.2f}" if sgd else "—"
+        cells = [method, f"{m['epoch_time']:.2f}", ratio, *(f"{m[c]:.2f}" for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def communication_table(records: Sequence[Record]) -> str:
     """Markdown: per K-FAC method, the MB sent per step by each collective type.
 
@@ -203,13 +269,13 @@ def communication_table(records: Sequence[Record]) -> str:
 
 
 def write_table(records: Sequence[Record], targets: Sequence[float], path: str | Path) -> str:
-    """Write :func:`markdown_table` (and :func:`communication_table`) to ``path``.
+    """Write the tables of a study to ``path``: results, profile (and communication).
 
     Returns the text written.
     """
     text = markdown_table(records, targets)
-    communication = communication_table(records)
-    if communication:
-        text += "\n" + communication
+    for extra in (profile_table(records), communication_table(records)):
+        if extra:
+            text += "\n" + extra
     Path(path).write_text(text)
     return text

@@ -4,7 +4,12 @@ Fairness rules: every method of a seed starts from the same initialization (the
 model is built right after ``torch.manual_seed(seed)``) and sees the same batches in
 the same order. The clock covers only the optimization work of each step (forward,
 backward, preconditioning, optimizer step), not batch assembly (data loading) and
-not evaluation; on CUDA it synchronizes before reading the clock.
+not evaluation; on CUDA it synchronizes before reading the clock. Each epoch record
+also says where its time went (:data:`~rnla_kfac.experiments.profile.PROFILE_FIELDS`,
+the preconditioner's phases timed by a
+:class:`~rnla_kfac.experiments.profile.PhaseTimer`), and holds the test evaluations
+made during the epoch (``evals_per_epoch`` of the preset), from which the time to a
+target accuracy is read.
 
 Data-parallel runs (``torchrun``, see :mod:`~rnla_kfac.experiments.parallel`) keep
 the single-process global batch: each process trains on its shard of it through
@@ -27,6 +32,7 @@ from .data import Dataset, iterate_batches
 from .models import build_model
 from .parallel import Parallel
 from .presets import TRAINING_METHODS, Preset, at_epoch
+from .profile import PHASES, PhaseTimer, synchronize
 from .records import COMM_KINDS
 
 Record = dict[str, Any]
@@ -78,8 +84,10 @@ def make_optimizer(
     ``"adamw"``: ``torch.optim.AdamW`` (decoupled weight decay);
     the K-FAC methods: :class:`rnla_kfac.KFAC` (its preconditioner with the method's
     decomposition); ``"seng"``: :class:`rnla_kfac.SENG` with the preset's ``seng``
-    keyword arguments (its ``weight_decay`` there, else the preset's). Learning rates
-    are set before every step by :func:`train_run`.
+    keyword arguments (its ``weight_decay`` there, else the preset's). The method's
+    :attr:`~rnla_kfac.experiments.presets.Preset.options` come last and override
+    (``nesterov``, a method's own ``weight_decay``, ``KFACPreconditioner`` arguments).
+    Learning rates are set before every step by :func:`train_run`.
 
     Examples
     --------
@@ -91,38 +99,67 @@ def make_optimizer(
     if method not in TRAINING_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(TRAINING_METHODS)}")
     lr = at_epoch(preset.lr[method], 1)
-    momentum = preset.momentum.get(method, 0.0)
+    shared = {"lr": lr, "weight_decay": preset.weight_decay}
+    momentum = {"momentum": preset.momentum.get(method, 0.0)}
+    options = preset.options.get(method, {})
     if method == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=preset.weight_decay
-        )
+        return torch.optim.SGD(model.parameters(), **{**shared, **momentum, **options})
     if method == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
+        return torch.optim.Adam(model.parameters(), **{**shared, **options})
     if method == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=preset.weight_decay)
+        return torch.optim.AdamW(model.parameters(), **{**shared, **options})
     if method == "seng":
         from rnla_kfac import SENG
 
-        return SENG(
-            model,
-            lr=lr,
-            momentum=momentum,
-            **{"weight_decay": preset.weight_decay, **preset.seng},
-        )
+        return SENG(model, **{**shared, **momentum, **preset.seng, **options})
     from rnla_kfac import KFAC
 
-    return KFAC(
-        model,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=preset.weight_decay,
-        **kfac_kwargs(preset, method, clock),
-    )
+    kfac = kfac_kwargs(preset.replace(kfac={**preset.kfac, **options}), method, clock)
+    return KFAC(model, **{**shared, **momentum, **kfac})
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def evaluation_steps(n_batches: int, evals_per_epoch: int) -> set[int]:
+    """The steps of an epoch (1-based) after which the test set is evaluated.
+
+    ``evals_per_epoch`` evenly spaced steps, the last one the epoch's end (fewer when
+    the epoch has fewer steps).
+
+    Examples
+    --------
+    >>> sorted(evaluation_steps(16, 4)), sorted(evaluation_steps(3, 4))
+    ([4, 8, 12, 16], [1, 2, 3])
+    """
+    return {-(-k * n_batches // evals_per_epoch) for k in range(1, evals_per_epoch + 1)}
+
+
+def epoch_profile(seconds: dict[str, float], phases: PhaseTimer | None) -> Record:
+    """The :data:`~rnla_kfac.experiments.profile.PROFILE_FIELDS` of an epoch.
+
+    ``seconds`` holds the epoch's ``data``, ``forward_backward`` (hooks included),
+    ``optimizer`` (the preconditioner's phases included) and ``eval`` seconds;
+    ``phases`` the preconditioner's (None for other optimizers), reset here.
+
+    Examples
+    --------
+    >>> profile = epoch_profile(
+    ...     {"data": 0.1, "forward_backward": 2.0, "optimizer": 0.5, "eval": 0.3}, None
+    ... )
+    >>> profile["time_forward_backward"], profile["time_statistics"]
+    (2.0, 0.0)
+    """
+    spent = dict.fromkeys(PHASES, 0.0) if phases is None else phases.reset()
+    return {
+        "time_data": seconds["data"],
+        "time_forward_backward": seconds["forward_backward"] - spent["hooks"],
+        "time_statistics": spent["hooks"] + spent["fold"],
+        "time_inverses": spent["inverses"],
+        "time_precondition": spent["precondition"],
+        "time_optimizer": seconds["optimizer"]
+        - spent["fold"]
+        - spent["inverses"]
+        - spent["precondition"],
+        "time_eval": seconds["eval"],
+    }
 
 
 @torch.no_grad()
@@ -261,7 +298,10 @@ def train_run(
     list of dict
         Per epoch: ``method, seed, epoch, steps, lr`` (of the epoch's last step),
         ``train_loss, test_loss, test_acc, epoch_time, wall_time`` (seconds of
-        training, cumulative for ``wall_time``; ``epoch_time`` is this process's), plus the
+        training, cumulative for ``wall_time``; ``epoch_time`` is this process's), the
+        :data:`~rnla_kfac.experiments.profile.PROFILE_FIELDS`, ``evals`` (the epoch's
+        test evaluations: ``epoch`` as a fraction, ``steps, wall_time, test_loss,
+        test_acc``; the last at the epoch's end), plus the
         :func:`communication_fields` of a data-parallel K-FAC run.
 
     Examples
@@ -284,6 +324,8 @@ def train_run(
     model.to(device).train()
     clock = EpochClock()
     optimizer = make_optimizer(method, model, preset, clock)
+    pre = _preconditioner(optimizer)
+    phases = PhaseTimer(pre, device) if pre is not None else None
     forward = parallel.wrap(model)
     batches = torch.Generator().manual_seed(seed)
     records: list[Record] = []
@@ -294,27 +336,34 @@ def train_run(
     for epoch in epochs:
         clock.epoch = epoch
         epoch_time, loss_sum, n_seen = 0.0, torch.zeros((), device=device), 0
+        seconds = dict.fromkeys(("data", "forward_backward", "optimizer", "eval"), 0.0)
         n_batches = -(-len(data.y_train) // preset.batch_size)
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
-        loader = iterate_batches(
-            data.x_train,
-            data.y_train,
-            preset.batch_size,
-            generator=batches,
-            augment=data.augment,
-            max_batches=max_batches,
+        eval_after = evaluation_steps(n_batches, preset.evals_per_epoch)
+        evals: list[Record] = []
+        loader = iter(
+            iterate_batches(
+                data.x_train,
+                data.y_train,
+                preset.batch_size,
+                generator=batches,
+                augment=data.augment,
+                max_batches=max_batches,
+            )
         )
-        for index, (xb, yb) in enumerate(
-            tqdm(loader, total=n_batches, desc="batches", disable=not progress, leave=False)
-        ):
+        bar = tqdm(total=n_batches, desc="batches", disable=not progress, leave=False)
+        for index in range(n_batches):
+            start = time.perf_counter()
+            xb, yb = next(loader)
             # Per-step schedules (PolynomialDecay) see the fraction of the epoch done
             # after this step, (t + 1) / steps_per_epoch as in SENG's code.
             lr = at_epoch(preset.lr[method], epoch, (index + 1) / n_batches)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             xs, ys = parallel.shard(xb, yb)
-            _sync(device)
+            synchronize(device)
+            seconds["data"] += time.perf_counter() - start
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             # The sum over the shard divided by the mean shard size (in labels: a
@@ -323,15 +372,34 @@ def train_run(
             loss_of_shard = nn.functional.cross_entropy(forward(xs), ys, reduction="sum")
             loss = loss_of_shard / (yb.numel() / parallel.world_size)
             loss.backward()
+            synchronize(device)
+            middle = time.perf_counter()
             optimizer.step()
-            _sync(device)
-            epoch_time += time.perf_counter() - start
+            synchronize(device)
+            end = time.perf_counter()
+            seconds["forward_backward"] += middle - start
+            seconds["optimizer"] += end - middle
+            epoch_time += end - start
             loss_sum += loss_of_shard.detach()
             n_seen += yb.numel()
             steps += 1
+            bar.update()
+            if index + 1 in eval_after:
+                start = time.perf_counter()
+                test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+                seconds["eval"] += time.perf_counter() - start
+                evals.append(
+                    {
+                        "epoch": epoch - 1 + (index + 1) / n_batches,
+                        "steps": steps,
+                        "wall_time": wall + epoch_time,
+                        "test_loss": test_loss,
+                        "test_acc": test_acc,
+                    }
+                )
+        bar.close()
         wall += epoch_time
         loss_sum = parallel.sum(loss_sum)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
         record = {
             "method": method,
             "seed": seed,
@@ -339,10 +407,12 @@ def train_run(
             "steps": steps,
             "lr": lr,
             "train_loss": loss_sum.item() / max(n_seen, 1),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            "test_loss": evals[-1]["test_loss"],
+            "test_acc": evals[-1]["test_acc"],
             "epoch_time": epoch_time,
             "wall_time": wall,
+            **epoch_profile(seconds, phases),
+            "evals": evals,
             **communication_fields(optimizer, steps),
         }
         records.append(record)
@@ -351,8 +421,9 @@ def train_run(
         if progress:
             tqdm.write(
                 f"{method:>12} seed {seed} epoch {epoch:>3}/{preset.epochs}: "
-                f"train loss {record['train_loss']:.4f}  test loss {test_loss:.4f}  "
-                f"test acc {test_acc:6.2f}%  epoch {epoch_time:7.2f}s  total {wall:8.2f}s"
+                f"train loss {record['train_loss']:.4f}  test loss {record['test_loss']:.4f}  "
+                f"test acc {record['test_acc']:6.2f}%  epoch {epoch_time:7.2f}s  "
+                f"total {wall:8.2f}s"
             )
         if on_spectra is not None and epoch in preset.spectra_epochs:
             spectra = factor_spectra(optimizer, preset.spectra_layers)

@@ -8,6 +8,7 @@ import torch
 from asv_benchmarks import kfac_step
 from asv_benchmarks.kfac_step import COMPONENTS, STEP_KINDS
 from asv_benchmarks.targets import STEP_TARGET_CONFIG, check_step_targets
+from rnla_kfac.precision import low_precision_choice
 
 TINY = {"width": 16, "batch": 8, "rank": 4, "repeats": 3, "factor_period": 2, "inverse_period": 4}
 
@@ -72,9 +73,12 @@ def test_settings_reach_both_preconditioners(monkeypatch):
         assert pre.damping(0) == 0.5 and pre.n_iter(0) == 1
 
 
-def test_fast_setting_uses_bfloat16_statistics():
+def test_fast_setting_uses_low_precision_where_it_pays():
     assert kfac_step.SETTINGS["default"] == {}
-    assert kfac_step._options("fast", None)["statistics_dtype"] == "bfloat16"
+    assert kfac_step._options("fast", None) == {
+        "statistics_dtype": "auto",
+        "precondition_dtype": "auto",
+    }
 
 
 def test_report_lists_each_row_and_the_targets(capsys):
@@ -88,6 +92,9 @@ def test_report_lists_each_row_and_the_targets(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "T_KU 2, T_KI 4" in lines[0] and f"fast {kfac_step.SETTINGS['fast']}" in lines[0]
+    auto = str(low_precision_choice("cpu"))
+    assert f'- "auto" dtype on cpu: {auto}' in lines
+    assert f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}" in out
     rows = [line.split(" | ") for line in lines if line.startswith("| ") and "ms |" not in line]
     breakdown = [r for r in rows if len(r) == 11]
     assert {(r[0][2:], r[1]) for r in breakdown} == {
