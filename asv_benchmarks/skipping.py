@@ -82,50 +82,40 @@ def _options(variant: str) -> dict[str, Any]:
     raise ValueError(f"variant: expected 'cold', 'warm q', 'auto' or 'skip t', got {variant!r}")
 
 
-def _replay(
-    captures: Sequence[Capture],
-    method: str,
-    settings: dict[str, Any],
-    variant: str,
-    repeats: int,
-) -> tuple[list[dict[str, Any]], list[float]]:
-    """Each update's inverses and outcomes (by name) and its median time (seconds)."""
-    options = _options(variant)
-    names = sorted(captures[0].factors)
-    first = captures[0].factors
-    decomposer = decomposer_for(method)
-    factors = {
-        name: Factor(
-            name[-1], name[:-2], first[name].shape[-1], first[name].dtype, first[name].device
-        )
-        for name in names
-    }
-    updates, times = [], []
-    for capture in captures:
-        plan = DecompositionPlan(
-            decomposer,
-            RankPolicy(settings["rank"], rtol=settings.get("rank_rtol", DEFAULT_RTOL)),
-            settings["oversample"],
-            settings["n_iter"],
-            options["warm_n_iter"],
+class _Replay:
+    """One variant's factors, replayed through the inverse updates as the preconditioner
+    runs them."""
+
+    def __init__(self, first: Capture, method: str, settings: dict[str, Any], variant: str):
+        self.options = _options(variant)
+        self.settings = settings
+        self.decomposer = decomposer_for(method)
+        self.factors = [
+            Factor(name[-1], name[:-2], F.shape[-1], F.dtype, F.device)
+            for name, F in sorted(first.factors.items())
+        ]
+
+    def plan(self, capture: Capture) -> DecompositionPlan:
+        """Load the capture's factors; the plan of its update."""
+        for factor in self.factors:
+            factor.matrix.copy_(capture.factors[factor.name])
+            factor.identity_weight = capture.floors[factor.name]
+        return DecompositionPlan(
+            self.decomposer,
+            RankPolicy(self.settings["rank"], rtol=self.settings.get("rank_rtol", DEFAULT_RTOL)),
+            self.settings["oversample"],
+            self.settings["n_iter"],
+            self.options["warm_n_iter"],
             True,
             capture.step,  # the preconditioner's sketch seed with seed=0
-            options["skip_tol"],
+            self.options["skip_tol"],
         )
-        group = [factors[name] for name in names]
-        for name, factor in factors.items():
-            factor.matrix.copy_(capture.factors[name])
-            factor.identity_weight = capture.floors[name]
-        work = partial(plan.run, group)
-        samples = [elapsed(work, first[names[0]]) for _ in range(repeats)]
-        times.append(statistics.median(samples))
-        results = plan.run(group)  # the timed calls left the factors as they were
-        for factor, inverse in zip(group, results, strict=True):
-            decomposer.adopt(factor, inverse, plan)
-        updates.append(
-            {factor.name: (factor.inverse, plan.outcomes.get(factor.name)) for factor in group}
-        )
-    return updates, times
+
+    def adopt(self, plan: DecompositionPlan) -> dict[str, Any]:
+        """Run and adopt the update (the timed runs left the factors as they were)."""
+        for factor, inverse in zip(self.factors, plan.run(self.factors), strict=True):
+            self.decomposer.adopt(factor, inverse, plan)
+        return {f.name: (f.inverse, plan.outcomes.get(f.name)) for f in self.factors}
 
 
 def compare_variants(
@@ -138,6 +128,9 @@ def compare_variants(
     columns: int = 32,
 ) -> SkippingReport:
     """Replay the inverse updates of ``captures`` once per method and variant.
+
+    The variants advance through the updates together, their timed repeats of each
+    update interleaved.
 
     Parameters
     ----------
@@ -190,11 +183,24 @@ def compare_variants(
             "randomized_factors": randomized,
         }
     )
+    like = first[randomized[0]] if randomized else next(iter(first.values()))
     for method in methods:
+        replays = {variant: _Replay(captures[0], method, settings, variant) for variant in variants}
+        updates = {variant: [] for variant in variants}
+        times = {variant: [] for variant in variants}
+        for capture in captures:
+            plans = {variant: replay.plan(capture) for variant, replay in replays.items()}
+            samples = {variant: [] for variant in variants}
+            for _ in range(repeats):  # interleaved: a busy neighbour slows every variant
+                for variant, plan in plans.items():
+                    work = partial(plan.run, replays[variant].factors)
+                    samples[variant].append(elapsed(work, like))
+            for variant, replay in replays.items():
+                times[variant].append(statistics.median(samples[variant]))
+                updates[variant].append(replay.adopt(plans[variant]))
         for variant in variants:
-            updates, times = _replay(captures, method, settings, variant, repeats)
             errors, skipped, iterations = [], 0, 0
-            for update, oracle in zip(updates[1:], oracles, strict=True):
+            for update, oracle in zip(updates[variant][1:], oracles, strict=True):
                 for name in randomized:
                     inverse, outcome = update[name]
                     errors.append(inverse_apply_error(inverse, oracle[name], damping, probes[name]))
@@ -204,7 +210,7 @@ def compare_variants(
                 {
                     "method": method,
                     "variant": variant,
-                    "update_ms": 1e3 * sum(times[1:]),
+                    "update_ms": 1e3 * sum(times[variant][1:]),
                     "skipped": skipped,
                     "decompositions": len(errors),
                     "power_iterations": iterations,
