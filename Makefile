@@ -1,6 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
-# Both create .venv on first use and install the project with its extras; torch is
-# pinned through constraints.txt to the CPU build this project's machines carry.
+# Both create .venv on first use: `make demo` installs the project with what the
+# experiments need (quick), `make test` with every extra; torch is pinned through
+# constraints.txt to the CPU build this project's machines carry.
 # While developing, `make test-fast` runs the suite without the tests marked `slow`
 # (distributed, experiments, the docs build; see tests/conftest.py).
 
@@ -8,6 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-experiments
 
 .PHONY: demo test test-fast docs bench asv lint clean
 
@@ -21,9 +23,13 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 	# curvlinops nor transformers needs it: remove it, and check both still import.
 	$(PY) -m pip uninstall --quiet --yes torchvision
 	$(PY) -c "import curvlinops, transformers.pytorch_utils"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[experiments]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(PY) -m rnla_kfac.experiments
 
 test: $(STAMP)

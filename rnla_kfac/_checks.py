@@ -16,6 +16,7 @@ import torch
 
 DAMPING_MODES = ("relative", "absolute", "pi")
 FISHER_TYPES = ("empirical", "mc")
+FACTOR_STARTS = ("identity", "scaled_identity", "batch")
 
 Number = int | float
 ScheduleLike = Number | Callable[[int], Number]

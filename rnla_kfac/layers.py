@@ -3,6 +3,7 @@ inverses, checkpoints)."""
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterable
@@ -89,8 +90,16 @@ class Factor:
     updates : int
         Batch factors folded so far.
     identity_weight : float
-        Weight ``rho^k`` of the identity start left in the average after ``k`` folds
-        (the floor of the adaptive rank).
+        Multiple of the identity left in the average by its start after ``k`` folds
+        (the floor of the adaptive rank): ``rho^k`` times :attr:`start_scale`, 0 once a
+        ``"batch"`` start has folded.
+    start : {"identity", "scaled_identity", "batch"}
+        Where the average starts (see :meth:`fold`).
+    start_weight : float
+        ``rho^k``, the weight of the start after ``k`` folds.
+    start_scale : float
+        The start's multiple of the identity: 1, or for ``"scaled_identity"`` the mean
+        eigenvalue of the first batch factor.
     count : int
         Batch factors recorded since the last :meth:`take_batch`.
 
@@ -130,8 +139,17 @@ class Factor:
         self.rank_hint: int | None = None
         self.sketch_rank: int | None = None
         self.updates = 0
-        self.identity_weight = 1.0
+        self.start = "identity"
+        self.start_weight = 1.0
+        self.start_scale = 1.0
         self.reset_batch()
+
+    @property
+    def identity_weight(self) -> float:
+        """Multiple of the identity left in the average by its start (class docstring)."""
+        if self.start == "batch" and self.updates:
+            return 0.0
+        return self.start_weight * self.start_scale
 
     @property
     def matrix(self) -> Tensor:
@@ -142,12 +160,14 @@ class Factor:
         """
         if self.low_rank is not None:
             return self.low_rank.average.dense()
-        if self._matrix is None:
+        if self._matrix is None:  # the start: start_scale times the identity
             if self.diagonal:
                 self._matrix = torch.ones(self._size, dtype=self.dtype, device=self.device)
             else:
                 eye = torch.eye(self._size, dtype=self.dtype, device=self.device)
                 self._matrix = eye.repeat(*self._stack, 1, 1) if self._stack else eye
+            if self.start_scale != 1.0:
+                self._matrix.mul_(self.start_scale)
         return self._matrix
 
     @property
@@ -243,9 +263,31 @@ class Factor:
     def fold(self, batch: Tensor | BatchRows, decay: float) -> None:
         """Exponential average in place: ``F <- decay F + (1 - decay) F_batch``.
 
-        Rows of a low-rank factor are folded by a Brand update
-        (:meth:`LowRankFactor.fold`); a Brand candidate decides its storage here.
+        ``F`` starts as the identity (:attr:`start` ``"identity"``), or as the identity
+        times the first batch factor's mean eigenvalue (``"scaled_identity"``: a start
+        on the statistics' scale), or not at all (``"batch"``): the average of the
+        batch factors alone, the start's weight ``w`` divided out as Adam does for its
+        moments, ``F <- F + t (F_batch - F)`` with ``t = (1 - decay) / (1 - decay w)``,
+        so that the first fold sets ``F = F_batch``. Rows of a low-rank factor are
+        folded by a Brand update (:meth:`LowRankFactor.fold`); a Brand candidate
+        decides its storage here.
+
+        Examples
+        --------
+        >>> import torch
+        >>> factor = Factor("A", "fc", 2, torch.float64, torch.device("cpu"))
+        >>> factor.start = "batch"
+        >>> for value in (4.0, 1.0):
+        ...     batch = torch.full((2, 2), value, dtype=torch.float64)
+        ...     factor.fold(batch, decay=0.5)
+        >>> factor.matrix[0, 0].item(), factor.identity_weight  # (0.5 * 4 + 1) / 1.5
+        (2.0, 0.0)
         """
+        start_decay = decay
+        if self.start == "batch":
+            decay = 1.0 - (1.0 - decay) / (1.0 - decay * self.start_weight)
+        elif self.start == "scaled_identity" and self.updates == 0:
+            self._scale_start(batch)
         if isinstance(batch, BatchRows):
             if self.low_rank_candidate is not None:
                 self._decide_storage(batch)
@@ -256,7 +298,19 @@ class Factor:
         else:
             self.matrix.lerp_(batch, 1 - decay)
         self.updates += 1
-        self.identity_weight *= decay
+        self.start_weight *= start_decay
+
+    def _scale_start(self, batch: Tensor | BatchRows) -> None:
+        """Scale the identity start by the batch factor's mean eigenvalue (if positive)."""
+        if isinstance(batch, BatchRows):
+            mean = batch.rows.square().sum() / (batch.rows[..., :1, :].numel())
+        else:
+            mean = batch.mean() if self.diagonal else batch.diagonal(dim1=-2, dim2=-1).mean()
+        scale = float(mean)  # one host sync, at the first fold only
+        if math.isfinite(scale) and scale > 0:
+            self.start_scale = scale
+            if self._matrix is not None:  # made before (inspected): rescale it
+                self._matrix.mul_(scale)
 
     def _decide_storage(self, batch: BatchRows) -> None:
         """Low rank when ``rank + m < n`` for this batch's ``m`` rows, else dense."""
@@ -487,9 +541,12 @@ class KFACLayer:
         Per factor key ``k`` (``"A"``, ``"G"``): ``k`` the average and ``k_inverse`` a
         :meth:`FactorInverse.state_dict` (:meth:`DiagonalInverse.state_dict` for a
         diagonal factor) or None; then ``"rank_hints"`` (``{k: hint}``),
-        ``"sketch_ranks"`` (``{k: sketch rank}``), ``"updates"`` and
-        ``"identity_weight"``. The inverses' eigenvectors and the sketch ranks are all
-        a warm start reads, so a resumed run decomposes as the uninterrupted one.
+        ``"sketch_ranks"`` (``{k: sketch rank}``), ``"updates"``,
+        ``"identity_weight"`` (the start's weight ``rho^k``) and, after a
+        ``"scaled_identity"`` start, ``"start_scales"`` (``{k: scale}``; states
+        without it start at the plain identity). The inverses' eigenvectors and the
+        sketch ranks are all a warm start reads, so a resumed run decomposes as the
+        uninterrupted one.
         """
         state: dict[str, Any] = {}
         for factor in self.factors:
@@ -507,7 +564,9 @@ class KFACLayer:
         state["rank_hints"] = {factor.key: factor.rank_hint for factor in self.factors}
         state["sketch_ranks"] = {factor.key: factor.sketch_rank for factor in self.factors}
         state["updates"] = self.updates
-        state["identity_weight"] = self.identity_weight
+        state["identity_weight"] = self.A.start_weight
+        if any(factor.start_scale != 1.0 for factor in self.factors):  # a scaled start
+            state["start_scales"] = {factor.key: factor.start_scale for factor in self.factors}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -544,7 +603,8 @@ class KFACLayer:
             factor.rank_hint = state["rank_hints"][factor.key]
             factor.sketch_rank = state.get("sketch_ranks", {}).get(factor.key)
             factor.updates = int(state["updates"])
-            factor.identity_weight = float(state["identity_weight"])
+            factor.start_weight = float(state["identity_weight"])
+            factor.start_scale = float(state.get("start_scales", {}).get(factor.key, 1.0))
             factor.reset_batch()
 
 

@@ -87,6 +87,11 @@ class KFACPreconditioner:
         each, or the pi-adjusted split (see :func:`rnla_kfac.precondition`).
     factor_decay : float, default 0.95
         ``rho`` in ``[0, 1)``.
+    factor_start : {"identity", "scaled_identity", "batch"}, default "identity"
+        Where the averages start: the identity (the paper's), the identity times the
+        first batch factor's mean eigenvalue (on the statistics' scale), or no start
+        (the batch factors' average, bias-corrected as Adam's moments). See
+        :meth:`~rnla_kfac.layers.Factor.fold`.
     factor_update_period, inverse_update_period : int, default 10, 50
         ``T_KU`` and ``T_KI``: steps between factor updates and between decompositions.
     fisher : {"empirical", "mc"}, default "empirical"
@@ -125,8 +130,12 @@ class KFACPreconditioner:
         ``"auto"``: bfloat16 where the device runs it natively and faster, else the
         factor dtype (:func:`~rnla_kfac.low_precision_dtype`; what a layer got:
         ``layer.gram_dtype``, ``pre.applier.work_dtype(layer)``).
+    statistics_rows : int, optional
+        At most this many rows of a layer's batch (``N R`` under ``"expand"``, ``N`` under
+        ``"reduce"``) enter each batch Gram product (unset: all): a uniform subset, shared by
+        ``A`` and ``G``, scaled to keep the factor unbiased (:mod:`rnla_kfac.row_sampling`).
     seed : int, default 0
-        Seed of the sketches (combined with the step) and of the sampled labels.
+        Seed of the sketches and row subsets (combined with the step) and sampled labels.
     process_group : torch.distributed.ProcessGroup, optional
         Group to communicate in when :mod:`torch.distributed` is initialized.
 
@@ -170,6 +179,7 @@ class KFACPreconditioner:
         damping: ScheduleLike = 0.1,
         damping_mode: str = "relative",
         factor_decay: ScheduleLike = 0.95,
+        factor_start: str = "identity",
         factor_update_period: ScheduleLike = 10,
         inverse_update_period: ScheduleLike = 50,
         fisher: str = "empirical",
@@ -186,6 +196,7 @@ class KFACPreconditioner:
         grad_scaler: GradScalerLike | None = None,
         kfac_approx: str = "expand",
         num_per_example_loss_terms: int | None = None,
+        statistics_rows: ScheduleLike | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -402,6 +413,7 @@ _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_d
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_update_period",
                      "rank_rtol", "warm_start", "tail_compensation", "skip_tol",
                      "seed")  # fmt: skip
-_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "accumulation_steps", "grad_scaler",
-                      "kfac_approx", "num_per_example_loss_terms", "model", "seed")  # fmt: skip
+_RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "factor_start",
+                      "accumulation_steps", "grad_scaler", "kfac_approx",
+                      "num_per_example_loss_terms", "model", "seed", "statistics_rows")  # fmt: skip
 """The settings of the preconditioner each phase takes (as keyword arguments)."""

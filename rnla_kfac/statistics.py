@@ -28,12 +28,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import ScheduleLike, check_choice, check_decay, check_positive_int
+from ._checks import (
+    FACTOR_STARTS,
+    ScheduleLike,
+    check_choice,
+    check_decay,
+    check_positive_int,
+)
 from .distributed import DistributionStrategy, LocalStrategy
 from .gradient_applier import as_schedule
 from .layers import Factor, KFACLayer, load_layer_states, skipped_message
 from .low_rank_factor import BatchRows
 from .modules import _scaled_gram
+from .row_sampling import RowSampler
 
 __all__ = [
     "KFAC_APPROXIMATIONS",
@@ -119,6 +126,11 @@ class StatisticsRecorder:
         Steps between factor updates; statistics are recorded on those steps only.
     factor_decay : float, callable or Schedule
         ``rho`` of the exponential averages, in ``[0, 1)``.
+    factor_start : {"identity", "scaled_identity", "batch"}, default "identity"
+        Where the averages start (:meth:`~rnla_kfac.layers.Factor.fold`): the
+        identity; the identity times the first batch factor's mean eigenvalue; or no
+        start, the average of the batch factors alone (bias-corrected as Adam's
+        moments), so that the first fold sets each factor to its batch factor.
     fisher : {"empirical", "mc"}, default "empirical"
         Record ``G`` from the user's backward, or only from :meth:`mc_backward`'s.
     accumulation_steps : int, default 1
@@ -135,7 +147,7 @@ class StatisticsRecorder:
     strategy : DistributionStrategy, optional
         Averages the batch factors over the processes (default: a single process).
     seed : int, default 0
-        Seed of the generator of the sampled labels.
+        Seed of the generator of the sampled labels and of the row subsets.
     kfac_approx : {"expand", "reduce"}, default "expand"
         How rows sharing the weight (positions, calls) enter the factors.
     num_per_example_loss_terms : int, optional
@@ -146,6 +158,10 @@ class StatisticsRecorder:
         a convolution.
     model : torch.nn.Module, optional
         The model whose output tells ``T`` when ``num_per_example_loss_terms`` is unset.
+    statistics_rows : int or callable, optional
+        The most rows of a layer's call (``"expand"``) or pass (``"reduce"``) entering
+        its batch Gram products: a uniform subset, its product scaled to stay an
+        unbiased estimate (:mod:`rnla_kfac.row_sampling`). Unset: every row.
 
     Attributes
     ----------
@@ -155,6 +171,8 @@ class StatisticsRecorder:
         ``{layer name: reason}`` of the layers dropped for recording nothing.
     generator : torch.Generator
         The generator of the sampled labels (checkpointed by the preconditioner).
+    row_sampler : RowSampler
+        The row subsets of ``statistics_rows``.
 
     Examples
     --------
@@ -177,6 +195,7 @@ class StatisticsRecorder:
         *,
         factor_update_period: ScheduleLike,
         factor_decay: ScheduleLike,
+        factor_start: str = "identity",
         fisher: str = "empirical",
         accumulation_steps: int = 1,
         grad_scaler: GradScalerLike | None = None,
@@ -185,6 +204,7 @@ class StatisticsRecorder:
         kfac_approx: str = "expand",
         num_per_example_loss_terms: int | None = None,
         model: nn.Module | None = None,
+        statistics_rows: ScheduleLike | None = None,
     ):
         self.kfac_approx = check_choice(kfac_approx, "kfac_approx", KFAC_APPROXIMATIONS)
         if num_per_example_loss_terms is not None:
@@ -197,16 +217,22 @@ class StatisticsRecorder:
             factor_update_period, "factor_update_period", check_positive_int
         )
         self.factor_decay = as_schedule(factor_decay, "factor_decay", check_decay)
+        self.factor_start = check_choice(factor_start, "factor_start", FACTOR_STARTS)
+        for layer in self.layers:
+            for factor in layer.factors:
+                factor.start = self.factor_start
         self.fisher = fisher
         self.accumulation_steps = check_positive_int(accumulation_steps, "accumulation_steps")
         self.grad_scaler = grad_scaler
         self._scaler = _GradScalerWatch(grad_scaler, self.accumulation_steps)
         self.strategy = LocalStrategy() if strategy is None else strategy
         self.seed = seed
+        self.row_sampler = RowSampler(statistics_rows, seed)
         self.dropped: dict[str, str] = {}
         reduce = self.kfac_approx == "reduce"
         self._steps = {
-            layer.name: _LayerStep(layer, reduce, num_per_example_loss_terms) for layer in layers
+            layer.name: _LayerStep(layer, reduce, num_per_example_loss_terms, self.row_sampler)
+            for layer in layers
         }
         self._preconditioned: dict[str, tuple[weakref.ref, int]] = {}
         device = self.layers[0].helper.weight.device
@@ -232,7 +258,7 @@ class StatisticsRecorder:
         >>> recorder.step
         7
         """
-        self.step = step
+        self.step = self.row_sampler.step = step
         self._collecting_now: bool | None = None  # decided at the step's first forward
         self._backward_task: int | None = None
         self._scaler.start_iteration()
@@ -702,11 +728,14 @@ class _LayerStep:
     averages its passes (``"reduce"``, whose rows are averaged per example over a
     pass's calls), ``G`` averages the step's backward passes (a new graph task starts
     one) after scaling each by the rule of :mod:`rnla_kfac.modules`. A diagonal factor
-    is the mean of its calls' factors.
+    is the mean of its calls' factors. The rows of a call (``"expand"``) or of a pass
+    (``"reduce"``) enter its Gram product through ``sampler``; the ``j``-th forward and
+    backward draws of the step match (see :mod:`rnla_kfac.row_sampling`).
     """
 
-    def __init__(self, layer: KFACLayer, reduce: bool, loss_terms: int | None):
+    def __init__(self, layer: KFACLayer, reduce: bool, loss_terms: int | None, sampler: RowSampler):
         self.layer = layer
+        self.sampler = sampler
         helper = layer.helper
         self.diagonal_input = helper.diagonal_input
         self.diagonal_output = getattr(helper, "diagonal_output", False)
@@ -720,10 +749,15 @@ class _LayerStep:
         self.a_weight = 0.0
         self.g_sum: Tensor | None = None  # sum of the finished backward passes' G
         self.backward_passes = 0
+        self.forward_passes = 0  # closed ("reduce")
         self.forward_pass: _Pass | None = None  # "reduce": the open forward pass
         self.backward_pass: _Pass | None = None
         self.input_calls = self.output_calls = 0
         self._backward_seen = False  # since the open forward pass began
+
+    def _sample(self, rows: Tensor, draw: int) -> tuple[Tensor, float]:
+        """The rows kept of the step's ``draw``-th call or pass, and their weight."""
+        return self.sampler.sample(rows, layer=self.layer.name, draw=draw)
 
     def _compute_dtype(self) -> torch.dtype:
         return self.layer.gram_dtype
@@ -739,7 +773,8 @@ class _LayerStep:
         if helper.has_bias:
             rows = torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], dim=-1)
         if not self.reduce:
-            self._add_a(self._batch_factor(self.layer.A, rows, 1.0).to(dtype), divisor)
+            rows, weight = self._sample(rows, self.input_calls - 1)
+            self._add_a(self._batch_factor(self.layer.A, rows, weight).to(dtype), divisor)
             return
         examples = helper.examples(x)
         sums = _example_sums(rows.to(dtype), examples)
@@ -756,8 +791,9 @@ class _LayerStep:
 
     def _close_forward_pass(self) -> None:
         done, self.forward_pass = self.forward_pass, None
-        rows = done.value / done.positions
-        self._add_a(self._batch_factor(self.layer.A, rows, 1 / done.examples), 1.0)
+        rows, weight = self._sample(done.value / done.positions, self.forward_passes)
+        self.forward_passes += 1
+        self._add_a(self._batch_factor(self.layer.A, rows, weight / done.examples), 1.0)
 
     def add_output_grad(self, grad: Tensor, task: int | None, scale: float | Tensor) -> None:
         """Add one call's output-gradient rows, of backward pass ``task``."""
@@ -779,7 +815,9 @@ class _LayerStep:
             value = _example_sums(rows.to(dtype), examples)
         else:  # the helper's G of this call, over its own count of loss terms
             legacy_terms = 1 if helper.location_split else positions
-            value = self._batch_factor(self.layer.G, rows, multiplier / legacy_terms).to(dtype)
+            rows, weight = self._sample(rows, self.output_calls - 1)
+            scale = multiplier / legacy_terms * weight
+            value = self._batch_factor(self.layer.G, rows, scale).to(dtype)
         current.add(value, positions, examples)
 
     def _close_backward_pass(self) -> None:
@@ -793,7 +831,8 @@ class _LayerStep:
             split = self.layer.helper.location_split
             terms = self.loss_terms or (1 if split else done.positions)
             if self.reduce:
-                value = self._batch_factor(self.layer.G, value, done.examples * terms)
+                rows, weight = self._sample(value, self.backward_passes - 1)
+                value = self._batch_factor(self.layer.G, rows, done.examples * terms * weight)
             else:
                 value = value.mul_(terms)
         if isinstance(done.scale, Tensor) or done.scale != 1:

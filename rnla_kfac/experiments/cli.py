@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ACC",
         help="three target test accuracies in percent",
     )
+    p.add_argument(
+        "--stop-at-target",
+        action=argparse.BooleanOptionalAction,
+        help="end each run with the epoch reaching the highest target (default: the "
+        "preset's; the demo stops, --full does not)",
+    )
     p.add_argument("--max-batches", type=int, help="cap on batches per epoch (quick checks)")
     p.add_argument(
         "--device",
@@ -157,6 +163,7 @@ def configure(args: argparse.Namespace) -> Preset:
         "seeds": args.seeds,
         "batch_size": args.batch_size,
         "targets": tuple(sorted(args.targets)) if args.targets else None,
+        "stop_at_target": args.stop_at_target,
     }
     keys = ("n_samples", "width", "depth", "epochs", "seeds", "batch_size", "max_batches")
     for key in keys + ("dist_timeout",):

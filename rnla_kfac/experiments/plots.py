@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
-from .report import group_runs  # noqa: E402
+from .report import evaluations, group_runs  # noqa: E402
 
 Record = dict[str, Any]
 
@@ -42,8 +42,9 @@ def modes_above(eigenvalues: Sequence[float], ratio: float = SPECTRUM_RATIO) -> 
 def plot_curves(records: Sequence[Record], path: str | Path) -> Path:
     """Figure 2: test loss and accuracy against wall time and epochs.
 
-    Each method is one line: the mean over seeds at each epoch (x: mean cumulative
-    training time, or the epoch), with a band of +- one standard deviation.
+    Each method is one line: the mean over seeds at each test evaluation (several per
+    epoch where the preset says so; x: mean cumulative training time, or the epoch),
+    with a band of +- one standard deviation.
 
     Examples
     --------
@@ -56,9 +57,10 @@ def plot_curves(records: Sequence[Record], path: str | Path) -> Path:
     """
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for method, seeds in group_runs(records).items():
-        n_epochs = min(len(run) for run in seeds.values())
-        runs = [run[:n_epochs] for run in seeds.values()]
-        epochs = np.arange(1, n_epochs + 1)
+        points = [evaluations(run) for run in seeds.values()]
+        n_points = min(len(run) for run in points)
+        runs = [run[:n_points] for run in points]
+        epochs = np.mean([[r["epoch"] for r in run] for run in runs], axis=0)
         wall = np.mean([[r["wall_time"] for r in run] for run in runs], axis=0)
         for col, key in enumerate(("test_loss", "test_acc")):
             values = np.array([[r[key] for r in run] for run in runs])

@@ -199,6 +199,10 @@ class Preset:
     evals_per_epoch : int
         Test evaluations per epoch, at evenly spaced steps (the last at the epoch's
         end): time to a target is read at the first evaluation reaching it.
+    stop_at_target : bool
+        End each run with the epoch in which it reaches the highest target (its
+        times to the targets are unchanged; the final accuracy is then the one of
+        that epoch).
     grids : dict
         The tuning grid of each method (``--tune``, :mod:`~rnla_kfac.experiments.tuning`):
         ``{method: {setting: values}}`` with ``"lr"``, ``"momentum"`` or a key of
@@ -231,6 +235,7 @@ class Preset:
     spectra_layers: tuple[str, ...] = ()
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     evals_per_epoch: int = 1
+    stop_at_target: bool = False
     grids: dict[str, dict[str, tuple]] = field(default_factory=dict)
     tuning_seeds: tuple[int, ...] = (100, 101)
     full: dict[str, Any] = field(default_factory=dict)

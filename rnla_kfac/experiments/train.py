@@ -296,7 +296,8 @@ def train_run(
     Returns
     -------
     list of dict
-        Per epoch: ``method, seed, epoch, steps, lr`` (of the epoch's last step),
+        Per epoch (up to the one reaching the highest target where the preset's
+        ``stop_at_target`` says so): ``method, seed, epoch, steps, lr`` (of the epoch's last step),
         ``train_loss, test_loss, test_acc, epoch_time, wall_time`` (seconds of
         training, cumulative for ``wall_time``; ``epoch_time`` is this process's), the
         :data:`~rnla_kfac.experiments.profile.PROFILE_FIELDS`, ``evals`` (the epoch's
@@ -431,4 +432,6 @@ def train_run(
                 on_spectra(
                     {"method": method, "seed": seed, "epoch": epoch, "steps": steps, **spectra}
                 )
+        if preset.stop_at_target and max(e["test_acc"] for e in evals) >= max(preset.targets):
+            break
     return records

@@ -136,3 +136,14 @@ def test_cli_tune_writes_the_ranked_table(tmp_path, capsys):
     table = (run_dir / "tuning.md").read_text()
     assert table in capsys.readouterr().out and table.count("| sgd |") == len(rows)
     assert cli.main(argv[:4] + ["adam"] + argv[5:]) == 2
+
+
+def test_runs_stop_with_the_epoch_reaching_the_highest_target(digits):
+    preset = TINY.replace(epochs=4, targets=(1.0, 2.0, 3.0), stop_at_target=True)
+    records = train_run("sgd", 0, digits, preset, max_batches=3, progress=False)
+    assert [r["epoch"] for r in records] == [1]
+    unreachable = preset.replace(targets=(1.0, 2.0, 101.0))
+    records = train_run("sgd", 0, digits, unreachable, max_batches=3, progress=False)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    args = cli.build_parser().parse_args(["--no-stop-at-target"])
+    assert cli.configure(args).stop_at_target is False
