@@ -50,7 +50,7 @@ __all__ = ["DecompositionOutcome", "Refresh", "refresh_decomposition", "warm_pow
 class Refresh(NamedTuple):
     """A previous decomposition refreshed on the current factor (:func:`refresh_decomposition`).
 
-    Attributes
+    Parameters
     ----------
     inverse : FactorInverse
         The refreshed undamped decomposition.
@@ -88,7 +88,7 @@ class Refresh(NamedTuple):
 class DecompositionOutcome(NamedTuple):
     """What one inverse update did with one factor.
 
-    Attributes
+    Parameters
     ----------
     drift : float or None
         The factor's drift (module docstring); ``None`` when it was not probed (no
