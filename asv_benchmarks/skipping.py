@@ -99,7 +99,7 @@ class _Replay:
         """Load the capture's factors; the plan of its update."""
         for factor in self.factors:
             factor.matrix.copy_(capture.factors[factor.name])
-            factor.identity_weight = capture.floors[factor.name]
+            factor.start_weight = capture.floors[factor.name]  # its identity_weight
         return DecompositionPlan(
             self.decomposer,
             RankPolicy(self.settings["rank"], rtol=self.settings.get("rank_rtol", DEFAULT_RTOL)),
