@@ -32,6 +32,10 @@ A stack of blocks drifts and grows as its worst block. Two decisions read them
 * **adaptive warm iterations** (``warm_n_iter="auto"``,
   :func:`warm_power_iterations`): the warm sketch's power iterations are the fewest
   that bring the drift below ``rank_rtol``.
+
+Both decisions read the drift on the host (one synchronization per probed factor, on
+the process that decomposes it); with the defaults (``skip_tol=0``, an integer
+``warm_n_iter``) nothing is probed.
 """
 
 from __future__ import annotations
