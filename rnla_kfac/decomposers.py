@@ -23,6 +23,7 @@ from torch import Tensor
 
 import rnla
 
+from .drift import DecompositionOutcome, refresh_decomposition, warm_power_iterations
 from .inverse import FactorInverse
 from .rank_policy import RankPolicy
 
@@ -191,6 +192,15 @@ class Decomposer:
     def run(self, plan: DecompositionPlan, factors: list[Factor]) -> list[FactorInverse | None]:
         """Decompose ``factors``' averages under ``plan`` (undamped; None where one failed).
 
+        With the plan's ``skip_tol > 0``, each factor with a reusable previous
+        decomposition
+        (:meth:`~rnla_kfac.inverse_updater.DecompositionPlan.previous_decomposition`) is
+        first refreshed (:func:`~rnla_kfac.drift.refresh_decomposition`): one whose
+        drift and growth are at most ``skip_tol`` keeps the refreshed decomposition (no
+        sketch). With ``warm_n_iter="auto"`` each warm start is refreshed too and takes
+        :func:`~rnla_kfac.drift.warm_power_iterations` of its drift. Each factor's
+        :class:`~rnla_kfac.drift.DecompositionOutcome` goes to ``plan.outcomes``.
+
         Examples
         --------
         >>> import torch
@@ -199,20 +209,57 @@ class Decomposer:
         >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, None, True, 0)
         >>> plan.decomposer.run(plan, [Factor("G", "fc", 3, torch.float32, torch.device("cpu"))])
         [FactorInverse(size=3, rank=3)]
+        >>> plan.outcomes["fc.G"]
+        DecompositionOutcome(drift=None, skipped=False, power_iterations=0)
         """
-        return decompose_factors(
-            [factor.matrix for factor in factors],
+        results: list[FactorInverse | None] = [None] * len(factors)
+        starts = [plan.start_block(factor) for factor in factors]
+        iterations: list[int] = []
+        for j, factor in enumerate(factors):
+            drift = None
+            probed = plan.skip_tol > 0 or (plan.warm_n_iter == "auto" and starts[j] is not None)
+            previous = plan.previous_decomposition(factor) if probed else None
+            if previous is not None:
+                refresh = refresh_decomposition(factor.matrix, previous, plan.tail_compensation)
+                drift = refresh.drift
+                if refresh.skippable(plan.skip_tol):
+                    results[j] = refresh.inverse
+                    plan.outcomes[factor.name] = DecompositionOutcome(drift, True, 0)
+                    continue
+            if starts[j] is not None:
+                count = plan.warm_n_iter
+                if count == "auto":
+                    count = warm_power_iterations(
+                        drift, refresh.inverse, plan.oversample, plan.policy.rtol, plan.n_iter
+                    )
+            elif self.is_exact(plan.sketch_rank(factor), plan.oversample, factor.size):
+                count = 0
+            else:
+                count = plan.n_iter
+            iterations.append(count)
+            plan.outcomes[factor.name] = DecompositionOutcome(drift, False, count)
+        pending = [j for j, result in enumerate(results) if result is None]
+        if not pending:
+            return results
+        warm_n_iter = plan.warm_n_iter
+        if warm_n_iter == "auto":  # per factor (a cold one's entry is not read)
+            warm_n_iter = iterations
+        decomposed = decompose_factors(
+            [factors[j].matrix for j in pending],
             self,
             plan.policy,
-            hints=[factor.rank_hint for factor in factors],
-            floors=[factor.identity_weight for factor in factors],
+            hints=[factors[j].rank_hint for j in pending],
+            floors=[factors[j].identity_weight for j in pending],
             oversample=plan.oversample,
             n_iter=plan.n_iter,
             tail_compensation=plan.tail_compensation,
             rng=plan.seed,
-            starts=[plan.start_block(factor) for factor in factors],
-            warm_n_iter=plan.n_iter if plan.warm_n_iter is None else plan.warm_n_iter,
+            starts=[starts[j] for j in pending],
+            warm_n_iter=plan.n_iter if warm_n_iter is None else warm_n_iter,
         )
+        for j, result in zip(pending, decomposed, strict=True):
+            results[j] = result
+        return results
 
     def adopt(self, factor: Factor, inverse: FactorInverse, plan: DecompositionPlan) -> None:
         """Store a new ``inverse`` on ``factor`` with what the next decomposition reads.
@@ -582,7 +629,7 @@ def decompose_factors(
     tail_compensation: bool = True,
     rng: int | torch.Generator | None = None,
     starts: Sequence[Tensor | None] | None = None,
-    warm_n_iter: int | None = None,
+    warm_n_iter: int | Sequence[int] | None = None,
 ) -> list[FactorInverse | None]:
     """Decompose many symmetric PSD factors, batching same-sized ones (undamped).
 
@@ -633,8 +680,9 @@ def decompose_factors(
         (``(B_i, n_i, j)`` for a stack), ``j >= 1``, in the factor's dtype and on its
         device; only its first ``min(rank + oversample, n_i)`` columns are used.
         Default: every factor cold.
-    warm_n_iter : int, optional
-        Power iterations of warm-started sketches; default ``n_iter``.
+    warm_n_iter : int or sequence of int, optional
+        Power iterations of warm-started sketches, for all or per factor (a cold
+        factor's entry is not read); default ``n_iter``.
 
     Returns
     -------
@@ -669,15 +717,16 @@ def decompose_factors(
     hints = [None] * len(factors) if hints is None else hints
     floors = [0.0] * len(factors) if floors is None else floors
     starts = [None] * len(factors) if starts is None else starts
-    warm_n_iter = n_iter if warm_n_iter is None else warm_n_iter
+    if warm_n_iter is None or isinstance(warm_n_iter, int):
+        warm_n_iter = [n_iter if warm_n_iter is None else warm_n_iter] * len(factors)
     pending = [
         (i, F, policy.sketch_rank(F.shape[-1], hint), start)
         for i, (F, hint, start) in enumerate(zip(factors, hints, starts, strict=True))
     ]
     while pending:
-        groups = _group_by_call(pending, decomposer, oversample)
+        groups = _group_by_call(pending, decomposer, oversample, n_iter, warm_n_iter)
         pending = []
-        for (n, r, width, _, _), items in groups.items():
+        for (n, r, width, iterations, _, _), items in groups.items():
             blocks = [F if F.ndim == 3 else F[None] for _, F, _, _ in items]
             stack = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
             start = None
@@ -685,7 +734,6 @@ def decompose_factors(
                 seeds = [s if s.ndim == 3 else s[None] for _, _, _, s in items]
                 start = seeds[0] if len(seeds) == 1 else torch.cat(seeds)
             traces = stack.diagonal(dim1=-2, dim2=-1).sum(-1)
-            iterations = warm_n_iter if width else n_iter
             decomposed = _robust_decompose(
                 decomposer, stack, r, oversample, iterations, rng, start=start
             )
@@ -715,13 +763,17 @@ Pending = tuple[int, Tensor, int | None, Tensor | None]
 
 
 def _group_by_call(
-    pending: list[Pending], decomposer: Decomposer, oversample: int
+    pending: list[Pending],
+    decomposer: Decomposer,
+    oversample: int,
+    n_iter: int,
+    warm_n_iter: Sequence[int],
 ) -> dict[tuple, list[Pending]]:
     """Pending factors grouped by what one batched call shares.
 
-    The key is ``(size, sketch rank or None on the exact path, start width, dtype,
-    device)``; a start block is cut to the sketch width (contiguous: the same bits
-    after a resume) and dropped on the exact path.
+    The key is ``(size, sketch rank or None on the exact path, start width, power
+    iterations, dtype, device)``; a start block is cut to the sketch width (contiguous:
+    the same bits after a resume) and dropped on the exact path.
     """
     groups: dict[tuple, list[Pending]] = {}
     for i, F, r, start in pending:
@@ -732,7 +784,8 @@ def _group_by_call(
         else:
             start = start[..., : min(r + oversample, n)].contiguous()
         width = 0 if start is None else start.shape[-1]
-        key = (n, None if exact else r, width, F.dtype, F.device)
+        iterations = warm_n_iter[i] if width else n_iter
+        key = (n, None if exact else r, width, iterations, F.dtype, F.device)
         groups.setdefault(key, []).append((i, F, r, start))
     return groups
 

@@ -49,6 +49,7 @@ __all__ = [
     "DistributedStepError",
     "DistributionStrategy",
     "LocalStrategy",
+    "OUTCOME_SIZE",
     "SharedStrategy",
     "allreduce_symmetric",
     "assign_by_cost",
@@ -66,6 +67,10 @@ __all__ = [
 ]
 
 DEFAULT_BUCKET_BYTES = 16 * 2**20
+
+OUTCOME_SIZE = 3
+"""Numbers of a decomposition's outcome shared after its inverse
+(:meth:`DecompositionJob.pack_outcome`: drift, skipped, power iterations)."""
 
 
 class DistributedStepError(RuntimeError):
@@ -413,6 +418,12 @@ class DecompositionJob(Protocol):
     def run(self, factors: list[Factor]) -> list[FactorInverse | None]:
         """One undamped inverse (or None: failed) per factor, computed here."""
 
+    def pack_outcome(self, factor: Factor) -> torch.Tensor:
+        """What :meth:`run` decided for ``factor``, :data:`OUTCOME_SIZE` numbers to share."""
+
+    def unpack_outcome(self, factor: Factor, payload: torch.Tensor) -> None:
+        """Record the outcome another process packed for ``factor``."""
+
 
 class DistributionStrategy(ABC):
     """Where the batch factors are averaged and the decompositions computed.
@@ -469,7 +480,8 @@ class SharedStrategy(DistributionStrategy):
     averages as folding averaged ones, and a NaN on any process reaches every process,
     so all of them skip the same updates. Each decomposition is assigned to one
     process (:func:`assign_by_cost`, the same on every process without talking), which
-    computes its share and broadcasts it (:func:`pack_inverse`,
+    computes its share (probing and skipping included, :mod:`rnla_kfac.drift`) and
+    broadcasts it with its outcome (:func:`pack_inverse`,
     :func:`broadcast_from_owners`). An exception on any process is raised on every
     process as :class:`DistributedStepError`.
 
@@ -512,11 +524,20 @@ class SharedStrategy(DistributionStrategy):
         try:
             for j, result in zip(mine, job.run([factors[j] for j in mine])):
                 payloads[j] = pack_inverse(result, factors[j].layout)
+                if result is not None:  # the outcome rides after the inverse
+                    outcome = job.pack_outcome(factors[j]).to(payloads[j])
+                    payloads[j] = torch.cat([payloads[j], outcome])
         except Exception as exc:  # re-raised on every process just below
             error = exc
         raise_if_any_rank_failed(error, group=self.group, phase=phase)
         shared = broadcast_from_owners(payloads, owners, group=self.group, stats=self.communication)
-        return [unpack_inverse(payload, f.layout) for payload, f in zip(shared, factors)]
+        inverses = []
+        for payload, factor in zip(shared, factors, strict=True):
+            if payload.numel():
+                job.unpack_outcome(factor, payload[-OUTCOME_SIZE:])
+                payload = payload[:-OUTCOME_SIZE]
+            inverses.append(unpack_inverse(payload, factor.layout))
+        return inverses
 
 
 def choose_strategy(group: dist.ProcessGroup | None = None) -> DistributionStrategy:

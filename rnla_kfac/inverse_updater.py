@@ -12,21 +12,25 @@ into the preconditioner.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ._checks import (
     ScheduleLike,
     check_bool,
     check_count,
+    check_non_negative,
     check_positive_int,
     check_rank,
     check_tolerance,
 )
 from .decomposers import Decomposer
 from .distributed import DistributionStrategy, LocalStrategy
+from .drift import DecompositionOutcome
 from .gradient_applier import as_schedule
 from .inverse import FactorInverse
 from .layers import Factor, KFACLayer
@@ -53,12 +57,22 @@ class DecompositionPlan:
         The step's rank rule.
     oversample, n_iter : int
         Sketch oversampling and power iterations of a cold start.
-    warm_n_iter : int or None
-        Power iterations of a warm start; ``None``: every decomposition starts cold.
+    warm_n_iter : int, "auto" or None
+        Power iterations of a warm start (``"auto"``: per factor, from its drift,
+        :func:`~rnla_kfac.drift.warm_power_iterations` with the target
+        ``policy.rtol``); ``None``: every decomposition starts cold.
     tail_compensation : bool
         Model the discarded eigenvalues by their mean.
     seed : int
         Seed of the step's sketches.
+    skip_tol : float, default 0.0
+        Keep the refreshed previous decomposition of a factor whose drift is at most
+        this (:mod:`rnla_kfac.drift`); 0 never skips.
+
+    Attributes
+    ----------
+    outcomes : dict of str to DecompositionOutcome
+        Filled by :meth:`run`: what it did with each factor (by factor name).
 
     Examples
     --------
@@ -81,9 +95,10 @@ class DecompositionPlan:
         policy: RankPolicy,
         oversample: int,
         n_iter: int,
-        warm_n_iter: int | None,
+        warm_n_iter: int | str | None,
         tail_compensation: bool,
         seed: int,
+        skip_tol: float = 0.0,
     ):
         self.decomposer = decomposer
         self.policy = policy
@@ -92,6 +107,8 @@ class DecompositionPlan:
         self.warm_n_iter = warm_n_iter
         self.tail_compensation = tail_compensation
         self.seed = seed
+        self.skip_tol = skip_tol
+        self.outcomes: dict[str, DecompositionOutcome] = {}
 
     def sketch_rank(self, factor: Factor) -> int | None:
         """The rank asked of ``factor``'s decomposition (``None``: exact).
@@ -123,13 +140,53 @@ class DecompositionPlan:
         """
         return self.decomposer.factor_cost(self, factor)
 
+    def previous_decomposition(self, factor: Factor) -> FactorInverse | None:
+        """``factor``'s previous decomposition if this step may reuse it, else None.
+
+        Reusable: a :class:`~rnla_kfac.inverse.FactorInverse` of the factor's size,
+        batch, dtype and device that is exact where this step's decomposition is exact
+        (the exact path), and otherwise low rank from a sketch rank not smaller than this
+        step's. Warm starts (:meth:`start_block`) and the probe of
+        :mod:`rnla_kfac.drift` read it.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> plan = DecompositionPlan(decomposer_for("eigh"), RankPolicy(None), 2, 1, 0, True, 0)
+        >>> factor = Factor("A", "fc", 5, torch.float32, torch.device("cpu"))
+        >>> plan.previous_decomposition(factor) is None
+        True
+        >>> (factor.inverse,) = plan.run([factor])
+        >>> plan.previous_decomposition(factor)
+        FactorInverse(size=5, rank=5)
+        """
+        inverse = factor.inverse
+        if not isinstance(inverse, FactorInverse):
+            return None
+        vectors, layout = inverse.eigenvectors, factor.layout
+        if (
+            vectors.shape[:-2] != layout.shape[:-2]
+            or vectors.shape[-2] != factor.size
+            or vectors.dtype != factor.dtype
+            or vectors.device != factor.device
+        ):
+            return None
+        rank = self.sketch_rank(factor)
+        if rank is None or self.decomposer.is_exact(rank, self.oversample, factor.size):
+            return inverse if inverse.exact else None
+        if inverse.exact or factor.sketch_rank is None or rank > factor.sketch_rank:
+            return None
+        return inverse
+
     def start_block(self, factor: Factor) -> Tensor | None:
         """The previous eigenvectors of ``factor`` if its decomposition starts warm, else None.
 
         Warm: warm starts are on, the decomposer warm-starts, the decomposition is
-        randomized (not the exact path), the factor has a previous low-rank inverse of
-        its size, batch, dtype and device, and the sketch rank is not larger than the
-        previous one's.
+        randomized (not the exact path), and the factor has a reusable previous
+        low-rank decomposition (:meth:`previous_decomposition`: its size, batch, dtype
+        and device, from a sketch rank not smaller than this step's).
 
         Examples
         --------
@@ -148,25 +205,16 @@ class DecompositionPlan:
         """
         if self.warm_n_iter is None or not self.decomposer.warm_starts:
             return None
-        inverse = factor.inverse
-        if factor.sketch_rank is None or not isinstance(inverse, FactorInverse) or inverse.exact:
+        inverse = self.previous_decomposition(factor)
+        if inverse is None or inverse.exact:
             return None
-        rank = self.sketch_rank(factor)
-        if rank is None or self.decomposer.is_exact(rank, self.oversample, factor.size):
-            return None
-        vectors, layout = inverse.eigenvectors, factor.layout
-        if (
-            rank > factor.sketch_rank
-            or vectors.shape[:-2] != layout.shape[:-2]
-            or vectors.shape[-2] != factor.size
-            or vectors.dtype != factor.dtype
-            or vectors.device != factor.device
-        ):
-            return None
-        return vectors
+        return inverse.eigenvectors
 
     def run(self, factors: list[Factor]) -> list[FactorInverse | None]:
         """Decompose ``factors`` in this process (undamped; None where one failed).
+
+        Each factor's :class:`~rnla_kfac.drift.DecompositionOutcome` goes to
+        :attr:`outcomes`.
 
         Examples
         --------
@@ -180,6 +228,44 @@ class DecompositionPlan:
         """
         return self.decomposer.run(self, factors)
 
+    def pack_outcome(self, factor: Factor) -> Tensor:
+        """``factor``'s outcome as ``[drift (NaN: not probed), skipped, power iterations]``.
+
+        What a process that decomposed ``factor`` sends the others with its inverse
+        (:class:`~rnla_kfac.distributed.SharedStrategy`); :meth:`unpack_outcome` reads it.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from rnla_kfac.decomposers import decomposer_for
+        >>> from rnla_kfac.layers import Factor
+        >>> plan = DecompositionPlan(decomposer_for("rsvd"), RankPolicy(4), 2, 1, 2, True, 0)
+        >>> factor = Factor("G", "fc", 30, torch.float32, torch.device("cpu"))
+        >>> plan.outcomes[factor.name] = DecompositionOutcome(0.25, False, 2)
+        >>> payload = plan.pack_outcome(factor)
+        >>> payload
+        tensor([0.2500, 0.0000, 2.0000], dtype=torch.float64)
+        >>> plan.unpack_outcome(factor, payload)
+        >>> plan.outcomes[factor.name]
+        DecompositionOutcome(drift=0.25, skipped=False, power_iterations=2)
+        """
+        outcome = self.outcomes.get(factor.name)
+        if outcome is None:  # none reported (a Brand correction): -1 iterations
+            return torch.tensor([math.nan, 0.0, -1.0], dtype=torch.float64)
+        drift, skipped, iterations = outcome
+        drift = math.nan if drift is None else drift
+        return torch.tensor([drift, float(skipped), float(iterations)], dtype=torch.float64)
+
+    def unpack_outcome(self, factor: Factor, payload: Tensor) -> None:
+        """Record the outcome :meth:`pack_outcome` packed for ``factor`` (if one was)."""
+        drift, skipped, iterations = payload.tolist()
+        if iterations < 0:
+            self.outcomes.pop(factor.name, None)
+            return
+        self.outcomes[factor.name] = DecompositionOutcome(
+            None if math.isnan(drift) else drift, bool(skipped), int(iterations)
+        )
+
 
 class InverseUpdater:
     """Decomposes the layers' averaged factors and stores their inverses on them.
@@ -188,10 +274,16 @@ class InverseUpdater:
     ----------
     decomposer : Decomposer
         The method (:func:`rnla_kfac.decomposers.decomposer_for`).
-    rank, oversample, n_iter, warm_n_iter : int, callable or Schedule
+    rank, oversample, n_iter : int, callable or Schedule
         Sketch parameters per step (see :class:`~rnla_kfac.KFACPreconditioner`).
+    warm_n_iter : int, "auto", callable or Schedule
+        Power iterations of a warm start; ``"auto"``: per factor, from its drift
+        (:func:`~rnla_kfac.drift.warm_power_iterations`, target ``rank_rtol``).
     warm_start : bool, default True
         Start sketches from the factors' previous eigenvectors.
+    skip_tol : float, default 0.0
+        Keep a factor's refreshed previous decomposition instead of decomposing it when
+        its drift (:mod:`rnla_kfac.drift`) is at most this; ``>= 0``, 0 never skips.
     tail_compensation : bool, default True
         Model the discarded eigenvalues by their mean.
     inverse_update_period : int, callable or Schedule, default 1
@@ -202,6 +294,14 @@ class InverseUpdater:
         Seed of the sketches (combined with the step).
     strategy : DistributionStrategy, optional
         Where the decompositions run (default: all in this process).
+
+    Attributes
+    ----------
+    decomposition_counts : dict of str to dict
+        Per factor name (``"<layer>.A"``), what its inverse updates did so far:
+        ``"decomposed"`` and ``"skipped"`` updates, ``"power_iterations"`` (summed
+        over its sketches) and the last ``"drift"`` measured (None: never probed).
+        The same on every process; saved by :meth:`state_dict`.
 
     Examples
     --------
@@ -226,11 +326,12 @@ class InverseUpdater:
         rank: int | str | ScheduleLike,
         oversample: ScheduleLike,
         n_iter: ScheduleLike,
-        warm_n_iter: ScheduleLike,
+        warm_n_iter: int | str | ScheduleLike,
         inverse_update_period: ScheduleLike = 1,
         rank_rtol: float = DEFAULT_RTOL,
         warm_start: bool = True,
         tail_compensation: bool = True,
+        skip_tol: float = 0.0,
         seed: int = 0,
         strategy: DistributionStrategy | None = None,
     ):
@@ -238,13 +339,15 @@ class InverseUpdater:
         self.rank = as_schedule(rank, "rank", check_rank)
         self.oversample = as_schedule(oversample, "oversample", check_count)
         self.n_iter = as_schedule(n_iter, "n_iter", check_count)
-        self.warm_n_iter = as_schedule(warm_n_iter, "warm_n_iter", check_count)
+        self.warm_n_iter = as_schedule(warm_n_iter, "warm_n_iter", _check_warm_n_iter)
         self.inverse_update_period = as_schedule(
             inverse_update_period, "inverse_update_period", check_positive_int
         )
         self.rank_rtol = check_tolerance(rank_rtol, "rank_rtol")
         self.warm_start = check_bool(warm_start, "warm_start")
         self.tail_compensation = check_bool(tail_compensation, "tail_compensation")
+        self.skip_tol = check_non_negative(skip_tol, "skip_tol")
+        self.decomposition_counts: dict[str, dict[str, Any]] = {}
         self.seed = check_count(seed, "seed")
         self.strategy = LocalStrategy() if strategy is None else strategy
 
@@ -295,6 +398,7 @@ class InverseUpdater:
             self.warm_n_iter(step) if self.warm_start else None,
             self.tail_compensation,
             self.sketch_seed(step),
+            self.skip_tol,
         )
 
     def due(self, step: int) -> bool:
@@ -345,6 +449,7 @@ class InverseUpdater:
                 failed.append(factor.name)
                 continue
             self.decomposer.adopt(factor, result, plan)
+            self._count(factor.name, plan.outcomes.get(factor.name))
         if failed:
             warnings.warn(
                 f"step {step}: the {self.decomposer.name} decomposition of factors {failed} "
@@ -352,20 +457,34 @@ class InverseUpdater:
                 stacklevel=3,
             )
 
+    def _count(self, name: str, outcome: DecompositionOutcome | None) -> None:
+        """Add one inverse update's ``outcome`` to :attr:`decomposition_counts`."""
+        counts = self.decomposition_counts.setdefault(
+            name, {"decomposed": 0, "skipped": 0, "power_iterations": 0, "drift": None}
+        )
+        if outcome is None:  # a decomposer that reports none (a Brand correction)
+            counts["decomposed"] += 1
+            return
+        counts["skipped" if outcome.skipped else "decomposed"] += 1
+        counts["power_iterations"] += outcome.power_iterations
+        if outcome.drift is not None:
+            counts["drift"] = outcome.drift
+
     def state_dict(self) -> dict[str, Any]:
-        """The decomposer's state (see :meth:`Decomposer.state_dict`).
+        """The decomposer's state (see :meth:`Decomposer.state_dict`) and the counts.
 
         Examples
         --------
         >>> import torch
         >>> from rnla_kfac import KFACPreconditioner
         >>> KFACPreconditioner(torch.nn.Linear(3, 2)).updater.state_dict()
-        {}
+        {'decomposition_counts': {}}
         """
-        return self.decomposer.state_dict()
+        counts = {name: dict(entry) for name, entry in self.decomposition_counts.items()}
+        return {**self.decomposer.state_dict(), "decomposition_counts": counts}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`.
+        """Restore :meth:`state_dict` (one saved without the counts starts them at zero).
 
         Examples
         --------
@@ -374,4 +493,22 @@ class InverseUpdater:
         >>> updater = KFACPreconditioner(torch.nn.Linear(3, 2)).updater
         >>> updater.load_state_dict(updater.state_dict())
         """
+        state = dict(state)
+        counts = state.pop("decomposition_counts", {})
+        self.decomposition_counts = {name: dict(entry) for name, entry in counts.items()}
         self.decomposer.load_state_dict(state)
+
+
+def _check_warm_n_iter(value: Any, name: str) -> int | str:
+    """An integer ``>= 0`` or ``"auto"`` (power iterations of a warm start).
+
+    Examples
+    --------
+    >>> _check_warm_n_iter("auto", "warm_n_iter"), _check_warm_n_iter(2, "warm_n_iter")
+    ('auto', 2)
+    """
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"{name}: expected an integer >= 0 or 'auto', got {value!r}")
+        return value
+    return check_count(value, name)

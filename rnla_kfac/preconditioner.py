@@ -69,11 +69,17 @@ class KFACPreconditioner:
     oversample, n_iter : int, default 10, 4
         Sketch oversampling and power iterations (of a cold start) of the sketches.
     warm_start : bool, default True
-    warm_n_iter : int, default 2
+    warm_n_iter : int or "auto", default 2
         Start each randomized decomposition from the factor's previous eigenvectors
         with ``warm_n_iter`` power iterations, where
         :meth:`~rnla_kfac.inverse_updater.DecompositionPlan.start_block` allows;
-        resumed and distributed runs decompose as one uninterrupted process does.
+        ``"auto"``: per factor, the fewest that bring its measured drift below
+        ``rank_rtol`` (:mod:`rnla_kfac.drift`). Resumed and distributed runs decompose
+        as one uninterrupted process does.
+    skip_tol : float, default 0.0
+        Keep a factor's previous eigenvectors (Rayleigh-Ritz refreshed) instead of
+        decomposing it when its drift since then is at most ``skip_tol`` (0: never);
+        counts in ``updater.decomposition_counts``.
     damping : float, default 0.1
         ``lambda > 0``, split between the factors by ``damping_mode``.
     damping_mode : {"relative", "absolute", "pi"}, default "relative"
@@ -168,7 +174,8 @@ class KFACPreconditioner:
         oversample: ScheduleLike = 10,
         n_iter: ScheduleLike = 4,
         warm_start: bool = True,
-        warm_n_iter: ScheduleLike = DEFAULT_WARM_N_ITER,
+        warm_n_iter: int | str | ScheduleLike = DEFAULT_WARM_N_ITER,
+        skip_tol: float = 0.0,
         damping: ScheduleLike = 0.1,
         damping_mode: str = "relative",
         factor_decay: ScheduleLike = 0.95,
@@ -404,7 +411,8 @@ class KFACPreconditioner:
 
 _APPLIER_SETTINGS = ("damping", "damping_mode", "kl_clip", "lr", "precondition_dtype")
 _UPDATER_SETTINGS = ("rank", "oversample", "n_iter", "warm_n_iter", "inverse_update_period",
-                     "rank_rtol", "warm_start", "tail_compensation", "seed")  # fmt: skip
+                     "rank_rtol", "warm_start", "tail_compensation", "skip_tol",
+                     "seed")  # fmt: skip
 _RECORDER_SETTINGS = ("factor_update_period", "factor_decay", "factor_start",
                       "accumulation_steps", "grad_scaler", "kfac_approx",
                       "num_per_example_loss_terms", "model", "seed", "statistics_rows")  # fmt: skip

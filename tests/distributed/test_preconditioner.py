@@ -37,6 +37,29 @@ def test_factors_and_gradients_match_single_process(equivalence_runs, world, met
 
 
 @pytest.mark.parametrize("world", [2, 3])
+def test_skipping_decides_on_the_owner_and_counts_alike_everywhere(equivalence_runs, world):
+    """The process that decomposes a factor probes it; its outcome reaches every process.
+
+    The counts (skipped, decomposed, power iterations) are the single process's on
+    every process; the drifts agree to the factors' rounding (their all-reduce).
+    """
+    single = equivalence_runs[1][0]["rsvd-skip"]
+    counts = single["counts"]
+    assert sum(entry["skipped"] for entry in counts.values()) > 0
+    for rank_result in equivalence_runs[world]:
+        got = rank_result["rsvd-skip"]
+        assert got["counts"].keys() == counts.keys()
+        for name, entry in counts.items():
+            other = got["counts"][name]
+            for key in ("decomposed", "skipped", "power_iterations"):
+                assert other[key] == entry[key], (name, key)
+            assert other["drift"] == pytest.approx(entry["drift"], rel=1e-3, abs=1e-6)
+        for want, step in zip(single["steps"], got["steps"], strict=True):
+            for g_want, g_got in zip(want["grads"], step["grads"], strict=True):
+                torch.testing.assert_close(g_got, g_want, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 3])
 def test_brand_states_match_single_process(equivalence_runs, world):
     """Brand: every process folds the gathered rows and takes the owners' corrections.
 

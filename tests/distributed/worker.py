@@ -92,6 +92,7 @@ def wrap(model: torch.nn.Module, world: int) -> torch.nn.Module:
 
 WARM_METHODS = ("rsvd", "srevd", "nystrom")
 EQUIVALENCE_STEPS = 6  # inverse updates at steps 0 (cold), 2 and 4 (warm)
+SKIPPING = {"skip_tol": 0.05, "warm_n_iter": "auto"}
 
 PRECONDITIONER = dict(
     rank=6, oversample=3, n_iter=2, factor_update_period=1, inverse_update_period=2, damping=0.05
@@ -103,18 +104,20 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
     """Same global batches on 1, 2 or 3 processes: factors, gradients, bytes.
 
     Every method on the MLP with cold starts (``warm_start=False``), the randomized
-    ones again as ``"<method>-warm"`` (warm-started from step 2 on, the default), then
-    ``"tokens-<method>"``:
+    ones again as ``"<method>-warm"`` (warm-started from step 2 on, the default),
+    ``"rsvd-skip"`` (:data:`SKIPPING`: decomposition skipping and adaptive warm
+    iterations, its ``"counts"`` recorded), then ``"tokens-<method>"``:
     :class:`TokenModel` (an Embedding and grouped convolutions) with eigh and rsvd.
     """
     from rnla_kfac import KFACPreconditioner
 
     records = {}
-    runs = {method: (method, False) for method in DECOMPOSERS}
-    runs.update({f"{method}-warm": (method, True) for method in WARM_METHODS})
-    for key, (method, warm_start) in runs.items():
+    runs = {method: (method, {"warm_start": False}) for method in DECOMPOSERS}
+    runs.update({f"{method}-warm": (method, {}) for method in WARM_METHODS})
+    runs["rsvd-skip"] = ("rsvd", SKIPPING)
+    for key, (method, options) in runs.items():
         model = make_model()
-        pre = KFACPreconditioner(model, method=method, warm_start=warm_start, **PRECONDITIONER)
+        pre = KFACPreconditioner(model, method=method, **options, **PRECONDITIONER)
         ddp = wrap(model, world)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         steps = []
@@ -136,6 +139,7 @@ def equivalence(out: Path, rank: int, world: int) -> dict:
             "steps": steps,
             "bytes": dict(pre.communication.bytes),
             "storage": pre.factor_storage,
+            "counts": pre.updater.decomposition_counts,
         }
     for method in TOKEN_MODEL_METHODS:
         records[f"tokens-{method}"] = token_model_run(method, rank, world)
