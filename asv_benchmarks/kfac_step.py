@@ -203,8 +203,23 @@ class _Runner:
             self.optimizer = KFAC(self.model, lr=0.01, **kwargs)
             self.pre = self.optimizer.preconditioner
             if timed:  # the same optimizer, its preconditioner's phases timed
-                self.timer = PhaseTimer(self.pre, self.x.device)
+                self.timer = PhaseTimer(self.pre, self.x.device, on_record=self._capture)
+        self.capturing = False  # set: the hooks' inputs are kept for replay_statistics
+        self.captured: list[tuple] = []
         self.step()  # step 0: everything is due (warm-up)
+
+    def _capture(self, *record: Any) -> None:
+        if self.capturing:
+            self.captured.append(record)
+
+    def replay_statistics(self) -> None:
+        """Record the captured batch statistics again and fold them (the hooks' work)."""
+        for kind, layer, tensor, *scale in self.captured:
+            if kind == "A":
+                layer.record_input(tensor)
+            else:
+                layer.record_output_grad(tensor, *scale)
+        self.pre.recorder.fold(self.pre.steps)
 
     def force(self, kind: str) -> None:
         """Make the following steps ``"plain"``, ``"factor"`` or ``"inverse"`` steps."""

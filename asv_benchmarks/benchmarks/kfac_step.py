@@ -49,12 +49,11 @@ class KFACStep:
         self.method, self.setting = method, setting
         options = {} if method == "sgd" else SETTINGS[setting]
         self.runner = _Runner(method, WIDTH, BATCH, RANK, torch.device("cpu"), options, timed=True)
-        timer = self.runner.timer
-        if timer is not None:  # one factor step captures the statistics to replay
+        if self.runner.timer is not None:  # one factor step captures the statistics to replay
             self.runner.force("factor")
-            timer.capture = True
+            self.runner.capturing = True
             self.runner.step()
-            timer.capture = False
+            self.runner.capturing = False
         self.runner.force("plain")  # hooks idle from now on
         self.runner.forward_backward()
         self.grads = [p.grad.clone() for p in self.runner.model.parameters()]
@@ -65,7 +64,7 @@ class KFACStep:
 
     def time_statistics(self, method: str, setting: str) -> None:
         if self.runner.timer is not None:
-            self.runner.timer.replay_statistics()
+            self.runner.replay_statistics()
 
     def time_decompositions(self, method: str, setting: str) -> None:
         pre = self.runner.pre

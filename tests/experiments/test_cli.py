@@ -13,6 +13,7 @@ from rnla_kfac.experiments.records import load_records, load_spectra
 from tests.helpers import single_run_dir
 
 TINY = ["--dataset", "digits", "--width", "32", "--batch-size", "64", "--no-progress"]
+TINY += ["--no-stop-at-target"]  # the demo preset stops at its target; these runs must not
 
 
 def test_plain_methods_write_table_records_and_curves(tmp_path, capsys):
@@ -31,7 +32,7 @@ def test_plain_methods_write_table_records_and_curves(tmp_path, capsys):
     assert config["preset"]["seeds"] == 2
     out = capsys.readouterr().out
     assert "| method | time to" in out
-    assert out.count("| sgd |") == 2  # Table 1 and the per-seed table
+    assert out.count("| sgd |") == 3  # Table 1, the per-seed table and the profile
     assert (run_dir / "table.md").read_text() in out
 
 
@@ -107,9 +108,11 @@ def test_interrupted_run_keeps_completed_epochs(tmp_path, monkeypatch, capsys):
     evaluate = train.evaluate
     calls = []
 
+    per_epoch = len(train.evaluation_steps(2, get_preset("demo").evals_per_epoch))
+
     def interrupt_on_second_epoch(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == per_epoch + 1:  # the first evaluation of epoch 2
             raise KeyboardInterrupt
         return evaluate(*args, **kwargs)
 
