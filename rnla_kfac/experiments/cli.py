@@ -329,9 +329,21 @@ def _tune(
         "progress": not args.no_progress and parallel.is_main,
         "parallel": parallel,
     }
+    current: list[dict] = []  # the settings of the method being tuned, saved as they come
+
+    def save(row: dict) -> None:
+        current.append({**row, "rank": "—"})
+        if store is not None:  # Ctrl-C keeps every finished setting
+            store.write_tuning(rows + current, tuning_table(rows + current, preset))
+        if options["progress"]:
+            setting = " ".join(f"{k}={v}" for k, v in row["setting"].items())
+            steps = ", ".join("—" if s is None else str(s) for s in row["steps_to_top"])
+            print(f"{row['method']} {setting}: steps to {max(preset.targets):g}%: {steps}")
+
     try:
         for method in methods:
-            rows += tune(preset, method, data, **options)
+            rows += tune(preset, method, data, on_row=save, **options)
+            current.clear()
             if store is not None:
                 store.write_tuning(rows, tuning_table(rows, preset))
     except KeyboardInterrupt:

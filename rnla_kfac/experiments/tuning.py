@@ -100,6 +100,7 @@ def tune(
     data: Dataset,
     *,
     on_run: Callable[[Setting, int, list[dict[str, Any]]], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
     **train_options: Any,
 ) -> list[dict[str, Any]]:
     """Train every setting of ``method``'s grid on every tuning seed; rows best first.
@@ -115,6 +116,8 @@ def tune(
         Training and test data.
     on_run : callable, optional
         Called as ``on_run(setting, seed, records)`` after each run (to save it).
+    on_row : callable, optional
+        Called with each setting's row (unranked) once its seeds have run.
     **train_options
         Passed to :func:`~rnla_kfac.experiments.train.train_run` (``device``,
         ``max_batches``, ``progress``).
@@ -166,6 +169,8 @@ def tune(
             if on_run is not None:
                 on_run(setting, seed, records)
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
     rows.sort(key=rank_key)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank

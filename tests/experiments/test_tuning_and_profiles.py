@@ -147,3 +147,19 @@ def test_runs_stop_with_the_epoch_reaching_the_highest_target(digits):
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     args = cli.build_parser().parse_args(["--no-stop-at-target"])
     assert cli.configure(args).stop_at_target is False
+
+
+def test_cli_tune_saves_each_finished_setting(tmp_path, monkeypatch):
+    real_tune = cli.tune
+
+    def interrupted(preset, method, data, on_row=None, **options):
+        one_setting = preset.replace(grids={"sgd": {"lr": (0.1,)}})
+        real_tune(one_setting, method, data, on_row=on_row, **options)
+        raise KeyboardInterrupt  # after one setting was saved
+
+    monkeypatch.setattr(cli, "tune", interrupted)
+    argv = ["--preset", "digits", "--tune", "--methods", "sgd", "--width", "32", "--epochs", "1"]
+    argv += ["--max-batches", "2", "--no-progress", "--out-dir", str(tmp_path)]
+    assert cli.main(argv) == 130
+    (row,) = json.loads((single_run_dir(tmp_path) / "tuning.json").read_text())
+    assert row["setting"] == {"lr": 0.1} and row["rank"] == "—"
