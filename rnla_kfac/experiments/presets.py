@@ -335,6 +335,9 @@ def _first_order_grids(sgd_lr: tuple, adamw_lr: tuple) -> dict[str, dict[str, tu
     }
 
 
+# AdamW on mnist1d-cnn, from its tuning (see the preset's comments).
+ADAMW_CNN_LR, ADAMW_CNN_WD = 1e-3, 0.01
+
 # SENG's settings in its authors' study (VGG16_bn on CIFAR-10, batch 256; the
 # defaults of rnla_kfac.SENG): cross-entropy without label smoothing, the 'exp' scheme
 # lr 0.05 (1 - e / 75)^6 over the fractional epoch e, momentum 0.9.
@@ -485,6 +488,14 @@ PRESETS: dict[str, Preset] = {
     # paper's) lr in {0.05, 0.1, 0.2} -> 0.05 (48/74/87/90/93% against 57/81/87/71/88%
     # and 34/75/86/84/88%). The K-FAC family keeps the demo's lr 0.3 and SMALL_KFAC,
     # untuned here. Targets: levels the tuned SGD and SENG runs passed within 5 epochs.
+    # Re-tuned by --tune (tuning seeds 100 and 101, 10 epochs, 4 evaluations per epoch),
+    # 7 December 2026, steps to 90% per seed: SGD lr 0.03 with Nesterov 64/56 (without:
+    # 56/76; lr 0.01: 76-96; lr 0.1: 80-112). RS-KFAC, SMALL_KFAC (damping 0.01)
+    # but statistics from 1280 rows: factor_start x kl_clip in {scaled_identity, batch}
+    # x {0.003, 0.01} -> batch / 0.003, 32/28 steps (scaled_identity / 0.003: 36/24,
+    # the same mean, final accuracy 3.5 points lower; kl_clip 0.01: 48-76). With the
+    # identity start the K-FAC methods stayed at chance through the first epoch
+    # (docs/user_guide/kfac, factor_start), so it was left out of the grid.
     "mnist1d-cnn": Preset(
         name="mnist1d-cnn",
         description=(
@@ -499,13 +510,25 @@ PRESETS: dict[str, Preset] = {
         batch_size=256,
         seeds=2,
         targets=(80.0, 85.0, 90.0),
-        methods=("sgd", "adam", "kfac", "rs-kfac", "sre-kfac", "seng"),
-        lr={"sgd": 0.03, "adam": 1e-3, **{m: 0.3 for m in _KFAC_FAMILY}, "seng": 0.05},
+        methods=("sgd", "adam", "adamw", "kfac", "rs-kfac", "sre-kfac", "seng"),
+        lr={
+            "sgd": 0.03,
+            "adam": 1e-3,
+            "adamw": ADAMW_CNN_LR,
+            **{m: 0.3 for m in _KFAC_FAMILY},
+            "seng": 0.05,
+        },
+        options={"sgd": {"nesterov": True}, "adamw": {"weight_decay": ADAMW_CNN_WD}},
         momentum={"sgd": 0.9, **{m: 0.9 for m in _KFAC_FAMILY}, "seng": 0.9},
         weight_decay=7e-4,
         # Statistics from 1280 rows of a layer's batch x positions (half the 2560 of
         # conv3, whose 2305-wide Gram products dominate; docs/benchmarks).
-        kfac={**SMALL_KFAC, "statistics_rows": 1280},
+        kfac={
+            **SMALL_KFAC,
+            "statistics_rows": 1280,
+            "factor_start": "batch",
+            "kl_clip": 0.003,
+        },
         seng=SMALL_SENG,
         spectra_epochs=(1, 5, 10),
         spectra_layers=("features.conv3", "features.conv4"),
