@@ -7,7 +7,7 @@ runs reached the highest target, epochs to it, and the final test accuracy. A se
 table lists the time to the highest target per seed, so per-seed claims can be read
 off directly, and a third where the epochs' time went (:func:`profile_table`). Times
 are training seconds (no data loading, no evaluation).
-Data-parallel K-FAC runs add a third table: the bytes sent per step by collective
+Data-parallel K-FAC runs add a fourth table: the bytes sent per step by collective
 type (:func:`communication_table`).
 """
 

@@ -34,6 +34,7 @@ from .parallel import Parallel
 from .presets import TRAINING_METHODS, Preset, at_epoch
 from .profile import PHASES, PhaseTimer, synchronize
 from .records import COMM_KINDS
+from .report import first_reaching
 
 Record = dict[str, Any]
 
@@ -432,6 +433,6 @@ def train_run(
                 on_spectra(
                     {"method": method, "seed": seed, "epoch": epoch, "steps": steps, **spectra}
                 )
-        if preset.stop_at_target and max(e["test_acc"] for e in evals) >= max(preset.targets):
+        if preset.stop_at_target and first_reaching([record], max(preset.targets)):
             break
     return records
